@@ -1,0 +1,130 @@
+"""The in-process ONNX Runtime limit: what one process reaches calling ``InferenceSession.run`` directly.
+
+The session is created with exactly the options the LMaaS worker uses by default
+(``lmaas.server.backends.onnx.session_options({}, instance_count=1)``: intra-op threads = the cores
+available, one inter-op thread, spinning off, all graph optimizations). Each measurement calls ``run`` in
+a closed loop from 1 or 2 Python threads on that one session, for a fixed time window and a bounded number
+of calls. Reported per model:
+
+* ``batch1``: serial batch-1 calls — per-call latency (p50/p99, µs) and calls/s;
+* ``grid``: rows/s for every (batch size, caller threads) pair measured;
+* ``limit_batch1``: the best rows/s with batch-1 calls (any thread count);
+* ``limit``: the best rows/s over the whole grid — the in-process limit the server is compared against;
+* ``limit_at``: for each benchmark concurrency c, the best rows/s with batches of at most c rows (what a
+  server that only ever sees c outstanding batch-1 requests could reach at best).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.models import ModelSpec, example_batch
+
+__all__ = ["measure_inprocess", "worker_session_options"]
+
+MAX_CALLS = 2_000_000  # every loop is bounded in count as well as time
+
+
+def worker_session_options() -> tuple[ort.SessionOptions, str]:
+    """The worker's default ORT session options, and where they came from."""
+    try:
+        from lmaas.server.backends.onnx import session_options
+
+        return session_options({}, 1), "lmaas.server.backends.onnx.session_options({}, 1)"
+    except ImportError:  # same defaults, written out
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return opts, "fallback copy of the worker defaults"
+
+
+def _closed_loop(session: ort.InferenceSession, feed: dict[str, np.ndarray], threads: int, window_s: float
+                 ) -> tuple[int, float, list[float]]:
+    """Run ``threads`` closed loops for ``window_s``; returns (calls, elapsed s, per-call latencies in s)."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    deadline = [0.0]
+
+    def loop(out: list[float]) -> None:
+        run = session.run
+        clock = time.perf_counter
+        barrier.wait()
+        end = deadline[0]
+        for _ in range(MAX_CALLS):
+            t0 = clock()
+            run(None, feed)
+            t1 = clock()
+            out.append(t1 - t0)
+            if t1 >= end:
+                break
+
+    workers = [threading.Thread(target=loop, args=(latencies[i],), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    start = time.perf_counter()
+    deadline[0] = start + window_s
+    barrier.wait()
+    for w in workers:
+        w.join(timeout=window_s + 60)
+    elapsed = time.perf_counter() - start
+    flat = [x for lat in latencies for x in lat]
+    return len(flat), elapsed, flat
+
+
+def measure_inprocess(model_path: Path, spec: ModelSpec, *, window_s: float, batch_sizes: Iterable[int],
+                      threads: Iterable[int] = (1, 2), concurrencies: Iterable[int] = ()) -> dict[str, Any]:
+    opts, origin = worker_session_options()
+    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    batch_sizes = sorted(set(batch_sizes) | {1})
+    threads = sorted(set(threads) | {1})
+
+    def feed(batch: int) -> dict[str, np.ndarray]:
+        return {spec.input_name: example_batch(spec, batch, seed=batch)}
+
+    for b in batch_sizes:  # warm every shape once (ORT allocates per shape on first use)
+        for _ in range(3):
+            session.run(None, feed(b))
+
+    calls, elapsed, lat = _closed_loop(session, feed(1), 1, window_s)
+    lat_us = np.asarray(lat) * 1e6
+    batch1 = {
+        "calls_per_s": calls / elapsed,
+        "p50_us": float(np.percentile(lat_us, 50)),
+        "p99_us": float(np.percentile(lat_us, 99)),
+        "mean_us": float(lat_us.mean()),
+        "calls": calls,
+    }
+
+    grid: list[dict[str, Any]] = []
+    for b in batch_sizes:
+        for t in threads:
+            calls, elapsed, lat = _closed_loop(session, feed(b), t, window_s)
+            grid.append({"batch": b, "threads": t, "rows_per_s": calls * b / elapsed,
+                         "p50_us": float(np.percentile(np.asarray(lat) * 1e6, 50))})
+
+    best = max(grid, key=lambda g: g["rows_per_s"])
+    best1 = max((g for g in grid if g["batch"] == 1), key=lambda g: g["rows_per_s"])
+    limit_at = {
+        str(c): max(g["rows_per_s"] for g in grid if g["batch"] <= c) for c in sorted(set(concurrencies))
+    }
+    return {
+        "session_options": origin,
+        "intra_op_threads": opts.intra_op_num_threads,
+        "batch1": batch1,
+        "grid": grid,
+        "limit_batch1": best1["rows_per_s"],
+        "limit": best["rows_per_s"],
+        "limit_config": {"batch": best["batch"], "threads": best["threads"]},
+        "limit_at": limit_at,
+    }

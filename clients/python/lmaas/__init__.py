@@ -1,0 +1,3 @@
+"""LMaaS: large model as a service."""
+
+__version__ = "0.1.0"

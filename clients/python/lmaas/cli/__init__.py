@@ -1,0 +1,22 @@
+"""The ``lmaas`` command line. Every option also reads an ``LMAAS_*`` variable."""
+
+from __future__ import annotations
+
+import click
+
+from lmaas import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="lmaas")
+def main() -> None:
+    """LMaaS: serve ONNX Runtime and PyTorch models over the Open Inference Protocol v2."""
+
+
+def _register() -> None:
+    from lmaas.cli import worker
+
+    main.add_command(worker.worker)
+
+
+_register()

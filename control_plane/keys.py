@@ -1,0 +1,93 @@
+"""The metadata-store key layout, in one place.
+
+Every key lives under ``/lmaas/v1/``; values are serialized messages from
+``lmaas.control.v1.resources`` (see ``protos/lmaas/control/v1/resources.proto``)::
+
+    /lmaas/v1/models/<name>                   Model          durable
+    /lmaas/v1/models/<name>/versions/<n>      ModelVersion   durable, immutable; n zero-padded to 12 digits
+    /lmaas/v1/deployments/<name>              Deployment     durable
+    /lmaas/v1/rollouts/<name>                 Rollout        durable
+    /lmaas/v1/workers/<id>                    WorkerInfo     leased
+    /lmaas/v1/observed/<worker>/<name>        ObservedModel  leased
+
+Model names and worker ids are validated before they become part of a key, so
+no user string can reach into another key's space.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lmaas.protos.errors import InvalidArgument
+
+__all__ = [
+    "DEPLOYMENTS",
+    "MODELS",
+    "OBSERVED",
+    "PREFIX",
+    "ROLLOUTS",
+    "WORKERS",
+    "check_name",
+    "check_worker_id",
+    "deployment",
+    "model",
+    "observed",
+    "rollout",
+    "version",
+    "versions",
+    "worker",
+]
+
+PREFIX = "/lmaas/v1/"
+MODELS = PREFIX + "models/"
+DEPLOYMENTS = PREFIX + "deployments/"
+ROLLOUTS = PREFIX + "rollouts/"
+WORKERS = PREFIX + "workers/"
+OBSERVED = PREFIX + "observed/"
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_WORKER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,252}")
+
+
+def check_name(name: str) -> str:
+    """A model name, or InvalidArgument naming the rule."""
+    if not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid model name {name!r}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+        )
+    return name
+
+
+def check_worker_id(worker_id: str) -> str:
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise InvalidArgument(f"invalid worker id {worker_id!r}: use 1-253 characters of [A-Za-z0-9_.:@-]")
+    return worker_id
+
+
+def model(name: str) -> str:
+    return MODELS + name
+
+
+def versions(name: str) -> str:
+    return f"{MODELS}{name}/versions/"
+
+
+def version(name: str, number: int) -> str:
+    return f"{versions(name)}{number:012d}"
+
+
+def deployment(name: str) -> str:
+    return DEPLOYMENTS + name
+
+
+def rollout(name: str) -> str:
+    return ROLLOUTS + name
+
+
+def worker(worker_id: str) -> str:
+    return WORKERS + worker_id
+
+
+def observed(worker_id: str, name: str = "") -> str:
+    """One observed model of a worker, or (``name=""``) the prefix of all of them."""
+    return f"{OBSERVED}{worker_id}/{name}"

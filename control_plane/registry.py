@@ -1,0 +1,150 @@
+"""Models and their immutable versions in the metadata store.
+
+Version numbers are assigned here by compare-and-swap on the model key: the
+model's ``latest_version`` and the new version key are written in one
+transaction that holds only if the model key is unchanged since it was read,
+so numbers are strictly increasing per model and never reused, whichever
+replica assigns them. A conflict is retried with a fresh read. Registering a
+version never touches a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from lmaas.control_plane import keys
+from lmaas.control_plane.artifacts import ArtifactStore, check_digest
+from lmaas.control_plane.store.base import Compare, Put, Store
+from lmaas.protos.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotFound,
+)
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+
+__all__ = ["FORMATS", "NewVersion", "Registry", "now_ms"]
+
+FORMATS = ("onnx", "torchscript", "torch_export")
+_CAS_ATTEMPTS = 32
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a caller says about a version to register (the artifact must be stored already)."""
+
+    model: str
+    digest: str
+    format: str
+    config_json: str = ""
+    parent_version: int = 0
+    description: str = ""
+
+
+class Registry:
+    def __init__(self, store: Store, artifacts: ArtifactStore, *, clock: Callable[[], int] = now_ms) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._clock = clock
+
+    async def create_model(
+        self, name: str, *, description: str = "", metadata: Mapping[str, str] | None = None, created_by: str
+    ) -> tuple[pb.Model, int]:
+        keys.check_name(name)
+        model = pb.Model(
+            name=name, description=description, metadata=dict(metadata or {}), created_at_ms=self._clock(),
+            created_by=created_by,
+        )
+        key = keys.model(name)
+        result = await self._store.txn([Compare.absent(key)], [Put(key, model.SerializeToString())])
+        if not result.succeeded:
+            raise AlreadyExists(f"model '{name}' already exists")
+        return model, result.revision
+
+    async def get_model(self, name: str) -> tuple[pb.Model, int]:
+        keys.check_name(name)
+        kv = await self._store.get(keys.model(name))
+        if kv is None:
+            raise ModelNotFound(name)
+        return pb.Model.FromString(kv.value), kv.mod_revision
+
+    async def list_models(self) -> tuple[list[pb.Model], int]:
+        result = await self._store.range(keys.MODELS)
+        models = [pb.Model.FromString(kv.value) for kv in result.kvs if "/" not in kv.key[len(keys.MODELS) :]]
+        return models, result.revision
+
+    async def get_version(self, name: str, version: int) -> tuple[pb.ModelVersion, int]:
+        keys.check_name(name)
+        if version <= 0:
+            raise InvalidArgument(f"invalid version {version} of model '{name}': versions are integers from 1")
+        kv = await self._store.get(keys.version(name, version))
+        if kv is None:
+            await self.get_model(name)  # NOT_FOUND for the model first
+            raise ModelNotFound(name, version)
+        return pb.ModelVersion.FromString(kv.value), kv.mod_revision
+
+    async def list_versions(self, name: str) -> tuple[list[pb.ModelVersion], int]:
+        await self.get_model(name)
+        result = await self._store.range(keys.versions(name))
+        return [pb.ModelVersion.FromString(kv.value) for kv in result.kvs], result.revision
+
+    def validate(self, new: NewVersion) -> None:
+        """Check a version's description before any byte is uploaded."""
+        keys.check_name(new.model)
+        check_digest(new.digest)
+        if new.format not in FORMATS:
+            raise InvalidArgument(f"invalid format {new.format!r}: expected one of {', '.join(FORMATS)}")
+        if new.config_json:
+            _check_config(new.config_json)
+        if new.parent_version < 0:
+            raise InvalidArgument(f"invalid parent_version {new.parent_version}")
+
+    async def register_version(self, new: NewVersion, *, created_by: str) -> tuple[pb.ModelVersion, int]:
+        """Assign the next version number to a stored artifact."""
+        self.validate(new)
+        size = self._artifacts.size(new.digest)  # ArtifactNotFound unless uploaded and verified
+        key = keys.model(new.model)
+        for _ in range(_CAS_ATTEMPTS):
+            kv = await self._store.get(key)
+            if kv is None:
+                model = pb.Model(name=new.model, created_at_ms=self._clock(), created_by=created_by)
+                guard = Compare.absent(key)
+            else:
+                model = pb.Model.FromString(kv.value)
+                guard = Compare.unchanged(key, kv.mod_revision)
+            if new.parent_version and not 0 < new.parent_version <= model.latest_version:
+                raise FailedPrecondition(f"parent version {new.parent_version} of model '{new.model}' does not exist")
+            model.latest_version += 1
+            version = pb.ModelVersion(
+                model=new.model, version=model.latest_version, digest=new.digest, format=new.format,
+                config_json=new.config_json, size_bytes=size, created_at_ms=self._clock(), created_by=created_by,
+                parent_version=new.parent_version, description=new.description,
+            )
+            vkey = keys.version(new.model, version.version)
+            result = await self._store.txn(
+                [guard, Compare.absent(vkey)],
+                [Put(key, model.SerializeToString()), Put(vkey, version.SerializeToString())],
+            )
+            if result.succeeded:
+                return version, result.revision
+        raise Aborted(f"too many concurrent version registrations for model '{new.model}'; retry")
+
+
+def _check_config(config_json: str) -> None:
+    try:
+        value = json.loads(config_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid model config: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument("invalid model config: expected a JSON object")
+    from lmaas.server.config import parse_config  # the worker's own schema: reject what it would reject
+
+    parse_config(config_json)

@@ -1,0 +1,72 @@
+"""Helpers both backends share: key encoding, prefix ranges, request validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .base import Compare, Delete, Put
+
+__all__ = ["COMPARE_OPS", "COMPARE_TARGETS", "decode_key", "encode_key", "prefix_end", "validate_txn"]
+
+COMPARE_OPS = frozenset({"==", "!=", "<", ">"})
+COMPARE_TARGETS = frozenset({"mod_revision", "create_revision", "version", "value"})
+
+
+def encode_key(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def decode_key(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The first key after every key that starts with ``prefix``; None when there is none (all keys up to the end)."""
+    raw = bytearray(prefix)
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return bytes(raw)
+        raw.pop()
+    return None
+
+
+def _validate_compare(c: Compare) -> None:
+    if c.op not in COMPARE_OPS:
+        raise ValueError(f"compare op {c.op!r} is not one of {sorted(COMPARE_OPS)}")
+    if c.target not in COMPARE_TARGETS:
+        raise ValueError(f"compare target {c.target!r} is not one of {sorted(COMPARE_TARGETS)}")
+    if c.target == "value":
+        if not isinstance(c.value, bytes):
+            raise ValueError(f"compare on value of {c.key!r} needs bytes, got {type(c.value).__name__}")
+    elif not isinstance(c.value, int) or isinstance(c.value, bool):
+        raise ValueError(f"compare on {c.target} of {c.key!r} needs an int, got {type(c.value).__name__}")
+
+
+def _validate_branch(ops: Sequence[Put | Delete]) -> None:
+    """etcd's rule: no key is put twice, and no put falls inside a delete, in one branch."""
+    seen: set[bytes] = set()
+    ranges: list[tuple[bytes, bytes | None]] = []
+    for op in ops:
+        key = encode_key(op.key)
+        if isinstance(op, Put):
+            if key in seen:
+                raise ValueError(f"transaction branch writes key {op.key!r} twice")
+            seen.add(key)
+        elif isinstance(op, Delete):
+            ranges.append((key, prefix_end(key) if op.prefix else key + b"\0"))
+        else:
+            raise ValueError(f"transaction op must be Put or Delete, got {type(op).__name__}")
+    for key in seen:
+        for start, end in ranges:
+            if key >= start and (end is None or key < end):
+                raise ValueError(f"transaction branch puts and deletes key {decode_key(key)!r}")
+
+
+def validate_txn(
+    compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete]
+) -> None:
+    for c in compares:
+        _validate_compare(c)
+    _validate_branch(success)
+    _validate_branch(failure)

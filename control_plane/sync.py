@@ -1,0 +1,185 @@
+"""WorkerSync, control-plane side: one session per worker stream.
+
+A session registers the worker under a lease (``/lmaas/v1/workers/<id>``),
+sends the pool's complete desired state, and sends it again whenever a
+deployment changes (the replica's store watch wakes it; a state equal to the
+last one sent is not resent). Each Ack is written as leased observed state
+(``/lmaas/v1/observed/<worker>/<model>``) and the acknowledged models'
+rollouts are evaluated. The session's writes are compare-and-swap on the
+worker key: if the same worker id registered again (it reconnected, maybe to
+another replica), this older session's write fails and it ends. When the
+stream ends, revoking the lease removes the worker and its observed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from lmaas.control_plane import keys
+from lmaas.control_plane.deployments import Deployments
+from lmaas.control_plane.metrics import ControlMetrics
+from lmaas.control_plane.registry import now_ms
+from lmaas.control_plane.snapshots import SnapshotBuilder, same_state
+from lmaas.control_plane.store.base import Compare, Delete, Lease, Put, Store
+from lmaas.control_plane.watcher import StoreWatcher
+from lmaas.protos.errors import Aborted, InvalidArgument
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from lmaas.protos.lmaas.worker.v1 import sync_pb2
+
+__all__ = ["SyncSettings", "WorkerSync"]
+
+log = logging.getLogger(__name__)
+_REMEMBERED_SNAPSHOTS = 32
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    replica_id: str
+    lease_ttl: int = 10
+
+
+class WorkerSync:
+    def __init__(
+        self,
+        store: Store,
+        snapshots: SnapshotBuilder,
+        deployments: Deployments,
+        watcher: StoreWatcher,
+        metrics: ControlMetrics,
+        settings: SyncSettings,
+    ) -> None:
+        self._store = store
+        self._snapshots = snapshots
+        self._deployments = deployments
+        self._watcher = watcher
+        self._metrics = metrics
+        self._settings = settings
+
+    async def session(
+        self, hello: sync_pb2.Hello, incoming: AsyncIterator[sync_pb2.WorkerMessage]
+    ) -> AsyncIterator[sync_pb2.Snapshot]:
+        """Snapshots for one worker stream; ``incoming`` is the rest of the stream after the hello."""
+        keys.check_worker_id(hello.worker_id)
+        pool = hello.pool or "default"
+        keys.check_name(pool)
+        lease = await self._store.lease(self._settings.lease_ttl)
+        session = _Session(self, hello, pool, lease)
+        try:
+            await session.register()
+            self._metrics.connected_workers.inc()
+            log.info("worker %s (pool %s, %s) connected", hello.worker_id, pool, hello.inference_address)
+            try:
+                async for snapshot in session.run(incoming):
+                    yield snapshot
+            finally:
+                self._metrics.connected_workers.dec()
+                self._metrics.worker_gone(hello.worker_id)
+                log.info("worker %s disconnected", hello.worker_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await lease.revoke()
+
+
+class _Session:
+    def __init__(self, sync: WorkerSync, hello: sync_pb2.Hello, pool: str, lease: Lease) -> None:
+        self.sync = sync
+        self.worker_id = hello.worker_id
+        self.lease = lease
+        self.key = keys.worker(hello.worker_id)
+        self.info = pb.WorkerInfo(
+            worker_id=hello.worker_id, pool=pool, inference_address=hello.inference_address,
+            control_plane=sync._settings.replica_id, connected_at_ms=now_ms(),
+            held=[pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in hello.held],
+        )
+        self.sent: dict[int, dict[str, int]] = {}  # snapshot revision → model → generation
+        self.observed_models: set[str] = set()
+        self.revision = 0  # mod_revision of our latest write of the worker key
+        self.lock = asyncio.Lock()
+
+    async def register(self) -> None:
+        """Write the worker key, replacing a record of an older stream of the same worker."""
+        async with self.lock:
+            stale = await self.sync._store.range(keys.observed(self.worker_id))
+            ops: list[Put | Delete] = [Delete(kv.key) for kv in stale.kvs]
+            ops.append(Put(self.key, self.info.SerializeToString(), self.lease.id))
+            result = await self.sync._store.txn([], ops)
+            self.revision = result.revision
+
+    async def _write(self, extra: list[Put | Delete]) -> None:
+        ops: list[Put | Delete] = [Put(self.key, self.info.SerializeToString(), self.lease.id), *extra]
+        result = await self.sync._store.txn([Compare.unchanged(self.key, self.revision)], ops)
+        if not result.succeeded:
+            raise Aborted(f"worker {self.worker_id} registered again on another stream; closing this one")
+        self.revision = result.revision
+
+    async def run(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> AsyncIterator[sync_pb2.Snapshot]:
+        sync = self.sync
+        with sync._watcher.subscribe(keys.DEPLOYMENTS) as sub:
+            reader = asyncio.create_task(self._read(incoming), name=f"lmaas-sync-read-{self.worker_id}")
+            try:
+                last: sync_pb2.Snapshot | None = None
+                while True:
+                    snapshot = await sync._snapshots.build(self.info.pool)
+                    if not same_state(last, snapshot):
+                        self.sent[snapshot.revision] = {r.model: r.generation for r in snapshot.routes}
+                        for old in sorted(self.sent)[:-_REMEMBERED_SNAPSHOTS]:
+                            del self.sent[old]
+                        async with self.lock:
+                            self.info.desired_revision = snapshot.revision
+                            await self._write([])
+                        sync._metrics.worker_revision.labels(self.worker_id, "desired").set(snapshot.revision)
+                        yield snapshot
+                        last = snapshot
+                    waiter = asyncio.create_task(sub.wait())
+                    done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if reader in done:
+                        waiter.cancel()
+                        reader.result()  # the worker's error, if any
+                        return
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _read(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> None:
+        async for message in incoming:
+            if message.WhichOneof("kind") != "ack":
+                raise InvalidArgument("only the first WorkerSync message may be a hello; then acks")
+            await self._on_ack(message.ack)
+
+    async def _on_ack(self, ack: sync_pb2.Ack) -> None:
+        generations = self.sent.get(ack.snapshot_revision)
+        if generations is None:
+            log.warning("worker %s acknowledged unknown snapshot %d", self.worker_id, ack.snapshot_revision)
+            return
+        now = now_ms()
+        ops: list[Put | Delete] = []
+        reported = set()
+        for status in ack.models:
+            generation = generations.get(status.model)
+            if generation is None:
+                continue
+            reported.add(status.model)
+            observed = pb.ObservedModel(
+                worker_id=self.worker_id, model=status.model, generation=generation,
+                snapshot_revision=ack.snapshot_revision, ok=status.ok, error=status.error,
+                loaded_versions=status.loaded_versions, updated_at_ms=now,
+            )
+            ops.append(Put(keys.observed(self.worker_id, status.model), observed.SerializeToString(), self.lease.id))
+            if not status.ok:
+                log.warning("worker %s NACK model %s: %s", self.worker_id, status.model, status.error)
+        ops.extend(Delete(keys.observed(self.worker_id, m)) for m in self.observed_models - reported)
+        async with self.lock:
+            self.info.acked_revision = ack.snapshot_revision
+            del self.info.held[:]
+            self.info.held.extend(pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in ack.held)
+            await self._write(ops)
+        self.observed_models = reported
+        self.sync._metrics.worker_revision.labels(self.worker_id, "acked").set(ack.snapshot_revision)
+        for model in sorted(reported):
+            with contextlib.suppress(Aborted):
+                await self.sync._deployments.evaluate(model)

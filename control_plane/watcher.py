@@ -1,0 +1,116 @@
+"""One store watch per replica, fanned out to everything that waits for changes.
+
+Each control-plane replica watches ``/lmaas/v1/`` once. Subscribers name key
+prefixes and are woken when a key under one of them changes; they re-read what
+they need from the store (events are hints, the store is the truth), so missed
+or coalesced events cannot leave them stale. When the watch breaks (store down,
+revision compacted) every subscriber is woken once the watch is re-established,
+so each re-reads the state it may have missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from lmaas.control_plane import keys
+from lmaas.control_plane.store.base import Store, StoreError
+
+__all__ = ["StoreWatcher", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """Wakes :meth:`wait` after a change under one of ``prefixes`` (changes coalesce)."""
+
+    def __init__(self, watcher: StoreWatcher, prefixes: tuple[str, ...]) -> None:
+        self._watcher = watcher
+        self.prefixes = prefixes
+        self._event = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True after a change since the previous wait; False on timeout."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+    def close(self) -> None:
+        self._watcher._subs.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StoreWatcher:
+    def __init__(self, store: Store, prefix: str = keys.PREFIX) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._subs: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def subscribe(self, *prefixes: str) -> Subscription:
+        sub = Subscription(self, prefixes)
+        self._subs.add(sub)
+        return sub
+
+    async def start(self) -> None:
+        """Start watching from the current revision; returns once the watch runs."""
+        self._task = asyncio.create_task(self._run(), name="lmaas-store-watcher")
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _dispatch(self, key: str) -> None:
+        for sub in list(self._subs):
+            if key.startswith(sub.prefixes):
+                sub._notify()
+
+    def _wake_all(self) -> None:
+        for sub in list(self._subs):
+            sub._notify()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        next_revision = 0
+        while True:
+            try:
+                if next_revision == 0:
+                    next_revision = await self._store.revision() + 1
+                    self._wake_all()  # a fresh start: whatever happened before is unknown
+                stream = self._store.watch(self._prefix, next_revision)
+                self._ready.set()
+                async for event in stream:
+                    next_revision = event.kv.mod_revision + 1
+                    delay = 0.1
+                    self._dispatch(event.kv.key)
+                return
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                # WatchCompacted or the store is unreachable: start over from "now" and wake everyone.
+                log.warning("store watch failed (%s); re-watching in %.1fs", exc, delay)
+                next_revision = 0
+            except Exception:
+                log.exception("store watch crashed; re-watching in %.1fs", delay)
+                next_revision = 0
+            self._ready.set()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)

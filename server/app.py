@@ -1,0 +1,106 @@
+"""Wires a worker together: settings → manager → data plane → gRPC server + metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from lmaas.protos._pool import POOL
+from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from lmaas.server.dataplane import DataPlane
+from lmaas.server.interceptors import ErrorInterceptor
+from lmaas.server.manager import ModelManager
+from lmaas.server.metrics import WorkerMetrics
+from lmaas.server.servicers import InferenceServicer
+from lmaas.server.settings import WorkerSettings
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("lmaas.worker")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class Worker:
+    """``start()`` binds and returns the ports, ``wait()`` runs until ``stop()``."""
+
+    def __init__(self, settings: WorkerSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        self.manager = ModelManager(self.metrics, settings.model_repository, settings.drain_timeout)
+        self.dataplane = DataPlane(
+            self.manager, max_elements=settings.max_elements, repository_rpcs=settings.control_plane is None
+        )
+        self.health = health.aio.HealthServicer()
+        self.manager.on_change.append(self._model_changed)
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self.grpc_port = self.metrics_port = 0
+
+    def _model_changed(self, name: str) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.manager.ready(name) else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._tasks.append(asyncio.ensure_future(self.health.set(name, status)))
+
+    async def start(self) -> tuple[int, int]:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
+        )
+        self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
+        self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+        self.metrics_port = self._metrics_http.server_port
+        await self.manager.load_repository()
+        await server.start()
+        self._server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if s.control_plane:
+            from lmaas.server.sync import run_sync
+
+            worker_id = s.worker_id or f"{socket.gethostname()}-{self.grpc_port}"
+            self._tasks.append(asyncio.create_task(run_sync(
+                s.control_plane, self.manager, worker_id=worker_id, pool=s.pool,
+                inference_address=f"{s.host}:{self.grpc_port}", cache_dir=s.cache_dir, token=s.token,
+            )))
+        return self.grpc_port, self.metrics_port
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Health → NOT_SERVING, refuse new calls, let in-flight ones finish (drain timeout), unload."""
+        if self._server is None or self._stopped.is_set():
+            return
+        self.dataplane.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: up to %.1fs for in-flight requests", self.settings.drain_timeout)
+        await self._server.stop(self.settings.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.manager.close()
+        self._metrics_http.shutdown()
+        self._stopped.set()
+        log.info("stopped")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

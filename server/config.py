@@ -1,0 +1,106 @@
+"""The typed model configuration: ``REPO/<model>/config.{json,yaml}``.
+
+Everything is optional for ONNX models: signatures come from the file and the
+batching defaults from whether the first dimension is dynamic. A TorchScript or
+torch.export model needs ``inputs`` and ``outputs``.
+
+Example (YAML)::
+
+    backend: onnxruntime          # or pytorch; default from the file name
+    max_batch_size: 32            # 0 = the model does not batch: dims are full shapes
+    inputs:  [{name: x, datatype: FP32, dims: [100]}]      # dims without the batch dim
+    outputs: [{name: y, datatype: FP32, dims: [1]}]
+    dynamic_batching:
+      max_queue_delay_microseconds: 0
+      preferred_batch_sizes: [8, 16]
+      max_queue_size: 1024        # beyond it: RESOURCE_EXHAUSTED at once (0 = unbounded)
+    instance_count: 1             # concurrent executions
+    parameters: {intra_op_threads: 1, inter_op_threads: 1}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmaas.protos.errors import InvalidArgument
+
+__all__ = ["DATATYPES", "BatchingConfig", "ModelConfig", "TensorSpec", "load_config", "parse_config"]
+
+# OIP datatype → element size in bytes (BYTES is variable).
+DATATYPES: dict[str, int] = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "BF16": 2,
+    "BYTES": 0,
+}
+
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor."""
+
+    name: str
+    datatype: Datatype
+    dims: tuple[int, ...] = Field(description="shape without the batch dimension when max_batch_size > 0; -1 = any")
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching; on by default for models whose first dimension is dynamic."""
+
+    max_queue_delay_microseconds: int = Field(0, ge=0)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = Field(0, ge=0, description="0 = unbounded")
+
+
+class ModelConfig(_Strict):
+    """What the worker needs to know about a model besides its file."""
+
+    backend: Literal["onnxruntime", "pytorch"] | None = None
+    max_batch_size: int | None = Field(None, ge=0, description="None = derive from the model (ONNX)")
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    dynamic_batching: BatchingConfig | None = None
+    instance_count: int = Field(1, ge=1, le=64)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_config(data: str | bytes, *, source: str = "config") -> ModelConfig:
+    """Parse JSON or YAML text (JSON is YAML) into a config; bad input → InvalidArgument."""
+    try:
+        raw = yaml.safe_load(data) if data else {}
+        return ModelConfig.model_validate(raw or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise InvalidArgument(f"invalid model config {source}: {exc}") from exc
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    """``config.json`` / ``config.yaml`` / ``config.yml`` of a model directory, or defaults."""
+    for name in ("config.json", "config.yaml", "config.yml"):
+        path = model_dir / name
+        if path.is_file():
+            return parse_config(path.read_bytes(), source=str(path))
+    return ModelConfig()
+
+
+def dump_config(config: ModelConfig) -> str:
+    return json.dumps(config.model_dump(mode="json", exclude_defaults=True))

@@ -1,0 +1,156 @@
+"""The transport-agnostic core of a worker: what each inference RPC does.
+
+Servicers convert messages and call this; a REST transport would do the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from lmaas import __version__
+from lmaas.protos.errors import FailedPrecondition, LMaaSError, ModelNotFound, Unavailable
+from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.server.inference import decode_request, encode_response
+from lmaas.server.manager import ModelManager
+from lmaas.server.models import ModelVersion
+
+__all__ = ["EXTENSIONS", "DataPlane"]
+
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager, *, max_elements: int = 1 << 28, repository_rpcs: bool = True) -> None:
+        self.manager = manager
+        self.max_elements = max_elements
+        self.repository_rpcs = repository_rpcs
+        self.draining = False
+
+    # ---- health and metadata ----
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining
+
+    def model_ready(self, name: str, version: str) -> bool:
+        return not self.draining and self.manager.ready(name, version)
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="lmaas", version=__version__, extensions=EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        mv = self.manager.get(name, version)
+        T = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=name,
+            versions=[str(v.version) for v in self.manager.loaded() if v.name == name],
+            platform=mv.backend.platform,
+            inputs=[T(name=s.name, datatype=s.datatype, shape=s.shape) for s in mv.inputs.values()],
+            outputs=[T(name=s.name, datatype=s.datatype, shape=s.shape) for s in mv.outputs.values()],
+        )
+
+    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.manager.get(name, version).config_pb())
+
+    # ---- inference ----
+
+    async def infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        """Run one request; ``deadline`` is in event-loop time."""
+        if self.draining:
+            raise Unavailable("worker is shutting down")
+        mv = self.manager.get(request.model_name, request.model_version)
+        started = time.perf_counter()
+        mv.enter()
+        try:
+            decoded = decode_request(mv, request, self.max_elements)
+            outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline)
+            response = encode_response(mv, request, outputs, decoded.outputs)
+        except LMaaSError as exc:
+            mv.metrics.failed(exc.code.name)
+            raise
+        except asyncio.CancelledError:
+            mv.metrics.failed("CANCELLED")
+            raise
+        except Exception:
+            mv.metrics.failed("INTERNAL")
+            raise
+        finally:
+            mv.leave()
+        mv.metrics.ok.inc()
+        mv.metrics.request_duration.observe(time.perf_counter() - started)
+        return response
+
+    # ---- statistics ----
+
+    def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        if name:
+            versions = [self.manager.get(name, version)] if version else [
+                mv for mv in self.manager.loaded() if mv.name == name]
+            if not versions:
+                raise ModelNotFound(name)
+        else:
+            versions = self.manager.loaded()
+        return pb.ModelStatisticsResponse(model_stats=[self._stats(mv) for mv in versions])
+
+    def _stats(self, mv: ModelVersion) -> pb.ModelStatistics:
+        reg = self.manager.metrics.registry
+        labels = {"model": mv.name, "version": str(mv.version)}
+
+        def value(metric: str, **extra: str) -> float:
+            return reg.get_sample_value(metric, {**labels, **extra}) or 0.0
+
+        def duration(metric: str) -> pb.StatisticDuration:
+            return pb.StatisticDuration(count=int(value(f"{metric}_count")), ns=int(value(f"{metric}_sum") * 1e9))
+
+        failed = sum(
+            s.value for m in self.manager.metrics.requests.collect() for s in m.samples
+            if s.name.endswith("_total") and s.labels.get("model") == mv.name
+            and s.labels.get("version") == str(mv.version) and s.labels.get("code") != "OK"
+        )
+        success = duration("lmaas_inference_request_duration_seconds")
+        return pb.ModelStatistics(
+            name=mv.name,
+            version=str(mv.version),
+            last_inference=mv.last_inference_ms,
+            inference_count=int(value("lmaas_inferences_total")),
+            execution_count=int(value("lmaas_inference_executions_total")),
+            inference_stats=pb.InferStatistics(
+                success=success,
+                fail=pb.StatisticDuration(count=int(failed)),
+                queue=duration("lmaas_inference_queue_duration_seconds"),
+                compute_infer=duration("lmaas_inference_compute_duration_seconds"),
+            ),
+        )
+
+    # ---- the model repository ----
+
+    def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+        rows = []
+        loaded_names = {n for n, _, _ in self.manager.index()}
+        for name, version, state in self.manager.index():
+            if ready_only and state.state != "READY":
+                continue
+            rows.append(pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state.state,
+                                                              reason=state.reason))
+        if not ready_only:
+            for name in self.manager.repository_models():
+                if name not in loaded_names:
+                    rows.append(pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="not loaded"))
+        return pb.RepositoryIndexResponse(models=rows)
+
+    def _check_repository_rpcs(self) -> None:
+        if not self.repository_rpcs:
+            raise FailedPrecondition("model control is managed by the control plane; repository RPCs are disabled")
+
+    async def load_model(self, name: str, config_json: str | None) -> None:
+        self._check_repository_rpcs()
+        await self.manager.load_from_repository(name, config_json)
+
+    async def unload_model(self, name: str) -> None:
+        self._check_repository_rpcs()
+        if not any(mv.name == name for mv in self.manager.loaded()):
+            raise ModelNotFound(name)
+        await self.manager.unload(name)

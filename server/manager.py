@@ -1,0 +1,213 @@
+"""Loads, routes and unloads model versions; the worker's only mutable state.
+
+Two sources drive it: a local model repository (``REPO/<model>/<version>/model.*``
+plus optional ``REPO/<model>/config.{json,yaml}``) and the control plane's
+snapshots (through :class:`~lmaas.server.sync` calling the ModelHost methods).
+Loads run in a thread, one at a time, never on the request path; a version
+takes traffic only after it loaded and warmed (make before break), and an
+unloaded version first drains its in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound
+from lmaas.server.backends import BackendError, find_model_file, load_backend
+from lmaas.server.config import ModelConfig, load_config, parse_config
+from lmaas.server.metrics import WorkerMetrics
+from lmaas.server.models import ModelVersion
+from lmaas.server.routing import HeldModel, Route, pick_version
+
+__all__ = ["ModelManager", "ModelState"]
+
+log = logging.getLogger("lmaas.worker")
+
+
+@dataclass(slots=True)
+class ModelState:
+    """Repository index entry: a version that is not (or not yet) serving, and why."""
+
+    state: str  # READY | LOADING | UNAVAILABLE | UNLOADING
+    reason: str = ""
+
+
+def _malloc_trim() -> None:
+    """Give freed heap back to the OS after an unload (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class ModelManager:
+    def __init__(self, metrics: WorkerMetrics, repository: Path | None = None, drain_timeout: float = 30.0) -> None:
+        self.metrics = metrics
+        self.repository = repository
+        self.drain_timeout = drain_timeout
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._routes: dict[str, Route] = {}
+        self._states: dict[tuple[str, int], ModelState] = {}
+        self._load_lock = asyncio.Lock()
+        self.on_change: list[object] = []  # callables(name) notified when readiness changes
+
+    # ---- lookups (request path) ----
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version a request names, or the routed one when it names none."""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(name)
+        if version:
+            try:
+                mv = versions.get(int(version))
+            except ValueError:
+                raise InvalidArgument(f"model version '{version}' is not an integer") from None
+            if mv is None:
+                raise ModelNotFound(name, version)
+            return mv
+        chosen = pick_version(self._routes.get(name), versions)  # type: ignore[arg-type]
+        assert chosen is not None
+        return versions[chosen]
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (NotFound, InvalidArgument):
+            return False
+        return True
+
+    def loaded(self) -> list[ModelVersion]:
+        return [mv for versions in self._models.values() for mv in versions.values()]
+
+    def index(self) -> list[tuple[str, int, ModelState]]:
+        rows = {(mv.name, mv.version): ModelState("READY") for mv in self.loaded()}
+        for key, state in self._states.items():
+            rows.setdefault(key, state)
+        return [(n, v, s) for (n, v), s in sorted(rows.items())]
+
+    # ---- loading ----
+
+    async def load(self, name: str, version: int, path: Path, config: ModelConfig, digest: str = "") -> ModelVersion:
+        """Load and warm one version beside the others, then let it take traffic."""
+        async with self._load_lock:
+            current = self._models.get(name, {}).get(version)
+            if current is not None and (not digest or current.digest == digest):
+                return current
+            self._states[(name, version)] = ModelState("LOADING")
+            started = time.perf_counter()
+            try:
+                mv = await asyncio.to_thread(self._build, name, version, path, config, digest)
+            except (BackendError, InvalidArgument) as exc:
+                self._states[(name, version)] = ModelState("UNAVAILABLE", str(exc))
+                log.warning("load failed model=%s version=%d error=%s", name, version, exc)
+                raise FailedPrecondition(f"model '{name}' version {version} failed to load: {exc}") from exc
+            mv.start()
+            old = self._models.setdefault(name, {}).get(version)
+            self._models[name][version] = mv  # atomic flip: one dict assignment on the event loop
+            self._states.pop((name, version), None)
+            elapsed = time.perf_counter() - started
+            self.metrics.load_duration.labels(name).observe(elapsed)
+            log.info("loaded model=%s version=%d platform=%s seconds=%.3f", name, version, mv.backend.platform, elapsed)
+        self._notify(name)
+        if old is not None:
+            await old.drain_and_close(self.drain_timeout)
+        return mv
+
+    def _build(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
+        backend = load_backend(path, config)
+        mv = ModelVersion(name, version, backend, config, self.metrics.for_model(name, version), digest)
+        try:
+            mv.warm()
+        except Exception as exc:
+            backend.close()
+            raise BackendError(f"warm-up failed: {exc}") from exc
+        return mv
+
+    async def unload(self, name: str, version: int | None = None) -> None:
+        """Stop routing to a version (or all of a model), drain it, free it."""
+        versions = self._models.get(name, {})
+        targets = list(versions) if version is None else [version]
+        gone = [versions.pop(v) for v in targets if v in versions]
+        if not versions:
+            self._models.pop(name, None)
+            self._routes.pop(name, None)
+        for v in targets:
+            self._states.pop((name, v), None)
+        self._notify(name)
+        for mv in gone:
+            self._states[(name, mv.version)] = ModelState("UNLOADING")
+            await mv.drain_and_close(self.drain_timeout)
+            self._states[(name, mv.version)] = ModelState("UNAVAILABLE", "unloaded")
+            log.info("unloaded model=%s version=%d", name, mv.version)
+        if gone:
+            gc.collect()
+            _malloc_trim()
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self.unload(name)
+
+    def _notify(self, name: str) -> None:
+        for cb in self.on_change:
+            cb(name)  # type: ignore[operator]
+
+    # ---- the model repository ----
+
+    def repository_models(self) -> list[str]:
+        if self.repository is None:
+            return []
+        return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    async def load_from_repository(self, name: str, config_override: str | None = None) -> list[int]:
+        """Load every version directory of ``REPO/name``; versions no longer present are unloaded."""
+        if self.repository is None:
+            raise FailedPrecondition("this worker has no model repository")
+        model_dir = self.repository / name
+        if "/" in name or name.startswith(".") or not model_dir.is_dir():
+            raise ModelNotFound(name)
+        config = parse_config(config_override, source="parameter") if config_override else load_config(model_dir)
+        found = {}
+        for child in model_dir.iterdir():
+            if child.is_dir() and child.name.isdigit() and (file := find_model_file(child)) is not None:
+                found[int(child.name)] = file
+        if not found:
+            raise FailedPrecondition(f"model '{name}' has no version directory with a model file")
+        errors = []
+        for version, file in sorted(found.items()):
+            try:
+                await self.load(name, version, file, config, digest=f"{file}:{file.stat().st_mtime_ns}")
+            except FailedPrecondition as exc:
+                errors.append(exc.message)
+        for version in set(self._models.get(name, {})) - set(found):
+            await self.unload(name, version)
+        if errors:
+            raise FailedPrecondition("; ".join(errors))
+        return sorted(found)
+
+    async def load_repository(self) -> None:
+        """Startup: load everything in the repository; a broken model is logged, not fatal."""
+        for name in self.repository_models():
+            try:
+                await self.load_from_repository(name)
+            except (FailedPrecondition, NotFound, InvalidArgument) as exc:
+                log.error("model %s not loaded: %s", name, exc)
+
+    # ---- the control plane's view (ModelHost) ----
+
+    def held(self) -> list[HeldModel]:
+        return [HeldModel(mv.name, mv.version, mv.digest) for mv in self.loaded()]
+
+    async def ensure_loaded(self, name: str, version: int, path: Path, config_json: str, digest: str) -> None:
+        await self.load(name, version, path, parse_config(config_json, source="snapshot"), digest)
+
+    def set_routes(self, routes: dict[str, Route]) -> None:
+        self._routes = dict(routes)
+        for name in routes:
+            self._notify(name)

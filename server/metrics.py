@@ -1,0 +1,92 @@
+"""Prometheus metrics of a worker, on an injected registry.
+
+Names follow Prometheus conventions (base units, ``_total`` counters,
+``_seconds`` histograms). Each model version binds its label children once at
+load time so the request path does no label lookups.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ModelMetrics", "WorkerMetrics"]
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_MV = ("model", "version")
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "lmaas_inference_requests", "Inference requests by gRPC status code.", (*_MV, "code"), registry=registry
+        )
+        self.inferences = Counter(
+            "lmaas_inferences", "Inferences performed (a request of batch n counts n).", _MV, registry=registry
+        )
+        self.executions = Counter("lmaas_inference_executions", "Model executions (a batch counts once).", _MV, registry=registry)
+        self.request_duration = Histogram(
+            "lmaas_inference_request_duration_seconds", "End-to-end request time in the worker.", _MV,
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "lmaas_inference_queue_duration_seconds", "Time a request waited for an execution.", _MV,
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.compute_duration = Histogram(
+            "lmaas_inference_compute_duration_seconds", "Model execution time per batch.", _MV,
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "lmaas_inference_batch_size", "Batch size of each execution.", _MV, buckets=_BATCH_BUCKETS, registry=registry
+        )
+        self.pending = Gauge(
+            "lmaas_inference_pending_requests", "Requests queued and not yet executing.", _MV, registry=registry
+        )
+        self.rejected = Counter(
+            "lmaas_inference_rejected", "Requests rejected before execution.", (*_MV, "reason"), registry=registry
+        )
+        self.loaded = Gauge("lmaas_model_loaded", "1 while a model version is loaded and ready.", _MV, registry=registry)
+        self.load_duration = Histogram(
+            "lmaas_model_load_duration_seconds", "Time to load and warm a model version.", ("model",),
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
+        )
+        self.snapshot_revision = Gauge(
+            "lmaas_worker_snapshot_revision", "Last control-plane snapshot revision this worker ACKed.", registry=registry
+        )
+
+    def for_model(self, name: str, version: int) -> ModelMetrics:
+        return ModelMetrics(self, name, str(version))
+
+
+class ModelMetrics:
+    """The label children of one model version."""
+
+    def __init__(self, m: WorkerMetrics, model: str, version: str) -> None:
+        self._m, self._labels = m, (model, version)
+        self.ok = m.requests.labels(model, version, "OK")
+        self.inferences = m.inferences.labels(model, version)
+        self.executions = m.executions.labels(model, version)
+        self.request_duration = m.request_duration.labels(model, version)
+        self.queue_duration = m.queue_duration.labels(model, version)
+        self.compute_duration = m.compute_duration.labels(model, version)
+        self.batch_size = m.batch_size.labels(model, version)
+        self.pending = m.pending.labels(model, version)
+        self.loaded = m.loaded.labels(model, version)
+
+    def failed(self, code: str) -> None:
+        self._m.requests.labels(*self._labels, code).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._m.rejected.labels(*self._labels, reason).inc()
+
+    def forget(self) -> None:
+        """Drop the per-version series after an unload (keeps /metrics bounded across deploys)."""
+        self.loaded.set(0)
+        for metric in (self._m.inferences, self._m.executions, self._m.request_duration, self._m.queue_duration,
+                       self._m.compute_duration, self._m.batch_size, self._m.pending):
+            try:
+                metric.remove(*self._labels)
+            except KeyError:
+                pass

@@ -1,0 +1,125 @@
+"""A loaded model version: backend, signature, batcher and bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from lmaas.protos.inference import model_config_pb2 as mc
+from lmaas.server.backends import Backend, Signature
+from lmaas.server.batching import Batcher, BatchPolicy
+from lmaas.server.config import ModelConfig
+from lmaas.server.metrics import ModelMetrics
+from lmaas.server.tensors import DTYPES
+
+__all__ = ["ModelVersion", "effective_max_batch_size"]
+
+DEFAULT_MAX_BATCH_SIZE = 64
+_CONFIG_TYPES = {name: getattr(mc, "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DTYPES}
+
+
+def effective_max_batch_size(config: ModelConfig, backend: Backend) -> int:
+    """The config's value, else batching when every input's first dimension is dynamic."""
+    if config.max_batch_size is not None:
+        return config.max_batch_size
+    if backend.inputs and all(s.shape and s.shape[0] == -1 for s in backend.inputs):
+        return DEFAULT_MAX_BATCH_SIZE
+    return 0
+
+
+class ModelVersion:
+    """One version of one model, ready to serve once :meth:`start` ran."""
+
+    def __init__(self, name: str, version: int, backend: Backend, config: ModelConfig, metrics: ModelMetrics,
+                 digest: str = "") -> None:
+        self.name, self.version, self.backend, self.config = name, version, backend, config
+        self.digest = digest
+        self.metrics = metrics
+        self.max_batch_size = effective_max_batch_size(config, backend)
+        self.inputs: dict[str, Signature] = {s.name: s for s in backend.inputs}
+        self.outputs: dict[str, Signature] = {s.name: s for s in backend.outputs}
+        self.output_names = tuple(self.outputs)
+        batching = config.dynamic_batching
+        self.policy = BatchPolicy(
+            max_batch_size=self.max_batch_size,
+            max_delay=(batching.max_queue_delay_microseconds / 1e6) if batching else 0.0,
+            preferred_sizes=batching.preferred_batch_sizes if batching else (),
+            max_queue_size=batching.max_queue_size if batching else 0,
+            instances=config.instance_count,
+        )
+        self._executor = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"{name}-v{version}")
+        self.batcher = Batcher(self._run, self.policy, self._executor, metrics)
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.last_inference_ms = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def _run(self, inputs: Any) -> dict[str, Any]:
+        return self.backend.run(inputs, self.output_names)
+
+    def warm(self) -> None:
+        """Run once on zeros so the first real request pays no lazy initialisation (thread)."""
+        def zeros(sig: Signature) -> Any:
+            shape = [1 if d == -1 else d for d in sig.shape]
+            return np.full(shape, b"", dtype=object) if sig.datatype == "BYTES" else np.zeros(shape, DTYPES[sig.datatype])
+
+        feed = {n: zeros(s) for n, s in self.inputs.items()}
+        self._run(feed)
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.metrics.loaded.set(1)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.last_inference_ms = int(time.time() * 1000)
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Let in-flight requests finish (up to ``timeout``), then free the model."""
+        self.metrics.loaded.set(0)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+        await self.batcher.stop()
+        self._executor.shutdown(wait=True)
+        self.backend.close()
+        self.metrics.forget()
+
+    def config_pb(self) -> mc.ModelConfig:
+        """The Triton-compatible configuration (what perf_analyzer and tritonclient read)."""
+        strip = 1 if self.max_batch_size else 0
+        cfg = mc.ModelConfig(
+            name=self.name,
+            platform=self.backend.platform,
+            backend="onnxruntime" if self.backend.platform.startswith("onnx") else "pytorch",
+            max_batch_size=self.max_batch_size,
+            input=[mc.ModelInput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
+                   for s in self.inputs.values()],
+            output=[mc.ModelOutput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
+                    for s in self.outputs.values()],
+            instance_group=[mc.ModelInstanceGroup(count=self.config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        )
+        if self.max_batch_size:
+            cfg.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
+                preferred_batch_size=self.policy.preferred_sizes,
+                max_queue_delay_microseconds=int(self.policy.max_delay * 1e6),
+                default_queue_policy=mc.ModelQueuePolicy(max_queue_size=self.policy.max_queue_size),
+            ))
+        for key, value in self.config.parameters.items():
+            cfg.parameters[key].string_value = str(value)
+        return cfg

@@ -1,0 +1,24 @@
+"""The worker's settings: one typed object, filled by the CLI (flags or LMAAS_* variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="address to bind the gRPC and metrics ports to")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="OIP v2 gRPC port; 0 = any free port")
+    metrics_port: int = Field(8002, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port")
+    model_repository: Path | None = Field(None, description="serve every model in this directory")
+    control_plane: str | None = Field(None, description="HOST:PORT[,HOST:PORT] of control-plane replicas")
+    worker_id: str = Field("", description="identity reported to the control plane (default: host name + port)")
+    pool: str = Field("default", description="worker pool this worker serves")
+    cache_dir: Path = Field(Path(".lmaas/cache"), description="where artifacts from the control plane are cached")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
+    max_message_bytes: int = Field(64 << 20, ge=1024, description="largest gRPC message accepted")
+    max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")
+    token: str | None = Field(None, description="bearer token presented to the control plane")
