@@ -61,15 +61,16 @@ else
   own_policy=0
   if [[ ! -e $POLICY_RC ]]; then
     own_policy=1
+    # shellcheck disable=SC2016  # $1 is for the policy script, not for this shell
     printf '#!/bin/sh\n# temporary, written by LMaaS .ci/install-system.sh\n[ "$1" = etcd ] && exit 101\nexit 0\n' |
       "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
     "${SUDO[@]}" chmod 755 "$POLICY_RC"
     trap '"${SUDO[@]}" rm -f "$POLICY_RC"' EXIT
   fi
 
-  export DEBIAN_FRONTEND=noninteractive
   "${SUDO[@]}" apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes \
+    apt-get install -y -qq --no-install-recommends \
     -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
 
   if [[ $own_policy -eq 1 ]]; then

@@ -49,8 +49,9 @@ def worker_session_options() -> tuple[ort.SessionOptions, str]:
         return opts, "fallback copy of the worker defaults"
 
 
-def _closed_loop(session: ort.InferenceSession, feed: dict[str, np.ndarray], threads: int, window_s: float
-                 ) -> tuple[int, float, list[float]]:
+def _closed_loop(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], threads: int, window_s: float
+) -> tuple[int, float, list[float]]:
     """Run ``threads`` closed loops for ``window_s``; returns (calls, elapsed s, per-call latencies in s)."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
@@ -82,8 +83,15 @@ def _closed_loop(session: ort.InferenceSession, feed: dict[str, np.ndarray], thr
     return len(flat), elapsed, flat
 
 
-def measure_inprocess(model_path: Path, spec: ModelSpec, *, window_s: float, batch_sizes: Iterable[int],
-                      threads: Iterable[int] = (1, 2), concurrencies: Iterable[int] = ()) -> dict[str, Any]:
+def measure_inprocess(
+    model_path: Path,
+    spec: ModelSpec,
+    *,
+    window_s: float,
+    batch_sizes: Iterable[int],
+    threads: Iterable[int] = (1, 2),
+    concurrencies: Iterable[int] = (),
+) -> dict[str, Any]:
     opts, origin = worker_session_options()
     session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
     batch_sizes = sorted(set(batch_sizes) | {1})
@@ -110,14 +118,18 @@ def measure_inprocess(model_path: Path, spec: ModelSpec, *, window_s: float, bat
     for b in batch_sizes:
         for t in threads:
             calls, elapsed, lat = _closed_loop(session, feed(b), t, window_s)
-            grid.append({"batch": b, "threads": t, "rows_per_s": calls * b / elapsed,
-                         "p50_us": float(np.percentile(np.asarray(lat) * 1e6, 50))})
+            grid.append(
+                {
+                    "batch": b,
+                    "threads": t,
+                    "rows_per_s": calls * b / elapsed,
+                    "p50_us": float(np.percentile(np.asarray(lat) * 1e6, 50)),
+                }
+            )
 
     best = max(grid, key=lambda g: g["rows_per_s"])
     best1 = max((g for g in grid if g["batch"] == 1), key=lambda g: g["rows_per_s"])
-    limit_at = {
-        str(c): max(g["rows_per_s"] for g in grid if g["batch"] <= c) for c in sorted(set(concurrencies))
-    }
+    limit_at = {str(c): max(g["rows_per_s"] for g in grid if g["batch"] <= c) for c in sorted(set(concurrencies))}
     return {
         "session_options": origin,
         "intra_op_threads": opts.intra_op_num_threads,

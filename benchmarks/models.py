@@ -73,7 +73,7 @@ def _torch_module(name: str) -> Any:
             return self.net(x)  # type: ignore[no-any-return]
 
     class Cnn(nn.Module):
-        # 3×64×64 → 32 → 64 (pool) → 128 (pool) → 256 (pool) → 256 → global average → 10; ≈0.27 GMAC/sample
+        # 3x64x64 → 32 → 64 (pool) → 128 (pool) → 256 (pool) → 256 → global average → 10; ≈0.27 GMAC/sample
         def __init__(self) -> None:
             super().__init__()
 
@@ -84,9 +84,9 @@ def _torch_module(name: str) -> Any:
             self.features = nn.Sequential(
                 nn.Conv2d(3, 32, 3, padding=1),
                 nn.ReLU(),
-                *block(32, 64, True),  # 32×32
-                *block(64, 128, True),  # 16×16
-                *block(128, 256, True),  # 8×8
+                *block(32, 64, True),  # 32x32
+                *block(64, 128, True),  # 16x16
+                *block(128, 256, True),  # 8x8
                 *block(256, 256, False),
             )
             self.head = nn.Linear(256, 10)
@@ -180,7 +180,25 @@ def build_repository(repo: Path, names: list[str], *, force: bool = False) -> di
             "path": str(path),
             "parameters": params,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "input": {"name": MODELS[name].input_name, "datatype": MODELS[name].datatype,
-                      "shape": [-1, *MODELS[name].shape]},
+            "input": {
+                "name": MODELS[name].input_name,
+                "datatype": MODELS[name].datatype,
+                "shape": [-1, *MODELS[name].shape],
+            },
         }
     return facts
+
+
+def write_perf_analyzer_data(spec: ModelSpec, path: Path, samples: int = 8) -> Path:
+    """perf_analyzer ``--input-data`` JSON with ``samples`` real batch-1 inputs for ``spec``.
+
+    perf_analyzer's default (random bytes) makes NaN/Inf floats and out-of-vocabulary token ids: the
+    transformer rejects those, MLServer fails to encode a NaN output, and denormals distort timings.
+    """
+    batch = example_batch(spec, samples, seed=1234)
+    rows = [
+        {spec.input_name: {"content": batch[i].reshape(-1).tolist(), "shape": list(spec.shape)}} for i in range(samples)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": rows}))
+    return path

@@ -109,7 +109,7 @@ def perf_analyzer_version(binary: str | None = None) -> str:
     path = _require_binary(binary)
     proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
     output = proc.stdout + proc.stderr
-    match = re.search(r"Version\s+(\S+)", output)
+    match = re.search(r"Version\s+(\d[\w.+-]*)", output)
     if proc.returncode != 0 or match is None:
         raise PerfAnalyzerError(
             "perf_analyzer --version failed",
@@ -147,8 +147,8 @@ def parse_perf_analyzer_csv(text: str) -> list[dict[str, int | float | str | Non
     ``p99_us``, ``client_send_us``, ``client_recv_us`` and, when the server reports statistics,
     ``network_server_us``, ``server_queue_us``, ``server_compute_input_us``, ``server_compute_infer_us``,
     ``server_compute_output_us``. Unknown columns are kept under a snake_case form of their header; empty cells
-    are ``None``. Rows after
-    the first blank line (``--verbose-csv`` / ``--collect-metrics`` sections) are ignored.
+    are ``None``. Rows after the first blank line (``--verbose-csv`` / ``--collect-metrics`` sections) are
+    ignored.
     """
     lines: list[str] = []
     for line in text.splitlines():

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from benchmarks.models import MODELS, ModelSpec, example_batch
+from benchmarks.models import MODELS, ModelSpec
 
 __all__ = [
     "MLSERVER_VERSION",
@@ -69,16 +69,22 @@ def _pump(stream: IO[bytes], log: IO[bytes], lines: queue.Queue[str]) -> None:
 
 
 @contextlib.contextmanager
-def _process(command: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], queue.Queue[str]]]:
+def _process(
+    command: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], queue.Queue[str]]]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: queue.Queue[str] = queue.Queue(maxsize=10_000)
     with open(log_path, "wb") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()
         proc = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
         assert proc.stdout is not None
         pump = threading.Thread(target=_pump, args=(proc.stdout, log, lines), daemon=True)
@@ -138,8 +144,9 @@ def verify_infer(server: Server, spec: ModelSpec, expected: np.ndarray, x: np.nd
     try:
         inp = grpc.InferInput(spec.input_name, list(x.shape), spec.datatype)
         inp.set_data_from_numpy(x)
-        result = client.infer(spec.name, [inp], outputs=[grpc.InferRequestedOutput(spec.output_name)],
-                              client_timeout=30)
+        result = client.infer(
+            spec.name, [inp], outputs=[grpc.InferRequestedOutput(spec.output_name)], client_timeout=30
+        )
         got = result.as_numpy(spec.output_name)
     finally:
         client.close()
@@ -149,12 +156,29 @@ def verify_infer(server: Server, spec: ModelSpec, expected: np.ndarray, x: np.nd
 
 # --------------------------------------------------------------------------------------------- LMaaS worker
 @contextlib.contextmanager
-def lmaas_worker(repo: Path, log_path: Path, *, extra_args: Sequence[str] = (), start_timeout_s: float = 120,
-                 env: dict[str, str] | None = None) -> Iterator[Server]:
+def lmaas_worker(
+    repo: Path,
+    log_path: Path,
+    *,
+    extra_args: Sequence[str] = (),
+    start_timeout_s: float = 120,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
     """``lmaas worker --model-repository REPO --grpc-port 0 --metrics-port 0 --host 127.0.0.1``."""
     exe = Path(sys.executable).parent / "lmaas"
-    command = [str(exe) if exe.exists() else "lmaas", "worker", "--model-repository", str(repo),
-               "--grpc-port", "0", "--metrics-port", "0", "--host", HOST, *extra_args]
+    command = [
+        str(exe) if exe.exists() else "lmaas",
+        "worker",
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--host",
+        HOST,
+        *extra_args,
+    ]
     with _process(command, log_path, env={**os.environ, **(env or {})}) as (proc, lines):
         deadline = time.monotonic() + start_timeout_s
         match = None
@@ -163,13 +187,14 @@ def lmaas_worker(repo: Path, log_path: Path, *, extra_args: Sequence[str] = (), 
                 raise RuntimeError(f"lmaas worker exited with {proc.returncode}; see {log_path}")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"lmaas worker printed no 'listening' line within {start_timeout_s} s; see {log_path}")
+                raise TimeoutError(
+                    f"lmaas worker printed no 'listening' line within {start_timeout_s} s; see {log_path}"
+                )
             try:
                 match = _LISTENING.search(lines.get(timeout=min(left, 0.5)))
             except queue.Empty:
                 continue
-        yield Server("lmaas", match["grpc"], proc, log_path,
-                     {"metrics": match["metrics"], "command": command})
+        yield Server("lmaas", match["grpc"], proc, log_path, {"metrics": match["metrics"], "command": command})
 
 
 # ----------------------------------------------------------------------------------------------- MLServer
@@ -178,15 +203,20 @@ def ensure_mlserver_venv(venv: Path) -> Path:
     import onnxruntime
 
     python = venv / "bin" / "python"
-    want = {"mlserver": MLSERVER_VERSION, "onnxruntime": onnxruntime.__version__}
+    # uvloop 0.22+ raises from asyncio.get_event_loop() without a running loop, which MLServer 1.7.1's
+    # inference-pool workers call at start: every worker dies and no model loads. 0.21.0 is the last that works.
+    want = {"mlserver": MLSERVER_VERSION, "onnxruntime": onnxruntime.__version__, "uvloop": "0.21.0"}
     stamp = venv / ".lmaas-bench.json"
     if python.exists() and stamp.is_file() and json.loads(stamp.read_text()) == want:
         return python
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
     pins = [f"{k}=={v}" for k, v in want.items()]
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins, "numpy"],
-                   check=True, timeout=1800)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins, "numpy"],
+        check=True,
+        timeout=1800,
+    )
     stamp.write_text(json.dumps(want))
     return python
 
@@ -194,7 +224,6 @@ def ensure_mlserver_venv(venv: Path) -> Path:
 def _descriptor_set() -> bytes:
     """The Triton ``inference`` protos (from LMaaS's generated code) as a serialized FileDescriptorSet."""
     from google.protobuf import descriptor_pb2
-
     from lmaas.protos.inference import grpc_service_pb2
 
     fds = descriptor_pb2.FileDescriptorSet()
@@ -225,9 +254,17 @@ def _triton_config(spec: ModelSpec, max_batch_size: int) -> dict[str, Any]:
     }
 
 
-def write_mlserver_workspace(workspace: Path, repo: Path, models: Sequence[str], *, grpc_port: int,
-                             http_port: int, metrics_port: int, intra_op_threads: int,
-                             parallel_workers: int | None = None) -> None:
+def write_mlserver_workspace(
+    workspace: Path,
+    repo: Path,
+    models: Sequence[str],
+    *,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    intra_op_threads: int,
+    parallel_workers: int | None = None,
+) -> None:
     """settings.json, ``<model>/model-settings.json`` and ``triton/`` for the launcher."""
     workspace.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
@@ -266,20 +303,41 @@ def write_mlserver_workspace(workspace: Path, repo: Path, models: Sequence[str],
 
 
 @contextlib.contextmanager
-def mlserver_peer(venv: Path, workspace: Path, repo: Path, models: Sequence[str], log_path: Path, *,
-                  intra_op_threads: int, parallel_workers: int | None = None,
-                  start_timeout_s: float = 180) -> Iterator[Server]:
+def mlserver_peer(
+    venv: Path,
+    workspace: Path,
+    repo: Path,
+    models: Sequence[str],
+    log_path: Path,
+    *,
+    intra_op_threads: int,
+    parallel_workers: int | None = None,
+    start_timeout_s: float = 180,
+) -> Iterator[Server]:
+    venv, workspace = venv.absolute(), workspace.absolute()
     python = ensure_mlserver_venv(venv)
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    write_mlserver_workspace(workspace, repo, models, grpc_port=grpc_port, http_port=http_port,
-                             metrics_port=metrics_port, intra_op_threads=intra_op_threads,
-                             parallel_workers=parallel_workers)
+    write_mlserver_workspace(
+        workspace,
+        repo,
+        models,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        intra_op_threads=intra_op_threads,
+        parallel_workers=parallel_workers,
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(HERE / "peer_mlserver")
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     command = [str(python), str(HERE / "peer_mlserver" / "launch.py"), str(workspace)]
     with _process(command, log_path, env=env, cwd=workspace) as (proc, _lines):
-        server = Server("mlserver", f"{HOST}:{grpc_port}", proc, log_path,
-                        {"version": MLSERVER_VERSION, "command": command, "parallel_workers": parallel_workers})
+        server = Server(
+            "mlserver",
+            f"{HOST}:{grpc_port}",
+            proc,
+            log_path,
+            {"version": MLSERVER_VERSION, "command": command, "parallel_workers": parallel_workers},
+        )
         wait_ready(server, models, timeout_s=start_timeout_s)
         yield server

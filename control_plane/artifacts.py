@@ -146,7 +146,9 @@ class ArtifactStore:
         finally:
             os.close(dir_fd)
 
-    async def read(self, digest: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[tuple[int, bytes]]:
+    async def read(
+        self, digest: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncIterator[tuple[int, bytes]]:
         """``(offset, bytes)`` pieces of a stored blob from ``offset`` on."""
         path = self.path(digest)
         try:

@@ -41,6 +41,7 @@ AUTOMATIC = "control-plane"
 
 def previous_record(deployment: pb.Deployment) -> pb.DeploymentRecord | None:
     """The latest earlier record that serves, did not fail, and differs from the current spec."""
+    record: pb.DeploymentRecord
     for record in reversed(deployment.history[:-1]):
         if not record.failed and record.spec.stable_version > 0 and record.spec != deployment.spec:
             return record
@@ -116,9 +117,9 @@ class Deployments:
             deployment, guard = pb.Deployment(model=name), Compare.absent(key)
         else:
             deployment, guard = pb.Deployment.FromString(kv.value), Compare.unchanged(key, kv.mod_revision)
-        if expected_generation == -1 and kv is not None or expected_generation > 0 and (
+        if (expected_generation == -1 and kv is not None) or (expected_generation > 0 and (
             deployment.generation != expected_generation
-        ):
+        )):
             raise Aborted(
                 f"deployment of model '{name}' is at generation {deployment.generation}, "
                 f"not the expected {expected_generation}; re-read and retry"
@@ -230,7 +231,7 @@ class Deployments:
             kv = await self._store.get(keys.rollout(name))
             if kv is None:
                 return None
-            rollout = pb.Rollout.FromString(kv.value)
+            rollout: pb.Rollout = pb.Rollout.FromString(kv.value)
             if rollout.phase != pb.ROLLOUT_PHASE_PROGRESSING:
                 return rollout
             observed = await self._observed()
@@ -248,12 +249,14 @@ class Deployments:
         raise Aborted(f"rollout of model '{name}' kept changing during evaluation")
 
     async def _succeed(self, rollout: pb.Rollout, kv: KeyValue) -> pb.Rollout | None:
-        stored = pb.Rollout.FromString(kv.value)
+        stored: pb.Rollout = pb.Rollout.FromString(kv.value)
         stored.phase = pb.ROLLOUT_PHASE_SUCCEEDED
         stored.finished_at_ms = self._clock()
         count = len(rollout.workers)
         stored.message = f"acknowledged by {count} worker{'s' * (count != 1)}" if count else "no worker connected"
-        result = await self._store.txn([Compare.unchanged(kv.key, kv.mod_revision)], [Put(kv.key, stored.SerializeToString())])
+        result = await self._store.txn(
+            [Compare.unchanged(kv.key, kv.mod_revision)], [Put(kv.key, stored.SerializeToString())]
+        )
         if not result.succeeded:
             return None
         log.info("model %s: generation %d rolled out (%s)", stored.model, stored.generation, stored.message)
@@ -267,7 +270,7 @@ class Deployments:
         if dkv is None:
             return None
         deployment = pb.Deployment.FromString(dkv.value)
-        stored = pb.Rollout.FromString(kv.value)
+        stored: pb.Rollout = pb.Rollout.FromString(kv.value)
         now = self._clock()
         error = f"worker {nack.worker_id} rejected generation {rollout.generation}: {nack.error}"
         ops = []

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,7 +26,9 @@ class ControlMetrics:
             registry=registry,
         )
         self.connected_workers = Gauge(
-            "lmaas_control_connected_workers", "Workers with a WorkerSync stream open to this replica.", registry=registry
+            "lmaas_control_connected_workers",
+            "Workers with a WorkerSync stream open to this replica.",
+            registry=registry,
         )
         self.worker_revision = Gauge(
             "lmaas_control_worker_revision",
@@ -50,10 +52,8 @@ class ControlMetrics:
 
     def worker_gone(self, worker_id: str) -> None:
         for kind in ("desired", "acked"):
-            try:
+            with contextlib.suppress(KeyError):
                 self.worker_revision.remove(worker_id, kind)
-            except KeyError:
-                pass
 
 
 class InstrumentedStore(Store):
@@ -119,6 +119,9 @@ class InstrumentedStore(Store):
             return await self.inner.revision()
         finally:
             self._observe("revision", start)
+
+    async def compact(self, revision: int) -> None:
+        await self.inner.compact(revision)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -58,6 +58,11 @@ class WorkerSync:
         self._watcher = watcher
         self._metrics = metrics
         self._settings = settings
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every session (at shutdown): their workers reconnect, to another replica if there is one."""
+        self._closing.set()
 
     async def session(
         self, hello: sync_pb2.Hello, incoming: AsyncIterator[sync_pb2.WorkerMessage]
@@ -135,10 +140,14 @@ class _Session:
                         yield snapshot
                         last = snapshot
                     waiter = asyncio.create_task(sub.wait())
-                    done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    closing = asyncio.create_task(sync._closing.wait())
+                    done, _ = await asyncio.wait({waiter, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    closing.cancel()
                     if reader in done:
-                        waiter.cancel()
                         reader.result()  # the worker's error, if any
+                        return
+                    if closing in done:
                         return
             finally:
                 reader.cancel()

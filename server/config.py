@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmaas.protos.errors import InvalidArgument
 
-__all__ = ["DATATYPES", "BatchingConfig", "ModelConfig", "TensorSpec", "load_config", "parse_config"]
+__all__ = ["DATATYPES", "BatchingConfig", "ModelConfig", "TensorSpec", "dump_config", "load_config", "parse_config"]
 
 # OIP datatype → element size in bytes (BYTES is variable).
 DATATYPES: dict[str, int] = {

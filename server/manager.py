@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound
 from lmaas.server.backends import BackendError, find_model_file, load_backend
-from lmaas.server.config import ModelConfig, load_config, parse_config
+from lmaas.server.config import ModelConfig, dump_config, load_config, parse_config
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.models import ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
@@ -182,7 +182,9 @@ class ModelManager:
         errors = []
         for version, file in sorted(found.items()):
             try:
-                await self.load(name, version, file, config, digest=f"{file}:{file.stat().st_mtime_ns}")
+                # A local "digest": a reload is a no-op unless the file or the config changed.
+                digest = f"{file}:{file.stat().st_mtime_ns}:{dump_config(config)}"
+                await self.load(name, version, file, config, digest=digest)
             except FailedPrecondition as exc:
                 errors.append(exc.message)
         for version in set(self._models.get(name, {})) - set(found):

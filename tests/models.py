@@ -107,5 +107,7 @@ def build_repository(root: Path) -> Path:
     write_mlp_export(root / "mlp_export", seed=0)
     write_identity_onnx(root / "identity" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d != "BF16"))
     write_identity_onnx(root / "identity_bf16" / "1" / "model.onnx", ("BF16",))
+    # Every datatype that has a typed contents field (FP16 and BF16 travel raw only).
+    write_identity_onnx(root / "identity_typed" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d not in ("FP16", "BF16")))
     write_fixed_onnx(root / "fixed" / "1" / "model.onnx")
     return root

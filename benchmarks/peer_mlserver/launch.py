@@ -26,7 +26,9 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from mlserver.cli.serve import load_settings
 from mlserver.grpc import server as grpc_server
+from mlserver.logging import configure_logger
 from mlserver.server import MLServer
+from mlserver.utils import install_uvloop_event_loop
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -82,4 +84,6 @@ async def _main(workspace: Path) -> None:
 
 
 if __name__ == "__main__":
+    configure_logger()  # as `mlserver start` does
+    install_uvloop_event_loop()
     asyncio.run(_main(Path(sys.argv[1]).resolve()))

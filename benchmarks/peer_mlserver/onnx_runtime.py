@@ -39,5 +39,7 @@ class OnnxModel(MLModel):
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=[NumpyCodec.encode_output(name, arr) for name, arr in zip(self._output_names, results, strict=True)],
+            outputs=[
+                NumpyCodec.encode_output(name, arr) for name, arr in zip(self._output_names, results, strict=True)
+            ],
         )

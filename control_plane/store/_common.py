@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from .base import Compare, Delete, Put
 
-__all__ = ["COMPARE_OPS", "COMPARE_TARGETS", "decode_key", "encode_key", "prefix_end", "validate_txn"]
+__all__ = ["COMPARE_OPS", "COMPARE_TARGETS", "check_key", "decode_key", "encode_key", "prefix_end", "validate_txn"]
 
 COMPARE_OPS = frozenset({"==", "!=", "<", ">"})
 COMPARE_TARGETS = frozenset({"mod_revision", "create_revision", "version", "value"})
@@ -18,6 +18,12 @@ def encode_key(key: str) -> bytes:
 
 def decode_key(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+def check_key(key: str) -> None:
+    """etcd refuses an empty key (except as the prefix of everything)."""
+    if not key:
+        raise ValueError("key must not be empty")
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
@@ -49,6 +55,8 @@ def _validate_branch(ops: Sequence[Put | Delete]) -> None:
     ranges: list[tuple[bytes, bytes | None]] = []
     for op in ops:
         key = encode_key(op.key)
+        if isinstance(op, Put) or (isinstance(op, Delete) and not op.prefix):
+            check_key(op.key)
         if isinstance(op, Put):
             if key in seen:
                 raise ValueError(f"transaction branch writes key {op.key!r} twice")
@@ -67,6 +75,7 @@ def validate_txn(
     compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete]
 ) -> None:
     for c in compares:
+        check_key(c.key)
         _validate_compare(c)
     _validate_branch(success)
     _validate_branch(failure)

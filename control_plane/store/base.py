@@ -162,20 +162,26 @@ class Lease(abc.ABC):
     id: int
     ttl: int
 
+    _expired_event: asyncio.Event | None = None
+
     def __init__(self, lease_id: int, ttl: int) -> None:
         self.id = lease_id
         self.ttl = ttl
-        self._expired = asyncio.Event()
+
+    def _expired(self) -> asyncio.Event:
+        if self._expired_event is None:
+            self._expired_event = asyncio.Event()
+        return self._expired_event
 
     @property
     def expired(self) -> bool:
-        return self._expired.is_set()
+        return self._expired().is_set()
 
     async def wait_expired(self) -> None:
-        await self._expired.wait()
+        await self._expired().wait()
 
     def _mark_expired(self) -> None:
-        self._expired.set()
+        self._expired().set()
 
     @abc.abstractmethod
     async def revoke(self) -> None:
@@ -222,18 +228,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def lease(self, ttl: int, *, keepalive: bool = True) -> Lease:
-        """Grant a lease of ``ttl`` seconds, refreshed every ttl/3 by a task of the store unless ``keepalive`` is
-        false (then it expires ``ttl`` after the grant; tests use that to simulate a crashed owner)."""
+    async def lease(self, ttl: int) -> Lease:
+        """Grant a lease of ``ttl`` seconds (at least 1), refreshed every ttl/3 by a task of the store.
+
+        Both backends also take ``keepalive=False``: the lease then expires ``ttl`` after the grant
+        (tests use it to play a crashed owner)."""
 
     @abc.abstractmethod
     async def revision(self) -> int:
         """The current store revision."""
 
-    @abc.abstractmethod
     async def compact(self, revision: int) -> None:
         """Forget the history before ``revision``: watches from an earlier revision raise :class:`WatchCompacted`.
-        Idempotent; the current state of every key stays."""
+        Idempotent; the current state of every key stays. ``ValueError`` for a revision past the current one."""
+        raise NotImplementedError(f"{type(self).__name__} does not compact")
 
     @abc.abstractmethod
     async def close(self) -> None:

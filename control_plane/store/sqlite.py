@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ._common import encode_key, validate_txn
+from ._common import check_key, encode_key, validate_txn
 from ._sqlite_db import Db
 from .base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, StoreError, TxnResult
 
@@ -47,7 +47,7 @@ class SqliteLease(Lease):
     async def revoke(self) -> None:
         self._stop()
         if not self.expired:
-            await self._store._revoke(self)
+            await self._store._revoke(self.id)
         self._mark_expired()
 
     def _stop(self) -> None:
@@ -170,6 +170,7 @@ class SqliteStore(Store):
     # -- Store -------------------------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
+        check_key(key)
         return await self._run(self._db.get, key)
 
     async def range(self, prefix: str) -> RangeResult:
@@ -216,6 +217,7 @@ class SqliteStore(Store):
             self._watchers -= 1
 
     async def lease(self, ttl: int, *, keepalive: bool = True) -> Lease:
+        """See :meth:`Store.lease`; ``keepalive=False`` grants a lease nobody refreshes."""
         if ttl < 1:
             raise ValueError(f"lease ttl must be >= 1 second, got {ttl}")
         lease_id = await self._run(self._db.grant, ttl, time.time())
@@ -241,9 +243,9 @@ class SqliteStore(Store):
                 lease._mark_expired()
                 return
 
-    async def _revoke(self, lease: SqliteLease) -> None:
-        self._leases.pop(lease.id, None)
-        revision = await self._run(self._db.revoke, lease.id)
+    async def _revoke(self, lease_id: int) -> None:
+        self._leases.pop(lease_id, None)
+        revision = await self._run(self._db.revoke, lease_id)
         self._wake(revision)
 
     async def revision(self) -> int:

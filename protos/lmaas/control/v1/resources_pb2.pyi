@@ -91,20 +91,22 @@ class DeploymentSpec(_message.Message):
     def __init__(self, stable_version: _Optional[int] = ..., canary_version: _Optional[int] = ..., canary_weight: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeploymentRecord(_message.Message):
-    __slots__ = ("generation", "spec", "reason", "message", "created_at_ms", "created_by")
+    __slots__ = ("generation", "spec", "reason", "message", "created_at_ms", "created_by", "failed")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     spec: DeploymentSpec
     reason: str
     message: str
     created_at_ms: int
     created_by: str
-    def __init__(self, generation: _Optional[int] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
+    failed: bool
+    def __init__(self, generation: _Optional[int] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("model", "spec", "generation", "history", "updated_at_ms")

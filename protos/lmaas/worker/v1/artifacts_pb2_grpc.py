@@ -48,7 +48,7 @@ class ArtifactsServicer:
 
     def Download(self, request, context):
         """The artifact's bytes from an offset, in chunks. NOT_FOUND for an unknown
-        digest, OUT_OF_RANGE for an offset past the end. The receiver verifies
+        digest, INVALID_ARGUMENT for an offset past the end. The receiver verifies
         the sha256 of the whole file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -1,0 +1,198 @@
+"""Aggregate benchmark runs (medians), compute the ratios and targets, and render the table and chart."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["aggregate", "markdown_table", "plot", "targets_text"]
+
+SERVERS = ("lmaas", "mlserver")
+LABELS = {"lmaas": "LMaaS", "mlserver": "MLServer 1.7.1"}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def aggregate(runs: list[dict[str, Any]], models: Sequence[str], concurrencies: Sequence[int]) -> dict[str, Any]:
+    """Medians over runs, per metric, of every in-process and server measurement; plus ratios per cell."""
+    out: dict[str, Any] = {}
+    for model in models:
+        inproc = [r["inprocess"][model] for r in runs if model in r.get("inprocess", {})]
+        ip = {
+            "limit": _median([x["limit"] for x in inproc]),
+            "limit_batch1": _median([x["limit_batch1"] for x in inproc]),
+            "batch1_p50_us": _median([x["batch1"]["p50_us"] for x in inproc]),
+            "batch1_p99_us": _median([x["batch1"]["p99_us"] for x in inproc]),
+            "limit_at": {str(c): _median([x["limit_at"].get(str(c)) for x in inproc]) for c in concurrencies},
+        }
+        rows: dict[str, Any] = {}
+        for c in concurrencies:
+            cell: dict[str, Any] = {}
+            for server in SERVERS:
+                samples = [
+                    r["servers"][server][model][str(c)]
+                    for r in runs
+                    if "error" not in r.get("servers", {}).get(server, {}).get(model, {}).get(str(c), {"error": 1})
+                ]
+                if samples:
+                    cell[server] = {
+                        "throughput": _median([s["throughput"] for s in samples]),
+                        "p50_ms": _median([s["p50_us"] / 1000 for s in samples]),
+                        "p99_ms": _median([s["p99_us"] / 1000 for s in samples]),
+                        "runs": len(samples),
+                    }
+            lm = cell.get("lmaas", {}).get("throughput")
+            cell["lmaas_vs_limit"] = _ratio(lm, ip["limit"])
+            cell["lmaas_vs_limit_at_c"] = _ratio(lm, ip["limit_at"][str(c)])
+            cell["lmaas_vs_mlserver"] = _ratio(lm, cell.get("mlserver", {}).get("throughput"))
+            if c == 1 and "lmaas" in cell and ip["batch1_p50_us"] is not None:
+                cell["added_latency_us"] = cell["lmaas"]["p50_ms"] * 1000 - ip["batch1_p50_us"]
+            rows[str(c)] = cell
+        out[model] = {"inprocess": ip, "concurrency": rows}
+    return out
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown_table(agg: dict[str, Any]) -> str:
+    """model x concurrency: each server's infer/s, p50, p99 and the ratios."""
+    head = (
+        "| model | c | LMaaS infer/s | p50 ms | p99 ms | MLServer infer/s | p50 ms | p99 ms "
+        "| in-process limit/s | LMaaS / limit | LMaaS / limit (b≤c) | LMaaS / MLServer | added µs @c=1 |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for model, m in agg.items():
+        ip = m["inprocess"]
+        for c, cell in m["concurrency"].items():
+            lm, ml = cell.get("lmaas", {}), cell.get("mlserver", {})
+            lines.append(
+                f"| {model} | {c} | {_f(lm.get('throughput'), ',.0f')} | {_f(lm.get('p50_ms'), '.2f')} "
+                f"| {_f(lm.get('p99_ms'), '.2f')} | {_f(ml.get('throughput'), ',.0f')} | {_f(ml.get('p50_ms'), '.2f')} "
+                f"| {_f(ml.get('p99_ms'), '.2f')} | {_f(ip['limit'], ',.0f')} | {_f(cell['lmaas_vs_limit'], '.0%')} "
+                f"| {_f(cell['lmaas_vs_limit_at_c'], '.0%')} | {_f(cell['lmaas_vs_mlserver'], '.2f')}x "
+                f"| {_f(cell.get('added_latency_us'), '.0f')} |"
+            )
+    lines.append("")
+    lines.append("| model | in-process batch-1 call p50 µs | batch-1 limit/s | batched limit/s |")
+    lines.append("|---|---|---|---|")
+    for model, m in agg.items():
+        ip = m["inprocess"]
+        lines.append(
+            f"| {model} | {_f(ip['batch1_p50_us'], '.0f')} | {_f(ip['limit_batch1'], ',.0f')} "
+            f"| {_f(ip['limit'], ',.0f')} |"
+        )
+    return "\n".join(lines).replace("-x", "-")
+
+
+def targets(agg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated on the medians (None = not measured)."""
+    result: list[dict[str, Any]] = []
+    mlp = agg.get("mlp", {}).get("concurrency", {})
+    if "16" in mlp:
+        cell = mlp["16"]
+        ratio = cell["lmaas_vs_mlserver"]
+        lm_p99 = cell.get("lmaas", {}).get("p99_ms")
+        ml_p99 = cell.get("mlserver", {}).get("p99_ms")
+        result.append(
+            {
+                "target": "MLP c=16: LMaaS ≥ 4x MLServer throughput",
+                "value": ratio,
+                "ok": None if ratio is None else ratio >= 4,
+            }
+        )
+        result.append(
+            {
+                "target": "MLP c=16: LMaaS p99 below MLServer's",
+                "value": [lm_p99, ml_p99],
+                "ok": None if lm_p99 is None or ml_p99 is None else lm_p99 < ml_p99,
+            }
+        )
+    if "1" in mlp:
+        added = mlp["1"].get("added_latency_us")
+        result.append(
+            {
+                "target": "MLP c=1: added latency over the in-process call ≤ 150 µs",
+                "value": added,
+                "ok": None if added is None else added <= 150,
+            }
+        )
+    for model in ("cnn", "transformer"):
+        for c, cell in agg.get(model, {}).get("concurrency", {}).items():
+            if int(c) >= 4:
+                r = cell["lmaas_vs_limit"]
+                result.append(
+                    {
+                        "target": f"{model} c={c}: LMaaS ≥ 90% of the in-process limit",
+                        "value": r,
+                        "ok": None if r is None else r >= 0.9,
+                    }
+                )
+    return result
+
+
+def targets_text(items: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in items:
+        mark = {True: "PASS", False: "MISS", None: "n/a "}[t["ok"]]
+        v = t["value"]
+        if isinstance(v, list):
+            shown = " vs ".join(_f(x, ".2f") + " ms" for x in v)
+        elif v is None:
+            shown = "-"
+        elif "latency" in t["target"]:
+            shown = f"{v:.0f} µs"
+        elif "%" in t["target"]:
+            shown = f"{v:.0%}"
+        else:
+            shown = f"{v:.2f}x"
+        lines.append(f"- {mark} {t['target']}: {shown}")
+    return "\n".join(lines)
+
+
+def plot(agg: dict[str, Any], path: Path, title: str) -> Path:
+    """Throughput vs concurrency, one panel per model; in-process limits as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(agg)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        m = agg[model]
+        cs = [int(c) for c in m["concurrency"]]
+        for server, style in (("lmaas", "o-"), ("mlserver", "s--")):
+            ys = [m["concurrency"][str(c)].get(server, {}).get("throughput") for c in cs]
+            pts = [(c, y) for c, y in zip(cs, ys, strict=True) if y is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=LABELS[server])
+        ip = m["inprocess"]
+        if ip["limit"]:
+            ax.axhline(ip["limit"], color="gray", linestyle=":", label="in-process limit (batched)")
+        if ip["limit_batch1"]:
+            ax.axhline(ip["limit_batch1"], color="silver", linestyle="-.", label="in-process limit (batch 1)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs, [str(c) for c in cs])
+        ax.set_ylim(bottom=0)
+        ax.set_title(model)
+        ax.set_xlabel("concurrency (batch-1 requests)")
+        ax.set_ylabel("infer/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,408 @@
+"""LMaaS benchmark: in-process ONNX Runtime limit, the LMaaS worker and MLServer 1.7.1, measured in one run.
+
+    python -m benchmarks.run                    # 3 runs, medians; ~10 min on 2 cores
+    python -m benchmarks.run --quick            # 1 run, short windows; ~3 min
+    python -m benchmarks.run --models mlp --concurrency 1,16 --no-mlserver
+
+Writes ``OUT/results.json``, ``OUT/results.md`` (the table) and ``OUT/throughput.png``; prints the table
+and the issue's targets. See benchmarks/README.md for the definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python benchmarks/run.py` as well as `python -m benchmarks.run`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks import report
+from benchmarks.inprocess import measure_inprocess, worker_session_options
+from benchmarks.models import MODELS, build_repository, example_batch, write_perf_analyzer_data
+from benchmarks.perf_analyzer import PerfAnalyzerError, perf_analyzer_path, perf_analyzer_version, run_perf_analyzer
+from benchmarks.servers import MLSERVER_VERSION, Server, lmaas_worker, mlserver_peer, verify_infer, wait_ready
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields), idle
+
+
+def background_cpu(seconds: float = 1.0) -> float:
+    """Fraction of all cores busy over ``seconds`` while this benchmark does nothing (other load)."""
+    total0, idle0 = _cpu_times()
+    time.sleep(seconds)
+    total1, idle1 = _cpu_times()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def environment() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = m.group(1) if m else cpu
+    env: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host_cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "mlserver": MLSERVER_VERSION,
+    }
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        env["lmaas"] = version("lmaas")
+    with contextlib.suppress(Exception):
+        env["perf_analyzer"] = perf_analyzer_version()
+    with contextlib.suppress(Exception):
+        env["lmaas_commit"] = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    return env
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="1 run and short windows (~3 min)")
+    p.add_argument("--models", default="mlp,cnn,transformer", help="comma-separated: mlp,cnn,transformer")
+    p.add_argument("--concurrency", default="1,4,16", help="perf_analyzer concurrency levels")
+    p.add_argument("--runs", type=int, default=None, help="runs to take medians over (default 3, quick 1)")
+    p.add_argument("--no-mlserver", action="store_true", help="skip the MLServer peer")
+    p.add_argument("--no-lmaas", action="store_true", help="skip the LMaaS worker (in-process + peer only)")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default benchmarks/results)")
+    p.add_argument(
+        "--repo",
+        type=Path,
+        default=HERE / ".cache" / "model-repository",
+        help="model repository to build into (default benchmarks/.cache/model-repository)",
+    )
+    p.add_argument("--mlserver-venv", type=Path, default=HERE / ".venvs" / "mlserver")
+    p.add_argument(
+        "--mlserver-workers",
+        type=int,
+        default=None,
+        help="MLServer parallel_workers (default: MLServer's own default, 1)",
+    )
+    p.add_argument(
+        "--window-ms",
+        type=int,
+        default=None,
+        help="perf_analyzer measurement window (default 2000, quick 700; >= 3 windows per point)",
+    )
+    p.add_argument(
+        "--inprocess-window",
+        type=float,
+        default=None,
+        help="seconds per in-process measurement point (default 1.5, quick 0.5)",
+    )
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `lmaas worker` (repeatable), e.g. --worker-arg=--workers=2",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="MODEL",
+        help="after the runs, record a py-spy profile of the LMaaS worker under the highest concurrency",
+    )
+    p.add_argument("--profile-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="write the table and chart link into benchmarks/README.md between the results markers",
+    )
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 256:
+        p.error("--concurrency: integers in 1..256")
+    args.runs = args.runs or (1 if args.quick else 3)
+    if not 1 <= args.runs <= 20:
+        p.error("--runs: 1..20")
+    args.window_ms = args.window_ms or (700 if args.quick else 2000)
+    args.inprocess_window = args.inprocess_window or (0.5 if args.quick else 1.5)
+    return args
+
+
+def _measure_server(server: Server, args: argparse.Namespace, data: dict[str, Path]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for model in args.models:
+        results[model] = {}
+        for c in args.concurrency:
+            try:
+                r = run_perf_analyzer(
+                    server.url,
+                    model,
+                    concurrency=c,
+                    measurement_ms=args.window_ms,
+                    extra=["--input-data", str(data[model])],
+                    timeout=max(60, 15 * args.window_ms / 1000 + 30),
+                )
+                row = {k: r[k] for k in ("throughput", "p50_us", "p90_us", "p99_us", "avg_us") if k in r}
+                log(
+                    f"  {server.name:8} {model:11} c={c:<3} {row['throughput']:9,.0f} infer/s "
+                    f"p50 {row['p50_us'] / 1000:7.2f} ms  p99 {row['p99_us'] / 1000:7.2f} ms"
+                )
+            except PerfAnalyzerError as exc:
+                row = {"error": str(exc)[-2000:]}
+                log(f"  {server.name:8} {model:11} c={c:<3} FAILED: {str(exc).splitlines()[0]} (see results.json)")
+            results[model][str(c)] = row
+    return results
+
+
+def _verify(server: Server, args: argparse.Namespace, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    for model in args.models:
+        x, y = expected[model]
+        verify_infer(server, MODELS[model], y, x)
+
+
+def _profile(server: Server, args: argparse.Namespace, data: dict[str, Path], out: Path) -> dict[str, Any]:
+    """py-spy record of the worker while perf_analyzer drives it at the highest concurrency."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    model, c = args.profile, max(args.concurrency)
+    raw = out / f"profile-{model}-c{c}.txt"
+    svg = out / f"profile-{model}-c{c}.svg"
+    duration = max(2, int(args.profile_seconds))
+    pa = subprocess.Popen(
+        [
+            perf_analyzer_path() or "perf_analyzer",
+            "-i",
+            "grpc",
+            "-u",
+            server.url,
+            "-m",
+            model,
+            "--concurrency-range",
+            str(c),
+            "--measurement-mode",
+            "time_windows",
+            "--measurement-interval",
+            str(int(duration * 1000)),
+            "--max-trials",
+            "3",
+            "--stability-percentage",
+            "999",
+            "--input-data",
+            str(data[model]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.5)
+        for fmt, path in (("raw", raw), ("flamegraph", svg)):
+            subprocess.run(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(server.process.pid),
+                    "--duration",
+                    str(duration // 2),
+                    "--rate",
+                    "250",
+                    "--subprocesses",
+                    "--format",
+                    fmt,
+                    "--output",
+                    str(path),
+                ],
+                capture_output=True,
+                timeout=duration + 60,
+                check=False,
+            )
+    finally:
+        pa.terminate()
+        try:
+            pa.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pa.kill()
+            pa.wait(timeout=10)
+    summary = summarize_profile(raw) if raw.exists() else {}
+    return {"model": model, "concurrency": c, "raw": str(raw), "flamegraph": str(svg), **summary}
+
+
+def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self time (leaf frame) and inclusive time per function from py-spy's collapsed stacks."""
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        n = int(count_s)
+        frames = [re.sub(r" \(.*?/(site-packages|lib/python3\.\d+|main)/", " (", f) for f in stack.split(";")]
+        total += n
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
+        for f in set(frames[1:]):  # skip the process/thread root
+            incl[f] = incl.get(f, 0) + n
+
+    def table(d: dict[str, int]) -> list[list[Any]]:
+        return [[f, round(100 * v / total, 1)] for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self_pct": table(self_t), "inclusive_pct": table(incl)}
+
+
+def update_readme(table: str, targets: str, env: dict[str, Any], args: argparse.Namespace) -> None:
+    if not README.is_file():
+        return
+    text = README.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        return
+    chart = os.path.relpath(args.out / "throughput.png", README.parent)
+    block = (
+        f"{MARK_START}\n"
+        f"Run {env['date']} on {env['host_cores']} cores ({env['cpu']}), onnxruntime {env['onnxruntime']}, "
+        f"{args.runs} run(s), medians; perf_analyzer {env.get('perf_analyzer', '?')} on the same cores. "
+        f"Command: `python -m benchmarks.run{' --quick' if args.quick else ''}`.\n\n"
+        f"{table}\n\nTargets (issue 4):\n\n{targets}\n\n![throughput vs concurrency]({chart})\n{MARK_END}"
+    )
+    start, end = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
+    README.write_text(text[:start] + block + text[end:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "logs"
+    env = environment()
+    if perf_analyzer_path() is None and not (args.no_mlserver and args.no_lmaas):
+        log('perf_analyzer not found: run .ci/install-perf-analyzer.sh "$VIRTUAL_ENV" (or set LMAAS_PERF_ANALYZER)')
+        return 2
+    busy = background_cpu()
+    env["background_cpu_before"] = round(busy, 3)
+    if busy > 0.15:
+        log(f"WARNING: {busy:.0%} of the CPU is busy with other work before the benchmark; numbers will be noisy")
+
+    log(f"building models {args.models} into {args.repo}")
+    facts = build_repository(args.repo, args.models)
+    data = {m: write_perf_analyzer_data(MODELS[m], args.out / "input-data" / f"{m}.json") for m in args.models}
+    opts, _ = worker_session_options()
+    expected: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for m in args.models:
+        sess = ort.InferenceSession(facts[m]["path"], sess_options=opts, providers=["CPUExecutionProvider"])
+        x = example_batch(MODELS[m], 1, seed=99)
+        expected[m] = (x, sess.run(None, {MODELS[m].input_name: x})[0])
+        del sess
+
+    runs: list[dict[str, Any]] = []
+    profile: dict[str, Any] | None = None
+    started = time.monotonic()
+    for i in range(args.runs):
+        run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}}
+        log(f"run {i + 1}/{args.runs}: in-process ONNX Runtime limit")
+        for m in args.models:
+            r = measure_inprocess(
+                Path(facts[m]["path"]),
+                MODELS[m],
+                window_s=args.inprocess_window,
+                batch_sizes=(1, 4, 16) if args.quick else (1, 2, 4, 8, 16),
+                concurrencies=args.concurrency,
+            )
+            run["inprocess"][m] = r
+            log(
+                f"  in-process {m:11} batch-1 call p50 {r['batch1']['p50_us']:8.0f} µs; limit batch-1 "
+                f"{r['limit_batch1']:9,.0f}/s, batched {r['limit']:9,.0f}/s (b={r['limit_config']['batch']}, "
+                f"threads={r['limit_config']['threads']})"
+            )
+        if not args.no_lmaas:
+            log(f"run {i + 1}/{args.runs}: LMaaS worker")
+            with lmaas_worker(args.repo, logs / f"lmaas-run{i + 1}.log", extra_args=args.worker_arg) as server:
+                wait_ready(server, args.models)
+                _verify(server, args, expected)
+                run["servers"]["lmaas"] = _measure_server(server, args, data)
+                if args.profile and i == args.runs - 1:
+                    log(f"profiling the LMaaS worker with py-spy: {args.profile} at c={max(args.concurrency)}")
+                    profile = _profile(server, args, data, args.out)
+        if not args.no_mlserver:
+            log(f"run {i + 1}/{args.runs}: MLServer {MLSERVER_VERSION} (own venv {args.mlserver_venv})")
+            try:
+                with mlserver_peer(
+                    args.mlserver_venv,
+                    args.out / "mlserver-workspace",
+                    args.repo,
+                    args.models,
+                    logs / f"mlserver-run{i + 1}.log",
+                    intra_op_threads=opts.intra_op_num_threads,
+                    parallel_workers=args.mlserver_workers,
+                ) as server:
+                    _verify(server, args, expected)
+                    run["servers"]["mlserver"] = _measure_server(server, args, data)
+            except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+                log(f"MLServer failed: {exc}")
+                run["servers"]["mlserver_error"] = str(exc)
+        runs.append(run)
+
+    env["background_cpu_after"] = round(background_cpu(), 3)
+    env["elapsed_s"] = round(time.monotonic() - started, 1)
+    agg = report.aggregate(runs, args.models, args.concurrency)
+    table = report.markdown_table(agg)
+    targets = report.targets(agg)
+    targets_md = report.targets_text(targets)
+    title = (
+        f"LMaaS vs MLServer {MLSERVER_VERSION} vs in-process ONNX Runtime — {env['host_cores']} cores, "
+        f"batch-1 requests, medians of {args.runs} run(s)"
+    )
+    chart = report.plot(agg, args.out / "throughput.png", title)
+    results = {
+        "environment": env,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "models": facts,
+        "summary": agg,
+        "targets": targets,
+        "profile": profile,
+        "runs": runs,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (args.out / "results.md").write_text(f"{title}\n\n{table}\n\nTargets:\n\n{targets_md}\n")
+    if args.update_readme:
+        update_readme(table, targets_md, env, args)
+    print(f"\n{title}\n\n{table}\n\nTargets (issue 4):\n{targets_md}\n")
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}, {chart}")
+    if profile:
+        print(f"profile: {profile['flamegraph']}; top self time:")
+        for name, pct in profile.get("self_pct", [])[:12]:
+            print(f"  {pct:5.1f}%  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

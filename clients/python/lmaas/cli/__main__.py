@@ -1,0 +1,3 @@
+from lmaas.cli import main
+
+main()

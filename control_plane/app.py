@@ -1,0 +1,152 @@
+"""Wires a control-plane replica: settings → store → core objects → gRPC server + metrics.
+
+``start()`` binds (port 0 allowed) and returns the ports, ``wait()`` runs
+until ``stop()``; ``stop()`` turns health to NOT_SERVING, ends the worker
+streams (workers reconnect to another replica), and drains other RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from lmaas.control_plane.artifacts import ArtifactStore
+from lmaas.control_plane.deployments import Deployments
+from lmaas.control_plane.interceptors import ErrorInterceptor
+from lmaas.control_plane.metrics import ControlMetrics, InstrumentedStore
+from lmaas.control_plane.registry import Registry
+from lmaas.control_plane.servicers import (
+    ArtifactsServicer,
+    DeploymentsServicer,
+    ModelRegistryServicer,
+    WorkersServicer,
+    WorkerSyncServicer,
+)
+from lmaas.control_plane.settings import ControlPlaneSettings
+from lmaas.control_plane.snapshots import SnapshotBuilder
+from lmaas.control_plane.store import Store, StoreError, open_store
+from lmaas.control_plane.sync import SyncSettings, WorkerSync
+from lmaas.control_plane.watcher import StoreWatcher
+from lmaas.protos._pool import POOL
+from lmaas.protos.lmaas.control.v1 import (
+    deployments_pb2,
+    deployments_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
+
+__all__ = ["SERVICE_NAMES", "ControlPlane"]
+
+log = logging.getLogger("lmaas.control")
+
+SERVICE_NAMES = (
+    registry_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].full_name,
+    deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
+    workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
+    sync_pb2.DESCRIPTOR.services_by_name["WorkerSync"].full_name,
+    artifacts_pb2.DESCRIPTOR.services_by_name["Artifacts"].full_name,
+)
+
+
+class ControlPlane:
+    def __init__(
+        self, settings: ControlPlaneSettings, registry: CollectorRegistry | None = None, store: Store | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ControlMetrics(self.registry)
+        self._owns_store = store is None
+        self._raw_store = store if store is not None else open_store(settings.store)
+        self.store = InstrumentedStore(self._raw_store, self.metrics)
+        self.artifacts = ArtifactStore(settings.artifact_dir, max_bytes=settings.max_artifact_bytes)
+        self.watcher = StoreWatcher(self.store)
+        self.models = Registry(self.store, self.artifacts)
+        self.deployments = Deployments(
+            self.store, self.models, self.metrics, history_limit=settings.history_limit
+        )
+        self.snapshots = SnapshotBuilder(self.store, keep_previous_warm=settings.keep_previous_warm)
+        self.sync = WorkerSync(
+            self.store, self.snapshots, self.deployments, self.watcher, self.metrics,
+            SyncSettings(replica_id=settings.replica_id, lease_ttl=settings.worker_lease_ttl),
+        )
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self.grpc_port = self.metrics_port = 0
+
+    async def start(self) -> tuple[int, int]:
+        s = self.settings
+        await self.watcher.start()
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor({StoreError: grpc.StatusCode.UNAVAILABLE})], options=options
+        )
+        adders: list[tuple[Any, object]] = [
+            (registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.models, self.artifacts)),
+            (deployments_pb2_grpc.add_DeploymentsServicer_to_server, DeploymentsServicer(self.deployments, self.watcher)),
+            (workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store)),
+            (sync_pb2_grpc.add_WorkerSyncServicer_to_server, WorkerSyncServicer(self.sync)),
+            (artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts)),
+        ]
+        for add, servicer in adders:
+            add(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
+        )
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        self.grpc_port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+        if s.metrics_port >= 0:
+            self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            self.metrics_port = self._metrics_http.server_port
+        await server.start()
+        self._server = server
+        self._tasks.append(asyncio.create_task(self.deployments.monitor(self.watcher), name="lmaas-rollout-monitor"))
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane up: store=%s artifacts=%s", s.store, s.artifact_dir)
+        return self.grpc_port, self.metrics_port
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        await self.health.enter_graceful_shutdown()
+        self.sync.close()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.watcher.stop()
+        if self._owns_store:
+            with contextlib.suppress(Exception):
+                await self._raw_store.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self._stopped.set()

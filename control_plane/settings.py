@@ -1,0 +1,28 @@
+"""Settings of one control-plane process, filled by the CLI (flags or ``LMAAS_*`` variables)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ControlPlaneSettings"]
+
+
+class ControlPlaneSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LMAAS_", extra="ignore")
+
+    store: str = Field("sqlite:///lmaas-control.db", description="etcd://HOST:PORT[,HOST:PORT] or sqlite:///PATH")
+    artifact_dir: Path = Field(Path("lmaas-artifacts"), description="directory of the content-addressed artifacts")
+    host: str = Field("127.0.0.1", description="address the gRPC and metrics servers bind to")
+    grpc_port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = any free port")
+    metrics_port: int = Field(8091, ge=-1, le=65535, description="Prometheus port; 0 = any free port, -1 = none")
+    max_artifact_bytes: int = Field(16 << 30, gt=0, description="largest artifact accepted, in bytes")
+    max_message_bytes: int = Field(8 << 20, ge=1 << 20, description="largest gRPC message accepted, in bytes")
+    worker_lease_ttl: int = Field(10, ge=2, description="seconds a worker's presence outlives a dead control plane")
+    history_limit: int = Field(50, ge=2, description="deployment records kept per model")
+    keep_previous_warm: bool = Field(True, description="workers keep the previous stable version loaded (rollback)")
+    grace_seconds: float = Field(10.0, ge=0, description="how long in-flight RPCs may finish at shutdown")
+    replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica, shown per worker")

@@ -1,0 +1,249 @@
+"""WorkerSync, worker side: follow the control plane's desired state.
+
+:func:`run_sync` runs for the worker's lifetime. It keeps one ``Sync`` stream
+open to a control-plane replica (comma-separated addresses are tried in turn;
+reconnects back off exponentially with jitter), says hello with what the
+:class:`ModelHost` holds, and applies each snapshot, newest first (snapshots
+that arrive during an apply coalesce into the latest):
+
+1. fetch every assigned artifact not held yet (resumed, sha256-verified);
+2. ``ensure_loaded`` every assigned version (loads and warms beside what serves);
+3. ``set_routes``: one atomic flip; a model whose versions failed keeps its last good route;
+4. send the Ack: per routed model ok, or the error (NACK);
+5. ``unload`` versions this sync loaded earlier that are neither assigned nor routed any more.
+
+Versions the host holds from elsewhere (a local model repository) are never
+unloaded here. While disconnected, the host keeps serving what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import grpc.aio
+
+from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
+from lmaas.server.artifact_cache import ArtifactCache
+from lmaas.server.routing import HeldModel, Route
+
+__all__ = ["HeldModel", "ModelHost", "Route", "Syncer", "run_sync"]
+
+log = logging.getLogger("lmaas.worker.sync")
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+
+
+class ModelHost(Protocol):
+    """What the sync needs from the worker's model manager."""
+
+    def held(self) -> list[HeldModel]: ...
+
+    async def ensure_loaded(self, name: str, version: int, path: Path, config_json: str, digest: str) -> None:
+        """Load and warm a version beside the others (no-op if held); raise on failure (→ NACK)."""
+
+    def set_routes(self, routes: dict[str, Route]) -> None:
+        """Atomically replace the default routing of requests that name no version."""
+
+    async def unload(self, name: str, version: int) -> None:
+        """Unload a version after its in-flight requests drain."""
+
+
+async def run_sync(
+    control_plane: str,
+    host: ModelHost,
+    *,
+    worker_id: str,
+    pool: str,
+    inference_address: str,
+    cache_dir: Path,
+    token: str | None = None,
+) -> None:
+    """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever."""
+    syncer = Syncer(
+        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=ArtifactCache(cache_dir),
+        token=token,
+    )
+    await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
+
+
+class _Stream:
+    """One open Sync stream: where the acks of the snapshots it delivered go."""
+
+    def __init__(self, artifacts: artifacts_pb2_grpc.ArtifactsStub) -> None:
+        self.artifacts = artifacts
+        self.outgoing: asyncio.Queue[sync_pb2.WorkerMessage] = asyncio.Queue()
+        self.open = True
+
+    async def requests(self, hello: sync_pb2.Hello) -> AsyncIterator[sync_pb2.WorkerMessage]:
+        yield sync_pb2.WorkerMessage(hello=hello)
+        while True:
+            yield await self.outgoing.get()
+
+
+class Syncer:
+    def __init__(
+        self,
+        host: ModelHost,
+        *,
+        worker_id: str,
+        pool: str,
+        inference_address: str,
+        cache: ArtifactCache,
+        token: str | None = None,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.worker_id = worker_id
+        self.pool = pool
+        self.inference_address = inference_address
+        self.cache = cache
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.routes: dict[str, Route] = {}
+        self.managed: set[tuple[str, int]] = set()  # versions this sync loaded
+        self.applied_revision = 0
+        self._latest: tuple[sync_pb2.Snapshot, _Stream] | None = None
+        self._wake = asyncio.Event()
+        self.applied = asyncio.Condition()  # notified after every apply (tests wait on it)
+
+    async def run(self, addresses: list[str]) -> None:
+        if not addresses:
+            raise ValueError("no control-plane address given")
+        applier = asyncio.create_task(self._apply_loop(), name="lmaas-sync-apply")
+        backoff = self.initial_backoff
+        try:
+            for attempt in range(1 << 62):
+                address = addresses[attempt % len(addresses)]
+                try:
+                    if await self._session(address):
+                        backoff = self.initial_backoff
+                    log.info("control plane %s ended the sync stream; reconnecting", address)
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("sync with %s failed: %s %s", address, exc.code().name, exc.details())
+                delay = backoff * (0.5 + random.random())
+                backoff = min(backoff * 2, self.max_backoff)
+                await asyncio.sleep(delay)
+        finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+
+    def _hello(self) -> sync_pb2.Hello:
+        return sync_pb2.Hello(
+            worker_id=self.worker_id, pool=self.pool, inference_address=self.inference_address,
+            held=[sync_pb2.Held(model=h.name, version=h.version, digest=h.digest) for h in self.host.held()],
+        )
+
+    async def _session(self, address: str) -> bool:
+        """One stream; True if it delivered at least one snapshot."""
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            stream = _Stream(artifacts_pb2_grpc.ArtifactsStub(channel))  # type: ignore[no-untyped-call]
+            stub = sync_pb2_grpc.WorkerSyncStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Sync(stream.requests(self._hello()), metadata=self.metadata)
+            received = False
+            try:
+                async for snapshot in call:
+                    if not received:
+                        log.info("syncing with control plane %s", address)
+                    received = True
+                    self._latest = (snapshot, stream)
+                    self._wake.set()
+            finally:
+                stream.open = False
+                call.cancel()
+            return received
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._latest is None:
+                continue
+            snapshot, stream = self._latest
+            self._latest = None
+            try:
+                await self.apply(snapshot, stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("applying snapshot %d failed", snapshot.revision)
+            async with self.applied:
+                self.applied.notify_all()
+
+    async def apply(self, snapshot: sync_pb2.Snapshot, stream: _Stream) -> sync_pb2.Ack:
+        """Converge on one snapshot and acknowledge it on the stream that delivered it."""
+        errors: dict[str, str] = {}
+        held = {(h.name, h.version): h.digest for h in self.host.held()}
+        for a in snapshot.assignments:
+            if a.model in errors or held.get((a.model, a.version)) == a.digest:
+                continue
+            try:
+                path = await self.cache.fetch(stream.artifacts, a.digest, a.format, a.size_bytes)
+                await self.host.ensure_loaded(a.model, a.version, path, a.config_json, a.digest)
+                self.managed.add((a.model, a.version))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                errors[a.model] = f"version {a.version}: {_describe(exc)}"
+                log.error("model %s version %d failed to load: %s", a.model, a.version, errors[a.model])
+        routes: dict[str, Route] = {}
+        for r in snapshot.routes:
+            if r.model not in errors:
+                routes[r.model] = Route(r.stable_version, r.canary_version or None, r.canary_weight)
+            elif r.model in self.routes:
+                routes[r.model] = self.routes[r.model]  # NACK: keep the last good route
+        self.host.set_routes(routes)
+        self.routes = routes
+        self.applied_revision = snapshot.revision
+        now_held = self.host.held()
+        ack = sync_pb2.Ack(
+            snapshot_revision=snapshot.revision,
+            held=[sync_pb2.Held(model=h.name, version=h.version, digest=h.digest) for h in now_held],
+        )
+        for r in snapshot.routes:
+            ack.models.add(
+                model=r.model, loaded_versions=sorted(h.version for h in now_held if h.name == r.model),
+                ok=r.model not in errors, error=errors.get(r.model, ""),
+            )
+        if stream.open:
+            stream.outgoing.put_nowait(sync_pb2.WorkerMessage(ack=ack))
+        await self._unload_unassigned(snapshot)
+        return ack
+
+    async def _unload_unassigned(self, snapshot: sync_pb2.Snapshot) -> None:
+        keep = {(a.model, a.version) for a in snapshot.assignments}
+        for name, route in self.routes.items():
+            keep.add((name, route.stable))
+            if route.canary is not None:
+                keep.add((name, route.canary))
+        for h in self.host.held():
+            key = (h.name, h.version)
+            if key in self.managed and key not in keep:
+                try:
+                    await self.host.unload(h.name, h.version)
+                    self.managed.discard(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.error("unloading model %s version %d failed: %s", h.name, h.version, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

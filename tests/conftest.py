@@ -1,0 +1,36 @@
+"""Fixtures chained the way production wires things: models → repository → worker process → clients."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models import build_repository  # noqa: E402
+from processes import ServerProcess, start_worker  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def worker(model_repository: Path) -> Iterator[ServerProcess]:
+    """One worker serving the standard test repository for the whole session."""
+    proc = start_worker(model_repository)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def triton(worker: ServerProcess):  # type: ignore[no-untyped-def]
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(worker.grpc)
+    yield client
+    client.close()

@@ -1,0 +1,213 @@
+"""Control-plane test harness: real grpc.aio servers on loopback port 0 over a real store.
+
+Fixtures are chained the way production wires things: store (``store`` / ``open_store`` from
+``conftest.py``, SQLite and etcd) → ControlPlane → channel → stubs; and for the data plane a real
+:class:`~lmaas.server.sync.Syncer` driving :class:`FakeHost`, the one fake in these tests.
+Test modules import the fixtures they use from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from lmaas.control_plane.app import ControlPlane
+from lmaas.control_plane.settings import ControlPlaneSettings
+from lmaas.control_plane.store.base import Store
+from lmaas.protos.lmaas.control.v1 import (
+    deployments_pb2,
+    deployments_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    resources_pb2,
+    workers_pb2_grpc,
+)
+from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2_grpc
+from lmaas.server.artifact_cache import ArtifactCache
+from lmaas.server.sync import HeldModel, Route, Syncer
+from prometheus_client import CollectorRegistry
+
+WAIT = 15.0
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+def settings(tmp: Path, **overrides: object) -> ControlPlaneSettings:
+    values: dict[str, object] = {
+        "grpc_port": 0, "metrics_port": -1, "artifact_dir": tmp / "artifacts", "grace_seconds": 1.0,
+        "worker_lease_ttl": 3, "store": "unused://",
+    }
+    values.update(overrides)
+    return ControlPlaneSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, tmp: Path, **overrides: object) -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(settings(tmp, **overrides), CollectorRegistry(), store=store)
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop(grace=0.5)
+
+
+class Stubs:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.registry = registry_pb2_grpc.ModelRegistryStub(channel)
+        self.deployments = deployments_pb2_grpc.DeploymentsStub(channel)
+        self.workers = workers_pb2_grpc.WorkersStub(channel)
+        self.sync = sync_pb2_grpc.WorkerSyncStub(channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactsStub(channel)
+
+
+def address(cp: ControlPlane) -> str:
+    return f"127.0.0.1:{cp.grpc_port}"
+
+
+@pytest.fixture()
+async def cp(store: Store, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    async with running(store, tmp_path) as plane:
+        yield plane
+
+
+@pytest.fixture()
+async def stubs(cp: ControlPlane) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(address(cp)) as channel:
+        yield Stubs(channel)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def version_requests(
+    model: str, data: bytes, *, fmt: str = "onnx", config_json: str = "", digest: str | None = None,
+    size: int | None = None, offset: int = 0, chunk: int = 1000, parent: int = 0,
+) -> list[registry_pb2.CreateVersionRequest]:
+    header = registry_pb2.CreateVersionHeader(
+        model=model, format=fmt, config_json=config_json, digest=digest or sha(data),
+        size_bytes=len(data) if size is None else size, offset=offset, parent_version=parent,
+    )
+    out = [registry_pb2.CreateVersionRequest(header=header)]
+    out += [registry_pb2.CreateVersionRequest(chunk=data[i : i + chunk]) for i in range(offset, len(data), chunk)]
+    return out
+
+
+async def push(stubs: Stubs, model: str, data: bytes, **kw: object) -> resources_pb2.ModelVersion:
+    reply = await stubs.registry.CreateVersion(iter(version_requests(model, data, **kw)))  # type: ignore[arg-type]
+    return reply.version
+
+
+async def deploy(
+    stubs: Stubs, model: str, stable: int, canary: int = 0, weight: int = 0, **kw: object
+) -> deployments_pb2.DeployResponse:
+    spec = resources_pb2.DeploymentSpec(stable_version=stable, canary_version=canary, canary_weight=weight)
+    return await stubs.deployments.Deploy(deployments_pb2.DeployRequest(model=model, spec=spec, **kw))
+
+
+async def final_rollout(stubs: Stubs, model: str, generation: int = 0) -> resources_pb2.Rollout:
+    last = None
+    async with asyncio.timeout(WAIT):
+        async for update in stubs.deployments.WatchRollout(
+            deployments_pb2.WatchRolloutRequest(model=model, generation=generation)
+        ):
+            last = update.rollout
+    assert last is not None
+    return last
+
+
+async def eventually(check: Callable[[], bool], timeout: float = WAIT) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def expect_status(code: grpc.StatusCode, awaitable: Awaitable[object]) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable
+    assert info.value.code() == code, info.value.details()
+    return info.value.details() or ""
+
+
+# -- the data plane's side -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeHost:
+    """An in-memory ModelHost: 'loads' a version by reading its file; content starting with b'corrupt' fails."""
+
+    models: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
+    loads: list[tuple[str, int]] = field(default_factory=list)
+    unloads: list[tuple[str, int]] = field(default_factory=list)
+    load_delay: float = 0.0
+
+    def held(self) -> list[HeldModel]:
+        return [HeldModel(n, v, d) for (n, v), (d, _) in sorted(self.models.items())]
+
+    async def ensure_loaded(self, name: str, version: int, path: Path, config_json: str, digest: str) -> None:
+        if (name, version) in self.models:
+            return
+        data = path.read_bytes()
+        if self.load_delay:
+            await asyncio.sleep(self.load_delay)
+        if data.startswith(b"corrupt"):
+            raise RuntimeError("cannot parse the model file")
+        self.loads.append((name, version))
+        self.models[name, version] = (digest, data)
+
+    def set_routes(self, routes: dict[str, Route]) -> None:
+        for name, route in routes.items():
+            assert (name, route.stable) in self.models, f"route to unloaded {name} v{route.stable}"
+            assert route.canary is None or (name, route.canary) in self.models
+        self.routes = dict(routes)
+
+    async def unload(self, name: str, version: int) -> None:
+        assert all(
+            (name, version) not in ((n, r.stable), (n, r.canary)) for n, r in self.routes.items()
+        ), "unloading a routed version"
+        self.unloads.append((name, version))
+        del self.models[name, version]
+
+    def serving(self, name: str) -> int | None:
+        route = self.routes.get(name)
+        return route.stable if route else None
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(v for n, v in self.models if n == name)
+
+
+@dataclass
+class FakeWorker:
+    host: FakeHost
+    syncer: Syncer
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def worker(
+    addresses: str | list[str], tmp: Path, worker_id: str = "w1", *, host: FakeHost | None = None, pool: str = "default"
+) -> AsyncIterator[FakeWorker]:
+    host = host or FakeHost()
+    syncer = Syncer(
+        host, worker_id=worker_id, pool=pool, inference_address=f"{worker_id}:8001",
+        cache=ArtifactCache(tmp / f"cache-{worker_id}"), initial_backoff=0.05, max_backoff=0.5,
+    )
+    addrs = [addresses] if isinstance(addresses, str) else addresses
+    w = FakeWorker(host, syncer, asyncio.create_task(syncer.run(addrs)))
+    try:
+        yield w
+    finally:
+        await w.stop()

@@ -1,0 +1,81 @@
+"""Real LMaaS server processes for tests: start on port 0, read the bound ports, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    grpc: str
+    metrics: str
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics}/metrics"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def output(self) -> str:
+        return "\n".join(self.log)
+
+
+def start_server(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60,
+                 cwd: Path | None = None) -> ServerProcess:
+    """Run ``lmaas ARGS`` and wait for its 'listening grpc=… metrics=…' line."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmaas.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=full_env, cwd=cwd,
+    )
+    log: list[str] = []
+    found: dict[str, str] = {}
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line.rstrip("\n"))
+            m = _LISTENING.search(line)
+            if m and not ready.is_set():
+                found.update(m.groupdict())
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("server did not start in time:\n" + "\n".join(log))
+    if not found:
+        proc.wait(5)
+        raise RuntimeError(f"server exited with {proc.returncode}:\n" + "\n".join(log))
+    return ServerProcess(proc, found["grpc"], found["metrics"], log)
+
+
+def start_worker(repository: Path | None = None, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+    args = ["worker", "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", *extra]
+    if repository is not None:
+        args += ["--model-repository", str(repository)]
+    return start_server(args, env=env)

@@ -1,0 +1,92 @@
+"""Graceful shutdown and the model-repository RPCs, each on a worker of its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from models import write_mlp_onnx
+from processes import start_worker
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture()
+def slow_repo(tmp_path: Path) -> Path:
+    """An MLP whose batcher holds each request 400 ms, so requests are surely in flight at SIGTERM."""
+    write_mlp_onnx(tmp_path / "slow" / "1" / "model.onnx")
+    (tmp_path / "slow" / "config.json").write_text(json.dumps(
+        {"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 400_000}}))
+    return tmp_path
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(slow_repo: Path) -> None:
+    proc = start_worker(slow_repo, "--drain-timeout", "10")
+    results: list[object] = []
+
+    def call() -> None:
+        client = tc.InferenceServerClient(proc.grpc)
+        inp = tc.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        try:
+            results.append(client.infer("slow", [inp]).as_numpy("y").shape)
+        except InferenceServerException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.15)  # requests are queued in the batcher now
+    proc.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert proc.proc.wait(30) == 0, proc.output()
+    assert results == [(1, 3)] * 8, results
+    assert "draining" in proc.output() and "stopped" in proc.output()
+
+
+def test_repository_index_load_unload(tmp_path: Path, model_repository: Path) -> None:
+    shutil.copytree(model_repository / "mlp", tmp_path / "mlp")
+    proc = start_worker(tmp_path)
+    client = tc.InferenceServerClient(proc.grpc)
+    try:
+        index = {(m["name"], m.get("version", "")): m["state"] for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index == {("mlp", "1"): "READY", ("mlp", "2"): "READY"}
+        client.unload_model("mlp")
+        assert not client.is_model_ready("mlp")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            client.unload_model("mlp")
+        shutil.rmtree(tmp_path / "mlp" / "2")  # a reload sees the repository as it is now
+        client.load_model("mlp")
+        assert client.is_model_ready("mlp", "1") and not client.is_model_ready("mlp", "2")
+        with pytest.raises(InferenceServerException, match="no-such"):
+            client.load_model("no-such")
+        # a config override passed with the load request
+        client.load_model("mlp", config=json.dumps({"max_batch_size": 2}))
+        assert client.get_model_config("mlp").config.max_batch_size == 2
+    finally:
+        client.close()
+        assert proc.stop() == 0
+
+
+def test_broken_model_does_not_stop_the_others(tmp_path: Path, model_repository: Path) -> None:
+    shutil.copytree(model_repository / "mlp", tmp_path / "mlp")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    proc = start_worker(tmp_path)
+    client = tc.InferenceServerClient(proc.grpc)
+    try:
+        assert client.is_model_ready("mlp")
+        assert not client.is_model_ready("broken")
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index["broken"]["state"] == "UNAVAILABLE"
+        assert "cannot load model.onnx" in index["broken"]["reason"]
+    finally:
+        client.close()
+        assert proc.stop() == 0
