@@ -111,6 +111,9 @@ class DataPlane:
             and s.labels.get("version") == str(mv.version) and s.labels.get("code") != "OK"
         )
         success = duration("lmaas_inference_request_duration_seconds")
+        compute = duration("lmaas_inference_compute_duration_seconds")
+        # Input/output conversion is not timed apart from the request; perf_analyzer wants equal counts.
+        untimed = pb.StatisticDuration(count=compute.count)
         return pb.ModelStatistics(
             name=mv.name,
             version=str(mv.version),
@@ -121,7 +124,9 @@ class DataPlane:
                 success=success,
                 fail=pb.StatisticDuration(count=int(failed)),
                 queue=duration("lmaas_inference_queue_duration_seconds"),
-                compute_infer=duration("lmaas_inference_compute_duration_seconds"),
+                compute_input=untimed,
+                compute_infer=compute,
+                compute_output=untimed,
             ),
         )
 

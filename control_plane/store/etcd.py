@@ -153,6 +153,10 @@ class _Reconnect(Exception):
     """A stream ended or stalled; open it again (maybe on another endpoint)."""
 
 
+# how a broken stream shows itself: an error status, a write after the RPC ended, a stalled read
+_STREAM_BROKEN = (grpc.aio.AioRpcError, asyncio.InvalidStateError, _Reconnect, TimeoutError)
+
+
 class EtcdLease(Lease):
     def __init__(self, store: EtcdStore, lease_id: int, ttl: int) -> None:
         super().__init__(lease_id, ttl)
@@ -337,20 +341,22 @@ class EtcdStore(Store):
 
     async def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[Event]:
         key, end = _key_range(prefix)
-        next_revision = max(start_revision, 0)  # 0: etcd starts after its current revision; learnt from `created`
+        # For "from now" the start is pinned with a read first: the header of etcd's `created` answer may be
+        # later than where the watch really started, and resuming from it could skip an event.
+        next_revision = max(start_revision, 0)
         backoff = 0.05
         while not self._closed:
             call: Any = None
             endpoint: _Endpoint | None = None
             try:
+                if next_revision == 0:
+                    next_revision = await self.revision() + 1
                 endpoint = self._endpoint()
                 call = endpoint.watch.Watch(metadata=_REQUIRE_LEADER)
                 self._streams.add(call)
                 await call.write(
                     rpc.WatchRequest(
-                        create_request=rpc.WatchCreateRequest(
-                            key=key, range_end=end, start_revision=next_revision, progress_notify=True
-                        )
+                        create_request=rpc.WatchCreateRequest(key=key, range_end=end, start_revision=next_revision)
                     )
                 )
                 created = False
@@ -364,15 +370,13 @@ class EtcdStore(Store):
                         raise _Reconnect(f"watch canceled: {resp.cancel_reason}")
                     if resp.created:
                         created, backoff = True, 0.05
-                        if next_revision == 0:
-                            next_revision = int(resp.header.revision) + 1
                     for ev in resp.events:
                         kind = EventType.PUT if ev.type == rpc.Event.PUT else EventType.DELETE
                         yield Event(kind, _kv(ev.kv))
                         next_revision = int(ev.kv.mod_revision) + 1
-                    if not resp.events and not resp.created and resp.header.revision >= next_revision:
-                        next_revision = int(resp.header.revision) + 1  # progress notification: nothing missed
-            except (grpc.aio.AioRpcError, _Reconnect, TimeoutError) as exc:
+            except WatchCompacted:
+                raise
+            except (*_STREAM_BROKEN, StoreError) as exc:  # StoreError: the revision() read failed
                 if self._closed:
                     return
                 log.info("etcd watch %r from %d: %s; reconnecting in %.2f s", prefix, next_revision, exc, backoff)
@@ -435,10 +439,13 @@ class EtcdStore(Store):
                         return
                     backoff = 0.05
                     await asyncio.sleep(interval)
-                except (grpc.aio.AioRpcError, _Reconnect, TimeoutError) as exc:
+                except Exception as exc:  # never let the task die while the lease lives
                     if self._closed:
                         return
-                    log.info("etcd lease %x keepalive: %s; retrying in %.2f s", lease.id, exc, backoff)
+                    if isinstance(exc, StoreError):
+                        return  # raised by _endpoint(): the store is closed
+                    level = logging.INFO if isinstance(exc, _STREAM_BROKEN) else logging.ERROR
+                    log.log(level, "etcd lease %x keepalive: %r; retrying in %.2f s", lease.id, exc, backoff)
                     if call is not None:
                         call.cancel()
                         call = None
@@ -446,8 +453,6 @@ class EtcdStore(Store):
                         self._failover(endpoint)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._backoff_max, interval)
-                except StoreError:  # closed
-                    return
         finally:
             if call is not None:
                 call.cancel()

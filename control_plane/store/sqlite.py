@@ -233,10 +233,10 @@ class SqliteStore(Store):
             await asyncio.sleep(interval)
             try:
                 alive = await self._run(self._db.refresh, lease.id, time.time())
-            except StoreError as exc:
+            except Exception as exc:  # never let the task die while the lease lives
                 if self._closed:
                     return
-                log.warning("lease %x keepalive failed: %s", lease.id, exc)
+                log.warning("lease %x keepalive failed: %r", lease.id, exc)
                 continue
             if not alive:
                 self._leases.pop(lease.id, None)

@@ -208,6 +208,7 @@ async def worker(
     addrs = [addresses] if isinstance(addresses, str) else addresses
     w = FakeWorker(host, syncer, asyncio.create_task(syncer.run(addrs)))
     try:
+        await eventually(lambda: syncer.applied_revision > 0)  # registered and synced once
         yield w
     finally:
         await w.stop()

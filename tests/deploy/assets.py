@@ -63,15 +63,14 @@ def rendered(directory: Path) -> list[Doc]:
 
 def pod_spec(doc: Doc) -> Doc | None:
     """The pod spec of a workload (Deployment, StatefulSet, ...), or None for other kinds."""
-    spec = doc.get("spec") or {}
+    spec: Doc = doc.get("spec") or {}
     if doc.get("kind") == "Pod":
-        return spec  # type: ignore[no-any-return]
+        return spec
     if doc.get("kind") == "CronJob":
-        return spec["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+        spec = spec["jobTemplate"]["spec"]
     template = spec.get("template")
-    if isinstance(template, dict) and "spec" in template:
-        return template["spec"]  # type: ignore[no-any-return]
-    return None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    return pod if isinstance(pod, dict) else None
 
 
 def containers(doc: Doc) -> list[Doc]:

@@ -21,8 +21,18 @@ Check = Callable[[list[Doc]], list[str]]
 ROLES = {"worker": (8001, 8002), "control-plane": (8090, 8091)}
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"})
 _QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
-_FACTORS = {None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-            "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+_FACTORS = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
 _ENV_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -136,8 +146,9 @@ def check_security(docs: list[Doc]) -> list[str]:
             if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
                 problems.append(f"{name}: /tmp is not an emptyDir (the root filesystem is read-only)")
             artifact_dir = effective_settings(docs, c).get("LMAAS_ARTIFACT_DIR")
-            if artifact_dir and not any(artifact_dir.startswith(path.rstrip("/") + "/") or artifact_dir == path
-                                        for path in mounts):
+            if artifact_dir and not any(
+                artifact_dir.startswith(path.rstrip("/") + "/") or artifact_dir == path for path in mounts
+            ):
                 problems.append(f"{name}: LMAAS_ARTIFACT_DIR {artifact_dir} is not on a mounted volume")
     return problems
 
@@ -193,7 +204,9 @@ def check_references(docs: list[Doc]) -> list[str]:
                 if config is None:
                     problems.append(f"{where} env {var['name']}: ConfigMap {key_ref['name']} does not exist")
                 elif key_ref["key"] not in config.get("data", {}):
-                    problems.append(f"{where} env {var['name']}: ConfigMap {key_ref['name']} has no key {key_ref['key']}")
+                    problems.append(
+                        f"{where} env {var['name']}: ConfigMap {key_ref['name']} has no key {key_ref['key']}"
+                    )
     return problems
 
 
@@ -211,7 +224,9 @@ def check_services(docs: list[Doc]) -> list[str]:
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             if not any(p.get("name") == target or p["containerPort"] == target for p in ports):
-                problems.append(f"{name}: targetPort {target} is not a container port of {targets[0]['metadata']['name']}")
+                problems.append(
+                    f"{name}: targetPort {target} is not a container port of {targets[0]['metadata']['name']}"
+                )
     return problems
 
 
@@ -242,8 +257,10 @@ def check_ports(docs: list[Doc]) -> list[str]:
                 elif spec.get("grpc", {}).get("port") != grpc_port:
                     problems.append(f"{where}: {probe} is not a gRPC probe on {grpc_port}")
             if c.get("livenessProbe", {}).get("grpc", {}).get("service", "") != "":
-                problems.append(f"{where}: the liveness probe must ask for the whole server (service \"\")")
-            if annotations.get("prometheus.io/scrape") != "true" or annotations.get("prometheus.io/port") != str(metrics_port):
+                problems.append(f'{where}: the liveness probe must ask for the whole server (service "")')
+            if annotations.get("prometheus.io/scrape") != "true" or annotations.get("prometheus.io/port") != str(
+                metrics_port
+            ):
                 problems.append(f"{where}: prometheus.io annotations do not point at {metrics_port}")
     return problems
 
@@ -347,7 +364,9 @@ def check_network_policy(docs: list[Doc]) -> list[str]:
     sts = _etcd(docs)
     etcd_labels = pod_labels(sts)
     by_role = {role(c): pod_labels(w) for w in workloads(docs) for c in containers(w) if role(c)}
-    policies = [p for p in docs if p["kind"] == "NetworkPolicy" and selector_matches(p["spec"]["podSelector"], etcd_labels)]
+    policies = [
+        p for p in docs if p["kind"] == "NetworkPolicy" and selector_matches(p["spec"]["podSelector"], etcd_labels)
+    ]
     if not policies:
         return ["etcd: no NetworkPolicy selects the etcd pods"]
     client_rules = 0
@@ -357,7 +376,9 @@ def check_network_policy(docs: list[Doc]) -> list[str]:
             problems.append(f"NetworkPolicy {policy['metadata']['name']}: does not restrict Ingress")
         for rule in policy["spec"].get("ingress", []):
             peers = rule.get("from", [])
-            if _allows_port(rule, 2380, "peer") and any(selector_matches(p.get("podSelector"), etcd_labels) for p in peers):
+            if _allows_port(rule, 2380, "peer") and any(
+                selector_matches(p.get("podSelector"), etcd_labels) for p in peers
+            ):
                 peer_ok = True
             if not _allows_port(rule, 2379, "client"):
                 continue
@@ -366,9 +387,13 @@ def check_network_policy(docs: list[Doc]) -> list[str]:
                 problems.append(f"NetworkPolicy {policy['metadata']['name']}: admits everyone to 2379")
             for peer in peers:
                 if set(peer) != {"podSelector"}:
-                    problems.append(f"NetworkPolicy {policy['metadata']['name']}: 2379 open beyond pods in the namespace: {peer}")
+                    problems.append(
+                        f"NetworkPolicy {policy['metadata']['name']}: 2379 open beyond pods in the namespace: {peer}"
+                    )
                 elif not selector_matches(peer["podSelector"], by_role["control-plane"]):
-                    problems.append(f"NetworkPolicy {policy['metadata']['name']}: 2379 admits non-control-plane pods {peer}")
+                    problems.append(
+                        f"NetworkPolicy {policy['metadata']['name']}: 2379 admits non-control-plane pods {peer}"
+                    )
                 elif selector_matches(peer["podSelector"], by_role["worker"]):
                     problems.append(f"NetworkPolicy {policy['metadata']['name']}: workers can reach etcd")
     if client_rules == 0:
@@ -407,12 +432,22 @@ def check_artifact_storage(docs: list[Doc]) -> list[str]:
                 continue
             artifact_dir = effective_settings(docs, c).get("LMAAS_ARTIFACT_DIR", "")
             mount = next((m for m in c.get("volumeMounts", []) if artifact_dir.startswith(m["mountPath"])), None)
-            volume = next((v for v in (pod_spec(workload) or {}).get("volumes", []) if mount and v["name"] == mount["name"]), {})
+            volume: Doc = next(
+                (v for v in (pod_spec(workload) or {}).get("volumes", []) if mount and v["name"] == mount["name"]), {}
+            )
             claim = find(docs, "PersistentVolumeClaim", volume.get("persistentVolumeClaim", {}).get("claimName", ""))
             shared = claim is not None and "ReadWriteMany" in claim["spec"]["accessModes"]
             if workload["spec"].get("replicas", 1) > 1 and not shared:
-                problems.append(f"{workload['metadata']['name']}: several replicas but the artifact store is not ReadWriteMany")
+                problems.append(
+                    f"{workload['metadata']['name']}: several replicas but the artifact store is not ReadWriteMany"
+                )
     return problems
+
+
+def _roles_behind(docs: list[Doc], service: Doc) -> set[str | None]:
+    """The LMaaS roles of the pods a Service selects."""
+    selector = service["spec"].get("selector")
+    return {role(c) for w in workloads(docs) if selector_matches(selector, pod_labels(w)) for c in containers(w)}
 
 
 def check_wiring(docs: list[Doc]) -> list[str]:
@@ -424,15 +459,17 @@ def check_wiring(docs: list[Doc]) -> list[str]:
                 continue
             host, _, port = effective_settings(docs, c).get("LMAAS_CONTROL_PLANE", "").rpartition(":")
             service = find(docs, "Service", host.split(".")[0])
-            if service is None or not any(str(p["port"]) == port and p.get("name") == "grpc" for p in service["spec"]["ports"]):
-                problems.append(f"worker: LMAAS_CONTROL_PLANE {host}:{port} is not a control-plane Service gRPC port")
-            elif not any(role(cc) == "control-plane" for w in workloads(docs) if selector_matches(service["spec"]["selector"], pod_labels(w)) for cc in containers(w)):
+            grpc_ports = (
+                [str(p["port"]) for p in service["spec"]["ports"] if p.get("name") == "grpc"] if service else []
+            )
+            if service is None or port not in grpc_ports:
+                problems.append(f"worker: LMAAS_CONTROL_PLANE {host}:{port} is not a Service's gRPC port")
+            elif _roles_behind(docs, service) != {"control-plane"}:
                 problems.append(f"worker: Service {host} does not lead to the control plane")
     for service in (d for d in docs if d["kind"] == "Service"):
-        for w in workloads(docs):
-            if selector_matches(service["spec"].get("selector"), pod_labels(w)) and any(role(c) == "worker" for c in containers(w)):
-                if service["spec"].get("clusterIP") != "None":
-                    problems.append(f"Service/{service['metadata']['name']}: worker Service must be headless for client-side balancing")
+        if "worker" in _roles_behind(docs, service) and service["spec"].get("clusterIP") != "None":
+            name = service["metadata"]["name"]
+            problems.append(f"Service/{name}: the worker Service must be headless for client-side balancing")
     return problems
 
 
@@ -441,8 +478,11 @@ def check_namespace(docs: list[Doc]) -> list[str]:
     namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
     if len(namespaces) != 1:
         return [f"expected one Namespace, found {namespaces}"]
-    return [f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')}"
-            for d in docs if d["kind"] != "Namespace" and d["metadata"].get("namespace") != namespaces[0]]
+    return [
+        f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')}"
+        for d in docs
+        if d["kind"] != "Namespace" and d["metadata"].get("namespace") != namespaces[0]
+    ]
 
 
 ALL_CHECKS: tuple[Check, ...] = (

@@ -30,9 +30,18 @@ KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 SUPPORTED_FIELDS = frozenset({"apiVersion", "kind", "resources", "namespace", "images", "patches"})
 SUPPORTED_IMAGE_FIELDS = frozenset({"name", "newName", "newTag", "digest"})
 CLUSTER_SCOPED = frozenset(
-    {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume",
-     "StorageClass", "PriorityClass", "IngressClass", "ValidatingWebhookConfiguration",
-     "MutatingWebhookConfiguration"}
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PersistentVolume",
+        "StorageClass",
+        "PriorityClass",
+        "IngressClass",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    }
 )
 # Kubernetes patchMergeKey by field name, for the lists that appear in our manifests.
 MERGE_KEYS = {

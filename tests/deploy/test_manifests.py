@@ -78,7 +78,12 @@ def test_builtin_kinds_validate_strictly(rendering: tuple[str, list[Doc]], versi
     [
         (lambda d: d["spec"].__setitem__("replicas", "two"), "is not of type"),
         (lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("imagee", "x"), "imagee"),
-        (lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"].__setitem__("port", "grpc"), "is not of type"),
+        (
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"].__setitem__(
+                "port", "grpc"
+            ),
+            "is not of type",
+        ),
     ],
     ids=["wrong-type", "misspelt-field", "named-grpc-probe-port"],
 )
@@ -106,10 +111,18 @@ def _check_monitor(doc: Doc, workload_docs: list[Doc]) -> list[str]:
     if set(namespaces) != workload_namespace:
         problems.append(f"namespaceSelector {namespaces} is not {workload_namespace}")
     if doc["kind"] == "ServiceMonitor":
-        services = [d for d in workload_docs if d["kind"] == "Service" and selector_matches(spec["selector"], d["metadata"].get("labels", {}))]
+        services = [
+            d
+            for d in workload_docs
+            if d["kind"] == "Service" and selector_matches(spec["selector"], d["metadata"].get("labels", {}))
+        ]
         port_names = {p.get("name") for s in services for p in s["spec"]["ports"]}
     else:
-        pods = [d for d in workload_docs if d["kind"] in ("Deployment", "StatefulSet") and selector_matches(spec["selector"], pod_labels(d))]
+        pods = [
+            d
+            for d in workload_docs
+            if d["kind"] in ("Deployment", "StatefulSet") and selector_matches(spec["selector"], pod_labels(d))
+        ]
         services = pods
         port_names = {p.get("name") for w in pods for c in containers(w) for p in c.get("ports", [])}
     if len(services) != 1:
@@ -155,14 +168,18 @@ def _check_scaled_object(doc: Doc, docs: list[Doc]) -> list[str]:
         problems.append(f"{ref['name']} sets replicas, which fights KEDA")
     if not 0 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100):
         problems.append("minReplicaCount > maxReplicaCount")
-    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == ref["name"]]
+    hpas = [
+        d for d in docs if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == ref["name"]
+    ]
     if hpas:
         problems.append("an HPA already scales the same Deployment (KEDA creates its own)")
     for trigger in spec.get("triggers", []):
         meta = trigger.get("metadata", {})
         if trigger["type"] == "prometheus" and not {"serverAddress", "query", "threshold"} <= set(meta):
             problems.append(f"prometheus trigger needs serverAddress, query, threshold: {meta}")
-        if trigger["type"] == "cpu" and (trigger.get("metricType") not in ("Utilization", "AverageValue") or "value" not in meta):
+        if trigger["type"] == "cpu" and (
+            trigger.get("metricType") not in ("Utilization", "AverageValue") or "value" not in meta
+        ):
             problems.append(f"cpu trigger needs metricType and value: {trigger}")
         if any(not isinstance(v, str) for v in meta.values()):
             problems.append(f"trigger metadata values must be strings: {meta}")
@@ -187,7 +204,9 @@ def test_scaled_object_structure_and_target() -> None:
     (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
     assert _check_scaled_object(scaled, docs) == []
     # Beside the base HPA it would fight over the same Deployment: the check must notice.
-    assert "an HPA already scales the same Deployment (KEDA creates its own)" in _check_scaled_object(scaled, rendered(OVERLAYS["prod"]))
+    assert "an HPA already scales the same Deployment (KEDA creates its own)" in _check_scaled_object(
+        scaled, rendered(OVERLAYS["prod"])
+    )
 
 
 def test_crd_check_rejects_a_monitor_on_a_missing_port() -> None:
@@ -205,66 +224,88 @@ def test_cross_references(overlay: list[Doc], check: Callable[[list[Doc]], list[
     assert check(overlay) == []
 
 
-def _breakers() -> dict[str, tuple[Callable[[list[Doc]], None], str]]:
-    """Ways to break the prod rendering, each with the check (by name) that must notice."""
-
-    def worker(docs: list[Doc]) -> Doc:
-        found = find(docs, "Deployment", "lmaas-worker")
-        assert found is not None
-        return found
-
-    def control_plane(docs: list[Doc]) -> Doc:
-        found = find(docs, "Deployment", "lmaas-control-plane")
-        assert found is not None
-        return found
-
-    def config(docs: list[Doc], name: str) -> dict[str, str]:
-        found = find(docs, "ConfigMap", name)
-        assert found is not None
-        return found["data"]  # type: ignore[no-any-return]
-
-    def netpol_rule(docs: list[Doc]) -> Doc:
-        found = find(docs, "NetworkPolicy", "etcd")
-        assert found is not None
-        return found["spec"]["ingress"][0]  # type: ignore[no-any-return]
-
-    def etcd(docs: list[Doc]) -> Doc:
-        found = find(docs, "StatefulSet", "etcd")
-        assert found is not None
-        return found
-
-    return {
-        "service-selector": (lambda d: find(d, "Service", "lmaas-worker")["spec"]["selector"].update(  # type: ignore[index]
-            {"app.kubernetes.io/component": "wrker"}), "check_services"),
-        "grpc-port": (lambda d: config(d, "lmaas-worker").update(LMAAS_GRPC_PORT="9001"), "check_ports"),
-        "probe-port": (lambda d: worker(d)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"].update(port=8002), "check_ports"),
-        "flag-overrides-configmap": (lambda d: worker(d)["spec"]["template"]["spec"]["containers"][0]["args"].extend(
-            ["--metrics-port", "9102"]), "check_ports"),
-        "missing-configmap": (lambda d: d.remove(find(d, "ConfigMap", "lmaas-control-plane")), "check_references"),  # type: ignore[arg-type]
-        "image-mismatch": (lambda d: control_plane(d)["spec"]["template"]["spec"]["containers"][0].update(image="lmaas:other"), "check_images"),
-        "hpa-target": (lambda d: find(d, "HorizontalPodAutoscaler", "lmaas-worker")["spec"]["scaleTargetRef"].update(  # type: ignore[index]
-            name="worker"), "check_scaling"),
-        "pdb-selector": (lambda d: find(d, "PodDisruptionBudget", "etcd")["spec"]["selector"]["matchLabels"].update(  # type: ignore[index]
-            {"app.kubernetes.io/name": "etcd3"}), "check_scaling"),
-        "etcd-open-to-workers": (lambda d: netpol_rule(d)["from"].append(
-            {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "worker"}}}), "check_network_policy"),
-        "etcd-open-to-namespace": (lambda d: netpol_rule(d)["from"].append({"namespaceSelector": {}}), "check_network_policy"),
-        "etcd-initial-cluster": (lambda d: etcd(d).update(spec={**etcd(d)["spec"], "replicas": 5}), "check_etcd"),
-        "store-endpoints": (lambda d: config(d, "lmaas-control-plane").update(LMAAS_STORE="etcd://etcd:2379"), "check_etcd"),
-        "short-grace": (lambda d: worker(d)["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=30), "check_termination"),
-        "root-filesystem": (lambda d: worker(d)["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
-            readOnlyRootFilesystem=False), "check_security"),
-        "no-memory-limit": (lambda d: worker(d)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("memory"), "check_resources"),
-        "rwo-artifacts": (lambda d: find(d, "PersistentVolumeClaim", "lmaas-artifacts")["spec"].update(  # type: ignore[index]
-            accessModes=["ReadWriteOnce"]), "check_artifact_storage"),
-        "worker-service-clusterip": (lambda d: find(d, "Service", "lmaas-worker")["spec"].pop("clusterIP"), "check_wiring"),  # type: ignore[index]
-        "wrong-namespace": (lambda d: worker(d)["metadata"].update(namespace="default"), "check_namespace"),
-    }
+def _get(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = find(docs, kind, name)
+    assert found is not None, f"{kind}/{name} missing"
+    return found
 
 
-@pytest.mark.parametrize("breaker", sorted(_breakers()))
+def _container(docs: list[Doc], deployment: str) -> Doc:
+    container: Doc = _get(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+# Ways to break the prod rendering, each with the check that must notice.
+BREAKERS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
+    "service-selector": (
+        lambda d: _get(d, "Service", "lmaas-worker")["spec"]["selector"].update({"app.kubernetes.io/component": "w"}),
+        "check_services",
+    ),
+    "grpc-port": (lambda d: _get(d, "ConfigMap", "lmaas-worker")["data"].update(LMAAS_GRPC_PORT="9001"), "check_ports"),
+    "probe-port": (lambda d: _container(d, "lmaas-worker")["readinessProbe"]["grpc"].update(port=8002), "check_ports"),
+    "flag-overrides-configmap": (
+        lambda d: _container(d, "lmaas-worker")["args"].extend(["--metrics-port", "9102"]),
+        "check_ports",
+    ),
+    "missing-configmap": (lambda d: d.remove(_get(d, "ConfigMap", "lmaas-control-plane")), "check_references"),
+    "image-mismatch": (lambda d: _container(d, "lmaas-control-plane").update(image="lmaas:other"), "check_images"),
+    "hpa-target": (
+        lambda d: _get(d, "HorizontalPodAutoscaler", "lmaas-worker")["spec"]["scaleTargetRef"].update(name="worker"),
+        "check_scaling",
+    ),
+    "pdb-selector": (
+        lambda d: _get(d, "PodDisruptionBudget", "etcd")["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "etcd3"}
+        ),
+        "check_scaling",
+    ),
+    "etcd-open-to-workers": (
+        lambda d: _get(d, "NetworkPolicy", "etcd")["spec"]["ingress"][0]["from"].append(
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "worker"}}}
+        ),
+        "check_network_policy",
+    ),
+    "etcd-open-to-namespace": (
+        lambda d: _get(d, "NetworkPolicy", "etcd")["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}}),
+        "check_network_policy",
+    ),
+    "etcd-initial-cluster": (lambda d: _get(d, "StatefulSet", "etcd")["spec"].update(replicas=5), "check_etcd"),
+    "store-endpoints": (
+        lambda d: _get(d, "ConfigMap", "lmaas-control-plane")["data"].update(LMAAS_STORE="etcd://etcd:2379"),
+        "check_etcd",
+    ),
+    "short-grace": (
+        lambda d: _get(d, "Deployment", "lmaas-worker")["spec"]["template"]["spec"].update(
+            terminationGracePeriodSeconds=30
+        ),
+        "check_termination",
+    ),
+    "root-filesystem": (
+        lambda d: _container(d, "lmaas-worker")["securityContext"].update(readOnlyRootFilesystem=False),
+        "check_security",
+    ),
+    "no-memory-limit": (
+        lambda d: _container(d, "lmaas-worker")["resources"]["limits"].pop("memory"),
+        "check_resources",
+    ),
+    "rwo-artifacts": (
+        lambda d: _get(d, "PersistentVolumeClaim", "lmaas-artifacts")["spec"].update(accessModes=["ReadWriteOnce"]),
+        "check_artifact_storage",
+    ),
+    "worker-service-clusterip": (
+        lambda d: _get(d, "Service", "lmaas-worker")["spec"].pop("clusterIP"),
+        "check_wiring",
+    ),
+    "wrong-namespace": (
+        lambda d: _get(d, "Deployment", "lmaas-worker")["metadata"].update(namespace="default"),
+        "check_namespace",
+    ),
+}
+
+
+@pytest.mark.parametrize("breaker", sorted(BREAKERS))
 def test_cross_reference_checks_catch_breakage(breaker: str) -> None:
-    mutate, check_name = _breakers()[breaker]
+    mutate, check_name = BREAKERS[breaker]
     docs = copy.deepcopy(rendered(OVERLAYS["prod"]))
     (check,) = [c for c in ALL_CHECKS if c.__name__ == check_name]
     assert check(docs) == []
@@ -275,43 +316,37 @@ def test_cross_reference_checks_catch_breakage(breaker: str) -> None:
 # ---- what the overlays are for ---------------------------------------------------------------------
 
 
-def _workload(docs: list[Doc], kind: str, name: str) -> Doc:
-    found = find(docs, kind, name)
-    assert found is not None, f"{kind}/{name} missing"
-    return found
-
-
 def test_prod_overlay_shape() -> None:
     docs = rendered(OVERLAYS["prod"])
-    assert _workload(docs, "StatefulSet", "etcd")["spec"]["replicas"] == 3
-    assert _workload(docs, "Deployment", "lmaas-control-plane")["spec"]["replicas"] >= 2
-    hpa = _workload(docs, "HorizontalPodAutoscaler", "lmaas-worker")
+    assert _get(docs, "StatefulSet", "etcd")["spec"]["replicas"] == 3
+    assert _get(docs, "Deployment", "lmaas-control-plane")["spec"]["replicas"] >= 2
+    hpa = _get(docs, "HorizontalPodAutoscaler", "lmaas-worker")
     assert hpa["spec"]["minReplicas"] >= 2
     assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods", "Resource"]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "lmaas_inference_pending_requests"
     assert hpa["spec"]["metrics"][1]["resource"]["name"] == "cpu"
     for name in ("lmaas-worker", "lmaas-control-plane"):
-        (container,) = _workload(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        (container,) = _get(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         _, tag, digest = image_parts(container["image"])
         assert digest or (tag and tag != "latest"), f"{name}: prod image {container['image']} is not pinned"
 
 
 def test_dev_overlay_shape() -> None:
     docs = rendered(OVERLAYS["dev"])
-    assert _workload(docs, "StatefulSet", "etcd")["spec"]["replicas"] == 1
-    control_plane = _workload(docs, "Deployment", "lmaas-control-plane")
+    assert _get(docs, "StatefulSet", "etcd")["spec"]["replicas"] == 1
+    control_plane = _get(docs, "Deployment", "lmaas-control-plane")
     assert control_plane["spec"]["replicas"] == 1
     volumes = {v["name"]: v for v in control_plane["spec"]["template"]["spec"]["volumes"]}
     assert set(volumes["artifacts"]) == {"name", "emptyDir"}
     assert find(docs, "PersistentVolumeClaim", "lmaas-artifacts") is None
-    assert _workload(docs, "HorizontalPodAutoscaler", "lmaas-worker")["spec"]["minReplicas"] == 1
-    (worker,) = _workload(docs, "Deployment", "lmaas-worker")["spec"]["template"]["spec"]["containers"]
+    assert _get(docs, "HorizontalPodAutoscaler", "lmaas-worker")["spec"]["minReplicas"] == 1
+    (worker,) = _get(docs, "Deployment", "lmaas-worker")["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == "lmaas:dev"
 
 
 def test_worker_health_probes() -> None:
     docs = rendered(OVERLAYS["prod"])
-    (worker,) = _workload(docs, "Deployment", "lmaas-worker")["spec"]["template"]["spec"]["containers"]
+    (worker,) = _get(docs, "Deployment", "lmaas-worker")["spec"]["template"]["spec"]["containers"]
     assert worker["livenessProbe"]["grpc"] == {"port": 8001, "service": ""}
     assert worker["readinessProbe"]["grpc"] == {"port": 8001, "service": "inference.GRPCInferenceService"}
 
@@ -320,13 +355,17 @@ def test_worker_health_probes() -> None:
 
 
 def test_strategic_merge_semantics() -> None:
-    target = {
-        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}], "args": ["p", "q"]}],
+    target: Doc = {
+        "containers": [
+            {"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}], "args": ["p", "q"]}
+        ],
         "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}],
     }
-    patch = {
-        "containers": [{"name": "a", "env": [{"name": "Y", "value": "3"}, {"name": "X", "$patch": "delete"}], "args": ["r"]},
-                       {"name": "b", "image": "i"}],
+    patch: Doc = {
+        "containers": [
+            {"name": "a", "env": [{"name": "Y", "value": "3"}, {"name": "X", "$patch": "delete"}], "args": ["r"]},
+            {"name": "b", "image": "i"},
+        ],
         "volumes": [{"name": "v", "persistentVolumeClaim": None, "emptyDir": {}}],
     }
     merged = strategic_merge(target, patch)
@@ -352,31 +391,60 @@ def _write(directory: Path, files: dict[str, Any]) -> None:
 
 
 def test_renderer_refuses_features_it_does_not_implement(tmp_path: Path) -> None:
-    _write(tmp_path, {"kustomization.yaml": [{"resources": ["cm.yaml"], "namePrefix": "x-"}],
-                      "cm.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]})
+    _write(
+        tmp_path,
+        {
+            "kustomization.yaml": [{"resources": ["cm.yaml"], "namePrefix": "x-"}],
+            "cm.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}],
+        },
+    )
     with pytest.raises(KustomizeError, match="namePrefix"):
         render(tmp_path)
 
 
 def test_renderer_refuses_a_patch_without_target(tmp_path: Path) -> None:
-    _write(tmp_path, {"kustomization.yaml": [{"resources": ["cm.yaml"], "patches": [{"path": "p.yaml"}]}],
-                      "cm.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}],
-                      "p.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}, "data": {"k": "v"}}]})
+    _write(
+        tmp_path,
+        {
+            "kustomization.yaml": [{"resources": ["cm.yaml"], "patches": [{"path": "p.yaml"}]}],
+            "cm.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}],
+            "p.yaml": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}, "data": {"k": "v"}}],
+        },
+    )
     with pytest.raises(KustomizeError, match="matches 0 resources"):
         render(tmp_path)
 
 
 def test_renderer_applies_namespace_images_and_deletes(tmp_path: Path) -> None:
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-                  "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:1"}, {"name": "s", "image": "other:2"}]}}}}
-    _write(tmp_path, {
-        "base/kustomization.yaml": [{"resources": ["r.yaml"], "namespace": "ns"}],
-        "base/r.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}, deployment,
-                        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone"}}],
-        "over/kustomization.yaml": [{"resources": ["../base"], "images": [{"name": "app", "newName": "reg/app", "newTag": "2"}],
-                                     "patches": [{"path": "del.yaml"}]}],
-        "over/del.yaml": [{"$patch": "delete", "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone"}}],
-    })
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "c", "image": "app:1"}, {"name": "s", "image": "other:2"}]}}
+        },
+    }
+    _write(
+        tmp_path,
+        {
+            "base/kustomization.yaml": [{"resources": ["r.yaml"], "namespace": "ns"}],
+            "base/r.yaml": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}},
+                deployment,
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone"}},
+            ],
+            "over/kustomization.yaml": [
+                {
+                    "resources": ["../base"],
+                    "images": [{"name": "app", "newName": "reg/app", "newTag": "2"}],
+                    "patches": [{"path": "del.yaml"}],
+                }
+            ],
+            "over/del.yaml": [
+                {"$patch": "delete", "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone"}}
+            ],
+        },
+    )
     docs = render(tmp_path / "over")
     assert [(d["kind"], d["metadata"].get("namespace")) for d in docs] == [("Namespace", None), ("Deployment", "ns")]
     assert [c["image"] for c in docs[1]["spec"]["template"]["spec"]["containers"]] == ["reg/app:2", "other:2"]

@@ -93,7 +93,7 @@ def _promql(expr: str) -> str:
 
 
 def test_metric_name_extraction() -> None:
-    expr = 'histogram_quantile(0.99, sum by (le) (rate(lmaas_a_seconds_bucket{x="lmaas"}[5m]))) / lmaas_b_total + x_lmaas_c'
+    expr = 'histogram_quantile(0.99, sum by (le) (rate(lmaas_a_seconds_bucket{x="y"}[5m]))) / lmaas_b_total + x_lmaas_c'
     assert metric_names(expr) == {"lmaas_a_seconds", "lmaas_b_total"}
     assert metric_names("label_values(lmaas_model_loaded, model)") == {"lmaas_model_loaded"}
 
@@ -133,7 +133,7 @@ def test_selectors_and_groupings_use_existing_labels() -> None:
 
 
 def test_label_check_notices_a_typo() -> None:
-    expr = "sum by (modle) (rate(lmaas_inference_requests_total{cod=\"OK\"}[5m]))"
+    expr = 'sum by (modle) (rate(lmaas_inference_requests_total{cod="OK"}[5m]))'
     labels = TARGET_LABELS | EXPORTED_METRICS["lmaas_inference_requests_total"]
     assert [label for label in _MATCHER.findall(_SELECTOR.findall(expr)[0][1]) if label not in labels] == ["cod"]
     assert [g for g in _GROUPING.findall(expr) if g not in labels] == ["modle"]
@@ -157,8 +157,13 @@ def test_hpa_metric_is_served_by_prometheus_adapter() -> None:
 
 def test_required_alerts_exist() -> None:
     rules = {r["alert"]: r for g in _prometheus_rule()["spec"]["groups"] for r in g["rules"] if "alert" in r}
-    assert {"LMaaSHighErrorRate", "LMaaSHighLatencyP99", "LMaaSPendingRequestsHigh", "LMaaSWorkerDisconnected",
-            "LMaaSRolloutFailed"} <= rules.keys()
+    assert {
+        "LMaaSHighErrorRate",
+        "LMaaSHighLatencyP99",
+        "LMaaSPendingRequestsHigh",
+        "LMaaSWorkerDisconnected",
+        "LMaaSRolloutFailed",
+    } <= rules.keys()
     assert "histogram_quantile(0.99" in rules["LMaaSHighLatencyP99"]["expr"]
     assert "lmaas_inference_request_duration_seconds_bucket" in rules["LMaaSHighLatencyP99"]["expr"]
 
@@ -191,7 +196,11 @@ def test_alert_unit_tests(tmp_path: Path) -> None:
 @needs_promtool
 def test_promtool_rejects_broken_promql(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "sum by (model (lmaas_model_loaded)"}]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "sum by (model (lmaas_model_loaded)"}]}]}
+        )
+    )
     assert _promtool("check", "rules", str(path), cwd=tmp_path).returncode != 0
 
 
@@ -227,7 +236,7 @@ def test_dashboard_layout() -> None:
     cells: set[tuple[int, int]] = set()
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{panel['title']} is wider than the grid"
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, f"{panel['title']} is wider than the grid"
         own = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
         assert not own & cells, f"{panel['title']} overlaps another panel"
         cells |= own

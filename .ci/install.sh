@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything LMaaS and its tests need on a fresh Debian 12 machine, from nothing:
+# system packages (etcd, perf_analyzer's libraries), a virtual environment in .venv with the
+# project and its test extras, the CPU build of torch on disk, perf_analyzer, and the Node client's packages.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash .ci/install-system.sh
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch 2.13.0 is the CPU build on disk; any other version would download GBs of CUDA.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e '.[test]'
+bash .ci/install-perf-analyzer.sh .venv
+if [[ -f clients/node/package.json ]]; then
+  (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "install: done ($(.venv/bin/python --version), lmaas $(.venv/bin/lmaas --version | awk '{print $NF}'))"
