@@ -16,6 +16,7 @@ set -euo pipefail
 PACKAGES=(
   etcd-server etcd-client
   libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1
+  prometheus  # promtool: the alert rules are unit-tested with it
   "$@"
 )
 POLICY_RC=/usr/sbin/policy-rc.d

@@ -48,6 +48,9 @@ def aggregate(runs: list[dict[str, Any]], models: Sequence[str], concurrencies: 
                         "throughput": _median([s["throughput"] for s in samples]),
                         "p50_ms": _median([s["p50_us"] / 1000 for s in samples]),
                         "p99_ms": _median([s["p99_us"] / 1000 for s in samples]),
+                        "server_cores": _median([s.get("server_cores") for s in samples]),
+                        "loadgen_cores": _median([s.get("loadgen_cores") for s in samples]),
+                        "cpu_us_per_infer": _median([s.get("server_cpu_us_per_infer") for s in samples]),
                         "runs": len(samples),
                     }
             lm = cell.get("lmaas", {}).get("throughput")
@@ -92,6 +95,19 @@ def markdown_table(agg: dict[str, Any]) -> str:
             f"| {model} | {_f(ip['batch1_p50_us'], '.0f')} | {_f(ip['limit_batch1'], ',.0f')} "
             f"| {_f(ip['limit'], ',.0f')} |"
         )
+    lines.append("")
+    lines.append(
+        "| model | c | LMaaS cores used | CPU µs / infer | MLServer cores used | CPU µs / infer | perf_analyzer cores |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for model, m in agg.items():
+        for c, cell in m["concurrency"].items():
+            lm, ml = cell.get("lmaas", {}), cell.get("mlserver", {})
+            lines.append(
+                f"| {model} | {c} | {_f(lm.get('server_cores'), '.2f')} | {_f(lm.get('cpu_us_per_infer'), ',.0f')} "
+                f"| {_f(ml.get('server_cores'), '.2f')} | {_f(ml.get('cpu_us_per_infer'), ',.0f')} "
+                f"| {_f(lm.get('loadgen_cores'), '.2f')} / {_f(ml.get('loadgen_cores'), '.2f')} |"
+            )
     return "\n".join(lines).replace("-x", "-")
 
 
@@ -166,25 +182,39 @@ def plot(agg: dict[str, Any], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = list(agg)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         m = agg[model]
         cs = [int(c) for c in m["concurrency"]]
+        plotted: list[float | None] = []
         for server, style in (("lmaas", "o-"), ("mlserver", "s--")):
             ys = [m["concurrency"][str(c)].get(server, {}).get("throughput") for c in cs]
             pts = [(c, y) for c, y in zip(cs, ys, strict=True) if y is not None]
+            plotted += ys
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=LABELS[server])
         ip = m["inprocess"]
-        if ip["limit"]:
-            ax.axhline(ip["limit"], color="gray", linestyle=":", label="in-process limit (batched)")
-        if ip["limit_batch1"]:
-            ax.axhline(ip["limit_batch1"], color="silver", linestyle="-.", label="in-process limit (batch 1)")
+        top = max((p for p in plotted if p is not None), default=0.0)
+        off_scale: list[str] = []
+        for key, color, ls, label in (
+            ("limit", "gray", ":", "in-process limit (batched)"),
+            ("limit_batch1", "silver", "-.", "in-process limit (batch 1)"),
+        ):
+            if not ip[key]:
+                continue
+            if top and ip[key] > 3 * top:  # e.g. the MLP: 100x above any server; a line would flatten the plot
+                off_scale.append(f"{label}: {ip[key]:,.0f}/s (off scale)")
+            else:
+                ax.axhline(ip[key], color=color, linestyle=ls, label=label)
+        if off_scale:
+            ax.text(0.02, 0.02, "\n".join(off_scale), transform=ax.transAxes, fontsize=8, color="dimgray")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_xscale("log", base=2)
         ax.set_xticks(cs, [str(c) for c in cs])
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.08)
         ax.set_title(model)
         ax.set_xlabel("concurrency (batch-1 requests)")
         ax.set_ylabel("infer/s")
@@ -196,3 +226,16 @@ def plot(agg: dict[str, Any], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def noise(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Median and max share of the host's CPU that other programs used during the measurement points."""
+    values: list[float] = []
+    for r in runs:
+        values += [x["foreign_cpu"] for x in r.get("inprocess", {}).values() if x.get("foreign_cpu") is not None]
+        for per_model in r.get("servers", {}).values():
+            for per_c in per_model.values():
+                values += [x["foreign_cpu"] for x in per_c.values() if x.get("foreign_cpu") is not None]
+    if not values:
+        return {"median": None, "max": None}
+    return {"median": statistics.median(values), "max": max(values)}

@@ -32,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import report
+from benchmarks.cpumeter import CpuMeter
 from benchmarks.inprocess import measure_inprocess, worker_session_options
 from benchmarks.models import MODELS, build_repository, example_batch, write_perf_analyzer_data
 from benchmarks.perf_analyzer import PerfAnalyzerError, perf_analyzer_path, perf_analyzer_version, run_perf_analyzer
@@ -161,30 +162,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _measure_server(server: Server, args: argparse.Namespace, data: dict[str, Path]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for model in args.models:
-        results[model] = {}
-        for c in args.concurrency:
-            try:
-                r = run_perf_analyzer(
-                    server.url,
-                    model,
-                    concurrency=c,
-                    measurement_ms=args.window_ms,
-                    extra=["--input-data", str(data[model])],
-                    timeout=max(60, 15 * args.window_ms / 1000 + 30),
-                )
-                row = {k: r[k] for k in ("throughput", "p50_us", "p90_us", "p99_us", "avg_us") if k in r}
-                log(
-                    f"  {server.name:8} {model:11} c={c:<3} {row['throughput']:9,.0f} infer/s "
-                    f"p50 {row['p50_us'] / 1000:7.2f} ms  p99 {row['p99_us'] / 1000:7.2f} ms"
-                )
-            except PerfAnalyzerError as exc:
-                row = {"error": str(exc)[-2000:]}
-                log(f"  {server.name:8} {model:11} c={c:<3} FAILED: {str(exc).splitlines()[0]} (see results.json)")
-            results[model][str(c)] = row
-    return results
+def _measure_point(
+    server: Server, model: str, c: int, args: argparse.Namespace, data: dict[str, Path], others: tuple[int, ...]
+) -> dict[str, Any]:
+    meter = CpuMeter(server.process.pid, others)
+    meter.start()
+    try:
+        r = run_perf_analyzer(
+            server.url,
+            model,
+            concurrency=c,
+            measurement_ms=args.window_ms,
+            extra=["--input-data", str(data[model])],
+            timeout=max(60, 15 * args.window_ms / 1000 + 30),
+        )
+    except PerfAnalyzerError as exc:
+        log(f"  {server.name:8} {model:11} c={c:<3} FAILED: {str(exc).splitlines()[0]} (see results.json)")
+        return {"error": str(exc)[-3000:]}
+    row: dict[str, Any] = {k: r[k] for k in ("throughput", "p50_us", "p90_us", "p99_us", "avg_us") if k in r}
+    cpu = meter.stop()
+    row["foreign_cpu"] = cpu["foreign"]
+    row["server_cores"] = cpu["server_cores"]
+    row["loadgen_cores"] = cpu["loadgen_cores"]
+    if cpu["server_cores"] is not None and row["throughput"]:
+        row["server_cpu_us_per_infer"] = round(cpu["server_cores"] * 1e6 / row["throughput"], 1)
+    log(
+        f"  {server.name:8} {model:11} c={c:<3} {row['throughput']:9,.0f} infer/s "
+        f"p50 {row['p50_us'] / 1000:7.2f} ms  p99 {row['p99_us'] / 1000:7.2f} ms"
+        + ("" if cpu["server_cores"] is None else f"  cpu: server {cpu['server_cores']:.2f}")
+        + ("" if cpu["loadgen_cores"] is None else f" loadgen {cpu['loadgen_cores']:.2f}")
+        + ("" if cpu["foreign"] is None else f" other {cpu['foreign'] * os.cpu_count():.2f} cores")
+    )
+    return row
 
 
 def _verify(server: Server, args: argparse.Namespace, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -281,6 +290,74 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
     return {"samples": total, "self_pct": table(self_t), "inclusive_pct": table(incl)}
 
 
+def _one_run(
+    i: int,
+    args: argparse.Namespace,
+    facts: dict[str, Any],
+    data: dict[str, Path],
+    expected: dict[str, tuple[np.ndarray, np.ndarray]],
+    intra_op_threads: int,
+) -> dict[str, Any]:
+    """Both servers up side by side; per model: the in-process limit, then each concurrency on each server
+    back to back (alternating which goes first from run to run), so all three see the same background load."""
+    run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}, "errors": {}}
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        if not args.no_lmaas:
+            server = stack.enter_context(
+                lmaas_worker(args.repo, args.out / "logs" / f"lmaas-run{i + 1}.log", extra_args=args.worker_arg)
+            )
+            wait_ready(server, args.models)
+            _verify(server, args, expected)
+            servers["lmaas"] = server
+        if not args.no_mlserver:
+            try:
+                server = stack.enter_context(
+                    mlserver_peer(
+                        args.mlserver_venv,
+                        args.out / "mlserver-workspace",
+                        args.repo,
+                        args.models,
+                        args.out / "logs" / f"mlserver-run{i + 1}.log",
+                        intra_op_threads=intra_op_threads,
+                        parallel_workers=args.mlserver_workers,
+                    )
+                )
+                _verify(server, args, expected)
+                servers["mlserver"] = server
+            except (RuntimeError, TimeoutError, AssertionError, subprocess.CalledProcessError) as exc:
+                log(f"MLServer failed: {exc}")
+                run["errors"]["mlserver"] = str(exc)
+        order = list(servers) if i % 2 == 0 else list(reversed(servers))
+        for name in servers:
+            run["servers"][name] = {m: {} for m in args.models}
+        for m in args.models:
+            meter = CpuMeter(None, tuple(s.process.pid for s in servers.values()))
+            meter.start()
+            r = measure_inprocess(
+                Path(facts[m]["path"]),
+                MODELS[m],
+                window_s=args.inprocess_window,
+                batch_sizes=(1, 4, 16) if args.quick else (1, 2, 4, 8, 16),
+                concurrencies=args.concurrency,
+            )
+            r["foreign_cpu"] = meter.stop()["foreign"]
+            run["inprocess"][m] = r
+            log(
+                f"  in-process {m:11} batch-1 call p50 {r['batch1']['p50_us']:8.0f} us; limit batch-1 "
+                f"{r['limit_batch1']:9,.0f}/s, batched {r['limit']:9,.0f}/s (b={r['limit_config']['batch']}, "
+                f"threads={r['limit_config']['threads']})"
+            )
+            for c in args.concurrency:
+                for name in order:
+                    others = tuple(s.process.pid for n, s in servers.items() if n != name)
+                    run["servers"][name][m][str(c)] = _measure_point(servers[name], m, c, args, data, others)
+        if args.profile and "lmaas" in servers and i == args.runs - 1:
+            log(f"profiling the LMaaS worker with py-spy: {args.profile} at c={max(args.concurrency)}")
+            run["profile"] = _profile(servers["lmaas"], args, data, args.out)
+    return run
+
+
 def update_readme(table: str, targets: str, env: dict[str, Any], args: argparse.Namespace) -> None:
     if not README.is_file():
         return
@@ -302,7 +379,6 @@ def update_readme(table: str, targets: str, env: dict[str, Any], args: argparse.
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    logs = args.out / "logs"
     env = environment()
     if perf_analyzer_path() is None and not (args.no_mlserver and args.no_lmaas):
         log('perf_analyzer not found: run .ci/install-perf-analyzer.sh "$VIRTUAL_ENV" (or set LMAAS_PERF_ANALYZER)')
@@ -327,55 +403,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile: dict[str, Any] | None = None
     started = time.monotonic()
     for i in range(args.runs):
-        run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}}
-        log(f"run {i + 1}/{args.runs}: in-process ONNX Runtime limit")
-        for m in args.models:
-            r = measure_inprocess(
-                Path(facts[m]["path"]),
-                MODELS[m],
-                window_s=args.inprocess_window,
-                batch_sizes=(1, 4, 16) if args.quick else (1, 2, 4, 8, 16),
-                concurrencies=args.concurrency,
-            )
-            run["inprocess"][m] = r
-            log(
-                f"  in-process {m:11} batch-1 call p50 {r['batch1']['p50_us']:8.0f} µs; limit batch-1 "
-                f"{r['limit_batch1']:9,.0f}/s, batched {r['limit']:9,.0f}/s (b={r['limit_config']['batch']}, "
-                f"threads={r['limit_config']['threads']})"
-            )
-        if not args.no_lmaas:
-            log(f"run {i + 1}/{args.runs}: LMaaS worker")
-            with lmaas_worker(args.repo, logs / f"lmaas-run{i + 1}.log", extra_args=args.worker_arg) as server:
-                wait_ready(server, args.models)
-                _verify(server, args, expected)
-                run["servers"]["lmaas"] = _measure_server(server, args, data)
-                if args.profile and i == args.runs - 1:
-                    log(f"profiling the LMaaS worker with py-spy: {args.profile} at c={max(args.concurrency)}")
-                    profile = _profile(server, args, data, args.out)
-        if not args.no_mlserver:
-            log(f"run {i + 1}/{args.runs}: MLServer {MLSERVER_VERSION} (own venv {args.mlserver_venv})")
-            try:
-                with mlserver_peer(
-                    args.mlserver_venv,
-                    args.out / "mlserver-workspace",
-                    args.repo,
-                    args.models,
-                    logs / f"mlserver-run{i + 1}.log",
-                    intra_op_threads=opts.intra_op_num_threads,
-                    parallel_workers=args.mlserver_workers,
-                ) as server:
-                    _verify(server, args, expected)
-                    run["servers"]["mlserver"] = _measure_server(server, args, data)
-            except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
-                log(f"MLServer failed: {exc}")
-                run["servers"]["mlserver_error"] = str(exc)
+        log(f"run {i + 1}/{args.runs}")
+        run = _one_run(i, args, facts, data, expected, opts.intra_op_num_threads)
+        profile = run.pop("profile", None) or profile
         runs.append(run)
 
     env["background_cpu_after"] = round(background_cpu(), 3)
     env["elapsed_s"] = round(time.monotonic() - started, 1)
+    env["foreign_cpu"] = report.noise(runs)
     agg = report.aggregate(runs, args.models, args.concurrency)
     table = report.markdown_table(agg)
     targets = report.targets(agg)
+    noise = env["foreign_cpu"]
+    if noise["max"] is not None:
+        table += (
+            f"\n\nOther programs' CPU use during the measurements: median {noise['median']:.0%}, "
+            f"max {noise['max']:.0%} of the host's cores."
+        )
     targets_md = report.targets_text(targets)
     title = (
         f"LMaaS vs MLServer {MLSERVER_VERSION} vs in-process ONNX Runtime — {env['host_cores']} cores, "

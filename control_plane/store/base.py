@@ -27,7 +27,7 @@ translated at one boundary, ``raise ... from exc``)::
     StoreError            backend unreachable, timed out, or failed → UNAVAILABLE
     ├── WatchCompacted    the watch's start revision is compacted away
     └── LeaseNotFound     a put names a lease that expired or was revoked
-    ValueError            a malformed request (bad Compare, a key twice in a branch)
+    ValueError            a malformed request (bad Compare, empty key, a key twice in a branch)
 
 Keys are ``str`` (stored as UTF-8 bytes, ordered bytewise, as etcd orders them);
 values are ``bytes``.

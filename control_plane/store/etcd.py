@@ -15,7 +15,7 @@ watches and does not keep leases alive, and this module has to do all three:
 * **lease keepalive** — one task per lease sends LeaseKeepAlive every ttl/3 and reconnects on
   failure; when etcd answers TTL 0 the lease is marked expired.
 
-Errors: every ``grpc.aio.AioRpcError`` is translated in :func:`_translate` (the one boundary):
+Errors: every ``grpc.aio.AioRpcError`` is translated in :func:`._etcd_wire.translate` (the one boundary):
 "lease not found" → :class:`LeaseNotFound`, a compacted watch → :class:`WatchCompacted`,
 INVALID_ARGUMENT → ``ValueError``, everything else → :class:`StoreError`.
 """
@@ -31,7 +31,19 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from ._common import check_key, decode_key, encode_key, prefix_end, validate_txn
+from ._common import check_key, encode_key, validate_txn
+from ._etcd_wire import (
+    REQUIRE_LEADER,
+    STREAM_BROKEN,
+    Endpoint,
+    Reconnect,
+    compare,
+    key_range,
+    not_sent,
+    parse_endpoint,
+    to_kv,
+    translate,
+)
 from .base import (
     Compare,
     Delete,
@@ -51,110 +63,6 @@ from .base import (
 __all__ = ["EtcdLease", "EtcdStore"]
 
 log = logging.getLogger(__name__)
-
-# etcd rejects requests and ends streams on a member without a leader when this is set (clientv3 WithRequireLeader)
-_REQUIRE_LEADER = (("hasleader", "true"),)
-
-_COMPARE_RESULT = {
-    "==": rpc.Compare.EQUAL,
-    "!=": rpc.Compare.NOT_EQUAL,
-    "<": rpc.Compare.LESS,
-    ">": rpc.Compare.GREATER,
-}
-_COMPARE_TARGET = {
-    "version": (rpc.Compare.VERSION, "version"),
-    "create_revision": (rpc.Compare.CREATE, "create_revision"),
-    "mod_revision": (rpc.Compare.MOD, "mod_revision"),
-    "value": (rpc.Compare.VALUE, "value"),
-}
-
-# UNAVAILABLE details that prove a request never reached etcd's raft log: safe to retry even a write
-_NOT_SENT = ("failed to connect", "connection refused", "no address", "no connection", "etcdserver: no leader")
-
-
-def _channel_options() -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", -1),
-        # gRPC's default reconnect backoff grows to 120 s: after an outage a channel would refuse calls that long
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        # notice a hung member on an open stream; etcd's --grpc-keepalive-min-time is 5 s
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-    ]
-
-
-def _parse_endpoint(endpoint: str) -> str:
-    address = endpoint.strip()
-    for scheme in ("http://", "etcd://"):
-        if address.startswith(scheme):
-            address = address[len(scheme) :]
-    address = address.rstrip("/")
-    if not address or ":" not in address:
-        raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
-    return address
-
-
-def _kv(kv: Any) -> KeyValue:
-    return KeyValue(
-        decode_key(kv.key), bytes(kv.value), int(kv.create_revision), int(kv.mod_revision), int(kv.version),
-        int(kv.lease),
-    )
-
-
-def _key_range(prefix: str) -> tuple[bytes, bytes]:
-    """``key``/``range_end`` for every key under ``prefix`` (etcd's "\\0" means "to the end")."""
-    key = encode_key(prefix)
-    end = prefix_end(key)
-    return (key or b"\0"), (end if end is not None else b"\0")
-
-
-def _not_sent(exc: grpc.aio.AioRpcError) -> bool:
-    details = (exc.details() or "").lower()
-    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _NOT_SENT)
-
-
-def _translate(what: str, exc: grpc.aio.AioRpcError, *, leases: Sequence[int] = ()) -> Exception:
-    """The one place where an etcd/gRPC error becomes ours."""
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-        unique = set(leases) - {0}
-        return LeaseNotFound(unique.pop() if len(unique) == 1 else 0)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ValueError(f"etcd {what}: {details}")
-    return StoreError(f"etcd {what}: {code.name}: {details}")
-
-
-class _Endpoint:
-    """A lazily opened channel to one member, with the stubs on it."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channel: grpc.aio.Channel | None = None
-        self.kv: Any = None
-        self.watch: Any = None
-        self.lease: Any = None
-
-    def open(self) -> None:
-        if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.address, options=_channel_options())
-            self.kv = rpc.KVStub(self.channel)
-            self.watch = rpc.WatchStub(self.channel)
-            self.lease = rpc.LeaseStub(self.channel)
-
-    async def close(self) -> None:
-        channel, self.channel = self.channel, None
-        if channel is not None:
-            await channel.close()
-
-
-class _Reconnect(Exception):
-    """A stream ended or stalled; open it again (maybe on another endpoint)."""
-
-
-# how a broken stream shows itself: an error status, a write after the RPC ended, a stalled read
-_STREAM_BROKEN = (grpc.aio.AioRpcError, asyncio.InvalidStateError, _Reconnect, TimeoutError)
 
 
 class EtcdLease(Lease):
@@ -185,7 +93,7 @@ class EtcdStore(Store):
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0, backoff_max: float = 0.5) -> None:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
-        self._endpoints = [_Endpoint(_parse_endpoint(e)) for e in endpoints]
+        self._endpoints = [Endpoint(parse_endpoint(e)) for e in endpoints]
         if not self._endpoints:
             raise ValueError("etcd store needs at least one endpoint")
         self._active = 0
@@ -208,14 +116,14 @@ class EtcdStore(Store):
 
     # -- plumbing ----------------------------------------------------------------------------------------------
 
-    def _endpoint(self) -> _Endpoint:
+    def _endpoint(self) -> Endpoint:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         endpoint = self._endpoints[self._active]
         endpoint.open()
         return endpoint
 
-    def _failover(self, failed: _Endpoint) -> None:
+    def _failover(self, failed: Endpoint) -> None:
         """Move off ``failed`` (unless another caller already did)."""
         if self._endpoints[self._active] is failed and len(self._endpoints) > 1:
             self._active = (self._active + 1) % len(self._endpoints)
@@ -224,7 +132,7 @@ class EtcdStore(Store):
     async def _unary(
         self,
         what: str,
-        call: Callable[[_Endpoint, float], Awaitable[Any]],
+        call: Callable[[Endpoint, float], Awaitable[Any]],
         *,
         mutating: bool,
         leases: Sequence[int] = (),
@@ -238,7 +146,7 @@ class EtcdStore(Store):
             try:
                 return await call(endpoint, max(deadline - loop.time(), 0.001))
             except grpc.aio.AioRpcError as exc:
-                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and (not mutating or _not_sent(exc))
+                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and (not mutating or not_sent(exc))
                 attempts += 1
                 if attempts % len(self._endpoints) == 0:
                     pause = backoff
@@ -246,7 +154,7 @@ class EtcdStore(Store):
                 else:
                     pause = 0.0
                 if not retry or self._closed or loop.time() + pause >= deadline:
-                    raise _translate(f"{what} via {endpoint.address}", exc, leases=leases) from exc
+                    raise translate(f"{what} via {endpoint.address}", exc, leases=leases) from exc
                 self._failover(endpoint)
                 if pause:
                     await asyncio.sleep(pause)
@@ -255,7 +163,7 @@ class EtcdStore(Store):
 
     async def _range(self, request: Any) -> Any:
         return await self._unary(
-            "range", lambda e, t: e.kv.Range(request, timeout=t, metadata=_REQUIRE_LEADER), mutating=False
+            "range", lambda e, t: e.kv.Range(request, timeout=t, metadata=REQUIRE_LEADER), mutating=False
         )
 
     # -- Store -------------------------------------------------------------------------------------------------
@@ -263,24 +171,24 @@ class EtcdStore(Store):
     async def get(self, key: str) -> KeyValue | None:
         check_key(key)
         resp = await self._range(rpc.RangeRequest(key=encode_key(key)))
-        return _kv(resp.kvs[0]) if resp.kvs else None
+        return to_kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(self, prefix: str) -> RangeResult:
-        key, end = _key_range(prefix)
+        key, end = key_range(prefix)
         resp = await self._range(rpc.RangeRequest(key=key, range_end=end))
-        return RangeResult([_kv(kv) for kv in resp.kvs], int(resp.header.revision))
+        return RangeResult([to_kv(kv) for kv in resp.kvs], int(resp.header.revision))
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         check_key(key)
         request = rpc.PutRequest(key=encode_key(key), value=value, lease=lease)
         resp = await self._unary(
-            "put", lambda e, t: e.kv.Put(request, timeout=t, metadata=_REQUIRE_LEADER), mutating=True, leases=[lease]
+            "put", lambda e, t: e.kv.Put(request, timeout=t, metadata=REQUIRE_LEADER), mutating=True, leases=[lease]
         )
         return int(resp.header.revision)
 
     def _delete_request(self, key: str, prefix: bool) -> Any:
         if prefix:
-            raw, end = _key_range(key)
+            raw, end = key_range(key)
             return rpc.DeleteRangeRequest(key=raw, range_end=end)
         check_key(key)
         return rpc.DeleteRangeRequest(key=encode_key(key))
@@ -288,7 +196,7 @@ class EtcdStore(Store):
     async def delete(self, key: str, prefix: bool = False) -> int:
         request = self._delete_request(key, prefix)
         resp = await self._unary(
-            "delete", lambda e, t: e.kv.DeleteRange(request, timeout=t, metadata=_REQUIRE_LEADER), mutating=True
+            "delete", lambda e, t: e.kv.DeleteRange(request, timeout=t, metadata=REQUIRE_LEADER), mutating=True
         )
         return int(resp.header.revision)
 
@@ -302,22 +210,15 @@ class EtcdStore(Store):
     ) -> TxnResult:
         validate_txn(compares, success, failure)
         request = rpc.TxnRequest(
-            compare=[self._compare(c) for c in compares],
+            compare=[compare(c) for c in compares],
             success=[self._op(op) for op in success],
             failure=[self._op(op) for op in failure],
         )
         leases = [op.lease for op in (*success, *failure) if isinstance(op, Put)]
         resp = await self._unary(
-            "txn", lambda e, t: e.kv.Txn(request, timeout=t, metadata=_REQUIRE_LEADER), mutating=True, leases=leases
+            "txn", lambda e, t: e.kv.Txn(request, timeout=t, metadata=REQUIRE_LEADER), mutating=True, leases=leases
         )
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
-
-    @staticmethod
-    def _compare(c: Compare) -> Any:
-        target, field = _COMPARE_TARGET[c.target]
-        compare = rpc.Compare(result=_COMPARE_RESULT[c.op], target=target, key=encode_key(c.key))
-        setattr(compare, field, c.value)
-        return compare
 
     async def revision(self) -> int:
         resp = await self._range(rpc.RangeRequest(key=b"\0", count_only=True))
@@ -327,7 +228,7 @@ class EtcdStore(Store):
         request = rpc.CompactionRequest(revision=revision)
         try:
             await self._unary(
-                "compact", lambda e, t: e.kv.Compact(request, timeout=t, metadata=_REQUIRE_LEADER), mutating=False
+                "compact", lambda e, t: e.kv.Compact(request, timeout=t, metadata=REQUIRE_LEADER), mutating=False
             )
         except StoreError as exc:
             cause = exc.__cause__
@@ -340,19 +241,19 @@ class EtcdStore(Store):
     # -- watch -------------------------------------------------------------------------------------------------
 
     async def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[Event]:
-        key, end = _key_range(prefix)
+        key, end = key_range(prefix)
         # For "from now" the start is pinned with a read first: the header of etcd's `created` answer may be
         # later than where the watch really started, and resuming from it could skip an event.
         next_revision = max(start_revision, 0)
         backoff = 0.05
         while not self._closed:
             call: Any = None
-            endpoint: _Endpoint | None = None
+            endpoint: Endpoint | None = None
             try:
                 if next_revision == 0:
                     next_revision = await self.revision() + 1
                 endpoint = self._endpoint()
-                call = endpoint.watch.Watch(metadata=_REQUIRE_LEADER)
+                call = endpoint.watch.Watch(metadata=REQUIRE_LEADER)
                 self._streams.add(call)
                 await call.write(
                     rpc.WatchRequest(
@@ -363,20 +264,20 @@ class EtcdStore(Store):
                 while True:
                     resp = await (call.read() if created else asyncio.wait_for(call.read(), self._timeout))
                     if resp is grpc.aio.EOF:
-                        raise _Reconnect("stream ended")
+                        raise Reconnect("stream ended")
                     if resp.compact_revision:
                         raise WatchCompacted(next_revision, int(resp.compact_revision))
                     if resp.canceled:
-                        raise _Reconnect(f"watch canceled: {resp.cancel_reason}")
+                        raise Reconnect(f"watch canceled: {resp.cancel_reason}")
                     if resp.created:
                         created, backoff = True, 0.05
                     for ev in resp.events:
                         kind = EventType.PUT if ev.type == rpc.Event.PUT else EventType.DELETE
-                        yield Event(kind, _kv(ev.kv))
+                        yield Event(kind, to_kv(ev.kv))
                         next_revision = int(ev.kv.mod_revision) + 1
             except WatchCompacted:
                 raise
-            except (*_STREAM_BROKEN, StoreError) as exc:  # StoreError: the revision() read failed
+            except (*STREAM_BROKEN, StoreError) as exc:  # StoreError: the revision() read failed
                 if self._closed:
                     return
                 log.info("etcd watch %r from %d: %s; reconnecting in %.2f s", prefix, next_revision, exc, backoff)
@@ -406,7 +307,7 @@ class EtcdStore(Store):
             raise ValueError(f"lease ttl must be >= 1 second, got {ttl}")
         request = rpc.LeaseGrantRequest(TTL=ttl)
         resp = await self._unary(
-            "lease grant", lambda e, t: e.lease.LeaseGrant(request, timeout=t, metadata=_REQUIRE_LEADER),
+            "lease grant", lambda e, t: e.lease.LeaseGrant(request, timeout=t, metadata=REQUIRE_LEADER),
             mutating=True,
         )
         if resp.error:
@@ -421,17 +322,17 @@ class EtcdStore(Store):
         interval = max(lease.ttl / 3.0, 0.1)
         backoff = 0.05
         call: Any = None
-        endpoint: _Endpoint | None = None
+        endpoint: Endpoint | None = None
         try:
             while not self._closed:
                 try:
                     if call is None:
                         endpoint = self._endpoint()
-                        call = endpoint.lease.LeaseKeepAlive(metadata=_REQUIRE_LEADER)
+                        call = endpoint.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease.id))
                     resp = await asyncio.wait_for(call.read(), timeout=max(interval, 1.0))
                     if resp is grpc.aio.EOF:
-                        raise _Reconnect("stream ended")
+                        raise Reconnect("stream ended")
                     if resp.TTL <= 0:
                         log.warning("etcd lease %x expired", lease.id)
                         self._leases.pop(lease.id, None)
@@ -444,7 +345,7 @@ class EtcdStore(Store):
                         return
                     if isinstance(exc, StoreError):
                         return  # raised by _endpoint(): the store is closed
-                    level = logging.INFO if isinstance(exc, _STREAM_BROKEN) else logging.ERROR
+                    level = logging.INFO if isinstance(exc, STREAM_BROKEN) else logging.ERROR
                     log.log(level, "etcd lease %x keepalive: %r; retrying in %.2f s", lease.id, exc, backoff)
                     if call is not None:
                         call.cancel()
@@ -463,7 +364,7 @@ class EtcdStore(Store):
         # idempotent, so retried like a read: a retry after an unclear failure at worst finds the lease gone
         with contextlib.suppress(LeaseNotFound):
             await self._unary(
-                "lease revoke", lambda e, t: e.lease.LeaseRevoke(request, timeout=t, metadata=_REQUIRE_LEADER),
+                "lease revoke", lambda e, t: e.lease.LeaseRevoke(request, timeout=t, metadata=REQUIRE_LEADER),
                 mutating=False, leases=[lease_id],
             )
 

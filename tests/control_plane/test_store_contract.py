@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster, free_port
-from lmaas.control_plane.store import open_store
+from lmaas.control_plane.store import open_store as open_store_url
 from lmaas.control_plane.store.base import (
     Compare,
     Delete,
@@ -428,17 +428,17 @@ async def test_sqlite_sees_writes_of_another_process(tmp_path: Path) -> None:
 
 
 def test_open_store_urls(tmp_path: Path) -> None:
-    rel = open_store("sqlite:///state.db")
+    rel = open_store_url("sqlite:///state.db")
     assert isinstance(rel, SqliteStore) and rel.path == "state.db"
-    absolute = open_store(f"sqlite:///{tmp_path}/state.db")  # an absolute path: four slashes in all
+    absolute = open_store_url(f"sqlite:///{tmp_path}/state.db")  # an absolute path: four slashes in all
     assert isinstance(absolute, SqliteStore) and absolute.path == f"{tmp_path}/state.db"
-    bare = open_store(str(tmp_path / "x.db"))
+    bare = open_store_url(str(tmp_path / "x.db"))
     assert isinstance(bare, SqliteStore) and bare.path == str(tmp_path / "x.db")
-    etcd = open_store("etcd://127.0.0.1:2379,10.0.0.2:2379")
+    etcd = open_store_url("etcd://127.0.0.1:2379,10.0.0.2:2379")
     assert isinstance(etcd, EtcdStore) and etcd.endpoints == ["127.0.0.1:2379", "10.0.0.2:2379"]
     for bad in ["etcd://", "mysql://x", "sqlite://", "etcd://nohost"]:
         with pytest.raises(ValueError):
-            open_store(bad)
+            open_store_url(bad)
 
 
 async def test_unreachable_store_raises_store_error(tmp_path: Path) -> None:

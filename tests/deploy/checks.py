@@ -74,7 +74,7 @@ def role(container: Doc) -> str | None:
 
 
 def effective_settings(docs: list[Doc], container: Doc) -> dict[str, str]:
-    """LMAAS_* settings a container ends up with: envFrom ConfigMaps, then env, then CLI flags."""
+    """Settings a container ends up with: envFrom ConfigMaps, then env, then (LMaaS roles) CLI flags."""
     settings: dict[str, str] = {}
     for source in container.get("envFrom", []):
         ref = source.get("configMapRef")
@@ -89,7 +89,7 @@ def effective_settings(docs: list[Doc], container: Doc) -> dict[str, str]:
             config = find(docs, "ConfigMap", ref["name"])
             if config and ref["key"] in config.get("data", {}):
                 settings[var["name"]] = str(config["data"][ref["key"]])
-    args = list(container.get("args") or [])[1:]
+    args = list(container.get("args") or [])[1:] if role(container) else []
     for i, arg in enumerate(args):
         if not arg.startswith("--"):
             continue
@@ -145,11 +145,13 @@ def check_security(docs: list[Doc]) -> list[str]:
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
                 problems.append(f"{name}: /tmp is not an emptyDir (the root filesystem is read-only)")
-            artifact_dir = effective_settings(docs, c).get("LMAAS_ARTIFACT_DIR")
+            settings = effective_settings(docs, c)
+            # control plane: LMAAS_ARTIFACT_DIR (the blob store); worker: LMAAS_CACHE_DIR (its artifact cache)
+            artifact_dir = settings.get("LMAAS_ARTIFACT_DIR") or settings.get("LMAAS_CACHE_DIR")
             if artifact_dir and not any(
                 artifact_dir.startswith(path.rstrip("/") + "/") or artifact_dir == path for path in mounts
             ):
-                problems.append(f"{name}: LMAAS_ARTIFACT_DIR {artifact_dir} is not on a mounted volume")
+                problems.append(f"{name}: artifact directory {artifact_dir} is not on a mounted volume")
     return problems
 
 
@@ -196,17 +198,30 @@ def check_references(docs: list[Doc]) -> list[str]:
                 ref = source.get("configMapRef", {})
                 if ref and ref["name"] not in configmaps and not ref.get("optional"):
                     problems.append(f"{where} container {c['name']}: ConfigMap {ref['name']} does not exist")
+            defined: set[str] = set()
             for var in c.get("env", []):
+                where_var = f"{where} env {var['name']}"
+                problems += [
+                    f"{where_var}: $({name}) is not defined before it"
+                    for name in _ENV_REF.findall(str(var.get("value", "")))
+                    if name not in defined
+                ]
+                defined.add(var["name"])
                 key_ref = var.get("valueFrom", {}).get("configMapKeyRef")
                 if not key_ref or key_ref.get("optional"):
                     continue
                 config = configmaps.get(key_ref["name"])
                 if config is None:
-                    problems.append(f"{where} env {var['name']}: ConfigMap {key_ref['name']} does not exist")
+                    problems.append(f"{where_var}: ConfigMap {key_ref['name']} does not exist")
                 elif key_ref["key"] not in config.get("data", {}):
-                    problems.append(
-                        f"{where} env {var['name']}: ConfigMap {key_ref['name']} has no key {key_ref['key']}"
-                    )
+                    problems.append(f"{where_var}: ConfigMap {key_ref['name']} has no key {key_ref['key']}")
+            known = defined | set(effective_settings(docs, c))
+            for arg in [*c.get("command", []), *c.get("args", [])]:
+                problems += [
+                    f"{where} container {c['name']}: $({name}) in {arg!r} is not defined"
+                    for name in _ENV_REF.findall(arg)
+                    if name not in known
+                ]
     return problems
 
 
@@ -221,12 +236,17 @@ def check_services(docs: list[Doc]) -> list[str]:
             problems.append(f"{name}: selector {selector} matches {len(targets)} workloads")
             continue
         ports = [p for c in containers(targets[0]) for p in c.get("ports", [])]
+        headless = service["spec"].get("clusterIP") == "None"
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
-            if not any(p.get("name") == target or p["containerPort"] == target for p in ports):
+            matched = [p for p in ports if target in (p.get("name"), p["containerPort"])]
+            if not matched:
                 problems.append(
                     f"{name}: targetPort {target} is not a container port of {targets[0]['metadata']['name']}"
                 )
+            elif headless and matched[0]["containerPort"] != port["port"]:
+                # DNS of a headless Service returns pod IPs: clients dial `port` on the pod itself.
+                problems.append(f"{name}: headless, so port {port['port']} must equal the container port")
     return problems
 
 
@@ -258,9 +278,8 @@ def check_ports(docs: list[Doc]) -> list[str]:
                     problems.append(f"{where}: {probe} is not a gRPC probe on {grpc_port}")
             if c.get("livenessProbe", {}).get("grpc", {}).get("service", "") != "":
                 problems.append(f'{where}: the liveness probe must ask for the whole server (service "")')
-            if annotations.get("prometheus.io/scrape") != "true" or annotations.get("prometheus.io/port") != str(
-                metrics_port
-            ):
+            scrape = (annotations.get("prometheus.io/scrape"), annotations.get("prometheus.io/port"))
+            if scrape != ("true", str(metrics_port)):
                 problems.append(f"{where}: prometheus.io annotations do not point at {metrics_port}")
     return problems
 

@@ -8,7 +8,8 @@ is its own apiVersion group, kind and name.
 Strategic merge, as far as implemented: maps merge recursively; ``null`` deletes a key; lists of
 containers, env, volumes, volumeMounts, ports and imagePullSecrets merge by their Kubernetes merge
 key; a list item or a whole patch document carrying ``$patch: delete`` removes its target; every other
-list is replaced. Anything else (an unknown kustomization field, another ``$patch`` directive, a patch
+list is replaced. Merged keyed lists come out as kustomize v5 orders them: the patch's items first, then the
+untouched originals. Anything else (an unknown kustomization field, another ``$patch`` directive, a patch
 without a target) raises :class:`KustomizeError`, so an overlay can never silently depend on
 behaviour this renderer lacks.
 """
@@ -122,17 +123,14 @@ def strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
         key = _merge_key(field, patch, target)
         if key is None or not isinstance(target, list):
             return [item for item in copy.deepcopy(patch) if not _is_delete(item)]
-        result: list[Any] = copy.deepcopy(target)
-        for item in patch:
-            index = next((i for i, old in enumerate(result) if old.get(key) == item.get(key)), None)
-            if _is_delete(item):
-                if index is not None:
-                    del result[index]
-            elif index is None:
-                result.append(strategic_merge(None, item, field))
-            else:
-                result[index] = strategic_merge(result[index], item, field)
-        return result
+        # Like kustomize: the patch's items first, in patch order, then the untouched originals. Order
+        # matters for env, where $(VAR) only sees variables defined earlier.
+        originals = {item.get(key): item for item in target}
+        touched = {item.get(key) for item in patch}
+        merged_items = [
+            strategic_merge(originals.get(item.get(key)), item, field) for item in patch if not _is_delete(item)
+        ]
+        return merged_items + [copy.deepcopy(item) for item in target if item.get(key) not in touched]
     return copy.deepcopy(patch)
 
 
