@@ -36,10 +36,6 @@ class ModelSpec:
     output_name: str
     output_shape: tuple[int, ...]
 
-    @property
-    def numpy_dtype(self) -> type[np.generic]:
-        return {"FP32": np.float32, "INT64": np.int64}[self.datatype]
-
 
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec("mlp", "input", "FP32", (100,), "output", (1,)),
@@ -129,7 +125,7 @@ def _torch_module(name: str) -> Any:
     module = {"mlp": Mlp, "cnn": Cnn, "transformer": Encoder}[name]()
     if name == "cnn":  # non-trivial batch-norm statistics so the folded graph is not an identity
         for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return module.eval()

@@ -27,7 +27,7 @@ def aggregate(runs: list[dict[str, Any]], models: Sequence[str], concurrencies: 
     out: dict[str, Any] = {}
     for model in models:
         inproc = [r["inprocess"][model] for r in runs if model in r.get("inprocess", {})]
-        ip = {
+        ip: dict[str, Any] = {
             "limit": _median([x["limit"] for x in inproc]),
             "limit_batch1": _median([x["limit_batch1"] for x in inproc]),
             "batch1_p50_us": _median([x["batch1"]["p50_us"] for x in inproc]),

@@ -236,7 +236,8 @@ def _profile(server: Server, args: argparse.Namespace, data: dict[str, Path], ou
     )
     try:
         time.sleep(1.5)
-        for fmt, path in (("raw", raw), ("flamegraph", svg)):
+        # raw: only samples holding the GIL (the serial part that caps one process); svg: every thread, native
+        for fmt, path, mode in (("raw", raw, "--gil"), ("flamegraph", svg, "--native")):
             subprocess.run(
                 [
                     py_spy,
@@ -248,6 +249,7 @@ def _profile(server: Server, args: argparse.Namespace, data: dict[str, Path], ou
                     "--rate",
                     "250",
                     "--subprocesses",
+                    mode,
                     "--format",
                     fmt,
                     "--output",
@@ -300,31 +302,39 @@ def _one_run(
 ) -> dict[str, Any]:
     """Both servers up side by side; per model: the in-process limit, then each concurrency on each server
     back to back (alternating which goes first from run to run), so all three see the same background load."""
-    run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}, "errors": {}}
+    run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}, "errors": {}, "restarts": []}
     with contextlib.ExitStack() as stack:
-        servers: dict[str, Server] = {}
-        if not args.no_lmaas:
-            server = stack.enter_context(
-                lmaas_worker(args.repo, args.out / "logs" / f"lmaas-run{i + 1}.log", extra_args=args.worker_arg)
-            )
+        starts: dict[str, int] = {}
+
+        def start(name: str) -> Server:
+            """Start (or restart) a server in this run's exit stack, wait for it and check its answers."""
+            starts[name] = starts.get(name, 0) + 1
+            suffix = f"-run{i + 1}" + (f"-restart{starts[name] - 1}" if starts[name] > 1 else "")
+            if name == "lmaas":
+                cm: contextlib.AbstractContextManager[Server] = lmaas_worker(
+                    args.repo, args.out / "logs" / f"lmaas{suffix}.log", extra_args=args.worker_arg
+                )
+            else:
+                cm = mlserver_peer(
+                    args.mlserver_venv,
+                    args.out / "mlserver-workspace",
+                    args.repo,
+                    args.models,
+                    args.out / "logs" / f"mlserver{suffix}.log",
+                    intra_op_threads=intra_op_threads,
+                    parallel_workers=args.mlserver_workers,
+                )
+            server = stack.enter_context(cm)
             wait_ready(server, args.models)
             _verify(server, args, expected)
-            servers["lmaas"] = server
+            return server
+
+        servers: dict[str, Server] = {}
+        if not args.no_lmaas:
+            servers["lmaas"] = start("lmaas")
         if not args.no_mlserver:
             try:
-                server = stack.enter_context(
-                    mlserver_peer(
-                        args.mlserver_venv,
-                        args.out / "mlserver-workspace",
-                        args.repo,
-                        args.models,
-                        args.out / "logs" / f"mlserver-run{i + 1}.log",
-                        intra_op_threads=intra_op_threads,
-                        parallel_workers=args.mlserver_workers,
-                    )
-                )
-                _verify(server, args, expected)
-                servers["mlserver"] = server
+                servers["mlserver"] = start("mlserver")
             except (RuntimeError, TimeoutError, AssertionError, subprocess.CalledProcessError) as exc:
                 log(f"MLServer failed: {exc}")
                 run["errors"]["mlserver"] = str(exc)
@@ -351,7 +361,16 @@ def _one_run(
             for c in args.concurrency:
                 for name in order:
                     others = tuple(s.process.pid for n, s in servers.items() if n != name)
-                    run["servers"][name][m][str(c)] = _measure_point(servers[name], m, c, args, data, others)
+                    row = _measure_point(servers[name], m, c, args, data, others)
+                    code = servers[name].process.poll()
+                    if "error" in row and code is not None and starts[name] <= 3:
+                        # something outside the benchmark stopped the server (a signal, a crash): say so,
+                        # start a fresh one and measure the point again, at most 3 restarts per run
+                        log(f"  {name} exited with {code} (see {servers[name].log}); restarting it")
+                        run["restarts"].append({"server": name, "model": m, "concurrency": c, "exit": code})
+                        servers[name] = start(name)
+                        row = _measure_point(servers[name], m, c, args, data, others)
+                    run["servers"][name][m][str(c)] = row
         if args.profile and "lmaas" in servers and i == args.runs - 1:
             log(f"profiling the LMaaS worker with py-spy: {args.profile} at c={max(args.concurrency)}")
             run["profile"] = _profile(servers["lmaas"], args, data, args.out)
@@ -425,7 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"LMaaS vs MLServer {MLSERVER_VERSION} vs in-process ONNX Runtime — {env['host_cores']} cores, "
         f"batch-1 requests, medians of {args.runs} run(s)"
     )
-    chart = report.plot(agg, args.out / "throughput.png", title)
+    try:
+        chart: Path | None = report.plot(agg, args.out / "throughput.png", title)
+    except ImportError:
+        chart = None
+        log("matplotlib is not installed: no chart (pip install matplotlib)")
     results = {
         "environment": env,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -440,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_readme:
         update_readme(table, targets_md, env, args)
     print(f"\n{title}\n\n{table}\n\nTargets (issue 4):\n{targets_md}\n")
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}, {chart}")
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}, {chart or '(no chart)'}")
     if profile:
         print(f"profile: {profile['flamegraph']}; top self time:")
         for name, pct in profile.get("self_pct", [])[:12]:

@@ -238,7 +238,7 @@ def _descriptor_set() -> bytes:
         fd.CopyToProto(fds.file.add())
 
     add(grpc_service_pb2.DESCRIPTOR)
-    return fds.SerializeToString()
+    return bytes(fds.SerializeToString())
 
 
 def _triton_config(spec: ModelSpec, max_batch_size: int) -> dict[str, Any]:

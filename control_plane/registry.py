@@ -107,8 +107,12 @@ class Registry:
         if new.parent_version < 0:
             raise InvalidArgument(f"invalid parent_version {new.parent_version}")
 
-    async def register_version(self, new: NewVersion, *, created_by: str) -> tuple[pb.ModelVersion, int]:
-        """Assign the next version number to a stored artifact."""
+    async def register_version(self, new: NewVersion, *, created_by: str) -> tuple[pb.ModelVersion, int, bool]:
+        """Assign the next version number to a stored artifact; returns (version, revision, existing).
+
+        If the latest version already has the same artifact, format, config and
+        parent, it is returned (``existing`` True) and no version is created.
+        """
         self.validate(new)
         size = self._artifacts.size(new.digest)  # ArtifactNotFound unless uploaded and verified
         key = keys.model(new.model)
@@ -120,6 +124,13 @@ class Registry:
             else:
                 model = pb.Model.FromString(kv.value)
                 guard = Compare.unchanged(key, kv.mod_revision)
+                latest = await self._store.get(keys.version(new.model, model.latest_version))
+                if latest is not None:
+                    same: pb.ModelVersion = pb.ModelVersion.FromString(latest.value)
+                    if (same.digest, same.format, same.config_json, same.parent_version) == (
+                        new.digest, new.format, new.config_json, new.parent_version
+                    ):
+                        return same, latest.mod_revision, True
             if new.parent_version and not 0 < new.parent_version <= model.latest_version:
                 raise FailedPrecondition(f"parent version {new.parent_version} of model '{new.model}' does not exist")
             model.latest_version += 1
@@ -134,7 +145,7 @@ class Registry:
                 [Put(key, model.SerializeToString()), Put(vkey, version.SerializeToString())],
             )
             if result.succeeded:
-                return version, result.revision
+                return version, result.revision, False
         raise Aborted(f"too many concurrent version registrations for model '{new.model}'; retry")
 
 

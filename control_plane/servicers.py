@@ -109,8 +109,10 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
                 yield message.chunk
 
         deduplicated = await self._artifacts.receive(h.digest, h.size_bytes, h.offset, chunks())
-        version, revision = await self._registry.register_version(new, created_by=caller(context))
-        return registry_pb2.CreateVersionResponse(version=version, revision=revision, deduplicated=deduplicated)
+        version, revision, existing = await self._registry.register_version(new, created_by=caller(context))
+        return registry_pb2.CreateVersionResponse(
+            version=version, revision=revision, deduplicated=deduplicated, existing=existing
+        )
 
 
 class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):

@@ -73,20 +73,21 @@ class WorkerSync:
         keys.check_name(pool)
         lease = await self._store.lease(self._settings.lease_ttl)
         session = _Session(self, hello, pool, lease)
+        registered = False
         try:
             await session.register()
+            registered = True
             self._metrics.connected_workers.inc()
             log.info("worker %s (pool %s, %s) connected", hello.worker_id, pool, hello.inference_address)
-            try:
-                async for snapshot in session.run(incoming):
-                    yield snapshot
-            finally:
+            async for snapshot in session.run(incoming):
+                yield snapshot
+        finally:
+            with contextlib.suppress(Exception):
+                await lease.revoke()  # deletes the worker key and its observed state
+            if registered:
                 self._metrics.connected_workers.dec()
                 self._metrics.worker_gone(hello.worker_id)
                 log.info("worker %s disconnected", hello.worker_id)
-        finally:
-            with contextlib.suppress(Exception):
-                await lease.revoke()
 
 
 class _Session:

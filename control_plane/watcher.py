@@ -37,7 +37,9 @@ class Subscription:
     async def wait(self, timeout: float | None = None) -> bool:
         """True after a change since the previous wait; False on timeout."""
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can turn a cancellation into a TimeoutError
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         self._event.clear()
@@ -72,11 +74,14 @@ class StoreWatcher:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            # cancel again if a cancellation gets swallowed (asyncio.wait_for in Python 3.11 can do that)
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     def _dispatch(self, key: str) -> None:
         for sub in list(self._subs):

@@ -36,7 +36,11 @@ def _rewrite(text: str, packages: set[str]) -> str:
     text = re.sub(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')", r"\1lmaas.protos.", text)
     if "_descriptor_pool.Default()" in text:
         text = text.replace("_descriptor_pool.Default()", "_POOL")
-        text = text.replace("from google.protobuf import symbol_database", POOL_IMPORT + "from google.protobuf import symbol_database", 1)
+        text = text.replace(
+            "from google.protobuf import symbol_database",
+            POOL_IMPORT + "from google.protobuf import symbol_database",
+            1,
+        )
     return text
 
 
@@ -44,7 +48,15 @@ def generate(out: Path) -> list[Path]:
     from grpc_tools import protoc  # build-time dependency only
 
     files = [str(p.relative_to(ROOT)) for p in proto_files()]
-    args = ["protoc", f"-I{ROOT}", f"-I{_well_known()}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *files]
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{_well_known()}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     packages = {str(Path(f).parent).replace("/", ".") for f in files}

@@ -10,8 +10,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
-
 from lmaas.protos._pool import POOL
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
@@ -21,6 +19,7 @@ from lmaas.server.manager import ModelManager
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer
 from lmaas.server.settings import WorkerSettings
+from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ["Worker"]
 
@@ -48,7 +47,11 @@ class Worker:
         self.grpc_port = self.metrics_port = 0
 
     def _model_changed(self, name: str) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.manager.ready(name) else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.manager.ready(name)
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         self._tasks.append(asyncio.ensure_future(self.health.set(name, status)))
 
     async def start(self) -> tuple[int, int]:
@@ -76,10 +79,19 @@ class Worker:
             from lmaas.server.sync import run_sync
 
             worker_id = s.worker_id or f"{socket.gethostname()}-{self.grpc_port}"
-            self._tasks.append(asyncio.create_task(run_sync(
-                s.control_plane, self.manager, worker_id=worker_id, pool=s.pool,
-                inference_address=f"{s.host}:{self.grpc_port}", cache_dir=s.cache_dir, token=s.token,
-            )))
+            self._tasks.append(
+                asyncio.create_task(
+                    run_sync(
+                        s.control_plane,
+                        self.manager,
+                        worker_id=worker_id,
+                        pool=s.pool,
+                        inference_address=f"{s.host}:{self.grpc_port}",
+                        cache_dir=s.cache_dir,
+                        token=s.token,
+                    )
+                )
+            )
         return self.grpc_port, self.metrics_port
 
     async def wait(self) -> None:

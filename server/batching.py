@@ -1,13 +1,19 @@
 """Dynamic batching: one queue per model version, ``instances`` executions at a time.
 
-Requests arrive validated. Each free instance takes the oldest request and
-everything waiting behind it that fits (same per-item shapes, up to
-``max_batch_size``), waiting at most ``max_delay`` for more after the oldest
-arrived (0 = take only what is already there). The batch runs in an executor
-thread; outputs are split back per request. A failing batch is re-run one
-request at a time so a bad request fails alone. Requests whose deadline passed
-while queued are dropped before they run. A non-batching model is the same
-loop with a batch of one request.
+Requests arrive validated. When an execution slot is free and nothing waits,
+a request runs at once in its own coroutine (no hand-off). Otherwise it
+queues; a dispatcher takes the oldest request and everything behind it that
+fits (same per-item shapes, up to ``max_batch_size``), waiting at most
+``max_delay`` after the oldest arrived for more (0 = take only what is already
+there), and runs the batch when a slot frees up. Outputs are split back per
+request. A failing batch is re-run one request at a time so a bad request
+fails alone. Requests whose deadline passed while queued are dropped before
+they run. A non-batching model is the same with batches of one request.
+
+Where a batch runs: models whose executions take under ``INLINE_SECONDS`` run
+on the event loop (a thread hop costs more than they do); slower ones run in
+the executor, so the loop keeps decoding requests meanwhile (ONNX Runtime and
+torch release the GIL).
 """
 
 from __future__ import annotations
@@ -15,21 +21,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from lmaas.protos.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from lmaas.server.metrics import ModelMetrics
 
-__all__ = ["Batcher", "BatchPolicy"]
+__all__ = ["INLINE_SECONDS", "BatchPolicy", "Batcher"]
 
 Array = np.ndarray[Any, Any]
 Outputs = dict[str, Array]
 RunFn = Callable[[Mapping[str, Array]], Outputs]
+
+INLINE_SECONDS = 0.0003
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +63,33 @@ class Batcher:
         self._run, self.policy, self._executor, self._metrics = run, policy, executor, metrics
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._free = policy.instances
         self._closed = False
+        self.inline = False  # until measured: see estimate()
+        self._ema = 1.0
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._instance_loop(), name=f"batcher-{i}") for i in range(self.policy.instances)]
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
 
     async def stop(self) -> None:
-        """Fail what is still queued and stop the loops (callers drain first)."""
+        """Fail what is still queued and stop dispatching (callers drain first)."""
         self._closed = True
         while self._queue:
             p = self._queue.popleft()
+            self._metrics.pending.dec()
             if not p.future.done():
                 p.future.set_exception(Unavailable("model is unloading"))
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, *self._running, return_exceptions=True)
+
+    def estimate(self, seconds: float) -> None:
+        """Seed the execution-time average (from warm-up), which decides inline vs executor."""
+        self._ema = seconds
+        self.inline = seconds < INLINE_SECONDS
 
     @property
     def queued(self) -> int:
@@ -81,36 +98,43 @@ class Batcher:
     async def submit(self, inputs: Mapping[str, Array], batch: int, deadline: float | None) -> Outputs:
         if self._closed:
             raise Unavailable("model is unloading")
+        key = tuple(a.shape[1:] for a in inputs.values()) if self.policy.max_batch_size else ()
+        loop = asyncio.get_running_loop()
+        p = _Pending(inputs, batch, key, loop.create_future(), deadline)
+        if self._free and not self._queue and not self.policy.max_delay:
+            # Fast path: a slot is free and nobody waits, so run here without a hand-off.
+            self._free -= 1
+            try:
+                await self._execute(loop, [p])
+            finally:
+                self._release()
+            return p.future.result()
         limit = self.policy.max_queue_size
         if limit and len(self._queue) >= limit:
             self._metrics.rejected("queue_full")
             raise ResourceExhausted(f"queue of {limit} requests is full; retry later")
-        key = tuple(a.shape[1:] for a in inputs.values()) if self.policy.max_batch_size else ()
-        p = _Pending(inputs, batch, key, asyncio.get_running_loop().create_future(), deadline)
         self._queue.append(p)
         self._metrics.pending.inc()
         assert self._wakeup is not None
         self._wakeup.set()
         return await p.future
 
+    def _release(self) -> None:
+        self._free += 1
+        if self._queue and self._wakeup is not None:
+            self._wakeup.set()
+
     async def _next_batch(self) -> list[_Pending]:
+        """Wait for a free slot and a request, then gather the batch."""
         assert self._wakeup is not None
-        while not self._queue:
+        while not (self._queue and self._free):
             self._wakeup.clear()
             await self._wakeup.wait()
-        first = self._queue.popleft()
-        batch, size = [first], first.batch
+        first = self._queue[0]
         pol = self.policy
-        if pol.max_batch_size:
+        if pol.max_batch_size and pol.max_delay:
             fill_until = first.enqueued + pol.max_delay
-            while size < pol.max_batch_size and size not in pol.preferred_sizes:
-                if self._queue:
-                    nxt = self._queue[0]
-                    if nxt.key != first.key or size + nxt.batch > pol.max_batch_size:
-                        break
-                    batch.append(self._queue.popleft())
-                    size += nxt.batch
-                    continue
+            while self._queued_items(first) < pol.max_batch_size:
                 remaining = fill_until - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -119,47 +143,80 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-        if self._queue:  # another instance may take the rest right away
-            self._wakeup.set()
+        batch, size = [self._queue.popleft()], first.batch
+        while pol.max_batch_size and self._queue and size not in pol.preferred_sizes:
+            nxt = self._queue[0]
+            if nxt.key != first.key or size + nxt.batch > pol.max_batch_size:
+                break
+            batch.append(self._queue.popleft())
+            size += nxt.batch
+        self._metrics.pending.dec(len(batch))
         return batch
 
-    async def _instance_loop(self) -> None:
+    def _queued_items(self, first: _Pending) -> int:
+        total = 0
+        for p in self._queue:
+            if p.key != first.key:
+                break
+            total += p.batch
+            if total in self.policy.preferred_sizes:
+                return self.policy.max_batch_size
+        return total
+
+    async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            self._metrics.pending.dec(len(batch))
-            now, started = loop.time(), time.perf_counter()
-            live = []
-            for p in batch:
-                if p.future.done():  # the caller went away (cancelled)
-                    continue
-                if p.deadline is not None and now >= p.deadline:
-                    self._metrics.rejected("deadline")
-                    p.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
-                    continue
-                self._metrics.queue_duration.observe(started - p.enqueued)
-                live.append(p)
-            if live:
-                await self._execute(loop, live)
+            self._free -= 1
+            task = asyncio.create_task(self._execute_and_release(loop, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: Sequence[_Pending]) -> None:
+    async def _execute_and_release(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        try:
+            await self._execute(loop, batch)
+        finally:
+            self._release()
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        now, started = loop.time(), time.perf_counter()
+        live = []
+        for p in batch:
+            if p.future.done():  # the caller went away (cancelled)
+                continue
+            if p.deadline is not None and now >= p.deadline:
+                self._metrics.rejected("deadline")
+                p.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+                continue
+            self._metrics.queue_duration.observe(started - p.enqueued)
+            live.append(p)
+        if live:
+            await self._run_batch(loop, live)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
             inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+            if self.inline:
+                outputs = self._run(inputs)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run, inputs)
         except Exception as exc:
             if len(batch) > 1:  # isolate the request that broke the batch
                 for p in batch:
-                    await self._execute(loop, [p])
+                    await self._run_batch(loop, [p])
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
+        elapsed = time.perf_counter() - started
+        self._ema = 0.8 * self._ema + 0.2 * elapsed
+        self.inline = self._ema < INLINE_SECONDS
         m = self._metrics
-        m.compute_duration.observe(time.perf_counter() - started)
+        m.compute_duration.observe(elapsed)
         m.executions.inc()
         total = sum(p.batch for p in batch)
         m.batch_size.observe(total)

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from lmaas.protos.errors import InvalidArgument
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = ["DATATYPES", "BatchingConfig", "ModelConfig", "TensorSpec", "dump_config", "load_config", "parse_config"]
 
@@ -49,7 +48,22 @@ DATATYPES: dict[str, int] = {
     "BYTES": 0,
 }
 
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+]
 
 
 class _Strict(BaseModel):

@@ -87,8 +87,11 @@ class DataPlane:
 
     def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
         if name:
-            versions = [self.manager.get(name, version)] if version else [
-                mv for mv in self.manager.loaded() if mv.name == name]
+            versions = (
+                [self.manager.get(name, version)]
+                if version
+                else [mv for mv in self.manager.loaded() if mv.name == name]
+            )
             if not versions:
                 raise ModelNotFound(name)
         else:
@@ -106,9 +109,13 @@ class DataPlane:
             return pb.StatisticDuration(count=int(value(f"{metric}_count")), ns=int(value(f"{metric}_sum") * 1e9))
 
         failed = sum(
-            s.value for m in self.manager.metrics.requests.collect() for s in m.samples
-            if s.name.endswith("_total") and s.labels.get("model") == mv.name
-            and s.labels.get("version") == str(mv.version) and s.labels.get("code") != "OK"
+            s.value
+            for m in self.manager.metrics.requests.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+            and s.labels.get("model") == mv.name
+            and s.labels.get("version") == str(mv.version)
+            and s.labels.get("code") != "OK"
         )
         success = duration("lmaas_inference_request_duration_seconds")
         compute = duration("lmaas_inference_compute_duration_seconds")
@@ -138,12 +145,17 @@ class DataPlane:
         for name, version, state in self.manager.index():
             if ready_only and state.state != "READY":
                 continue
-            rows.append(pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state.state,
-                                                              reason=state.reason))
+            rows.append(
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=str(version), state=state.state, reason=state.reason
+                )
+            )
         if not ready_only:
             for name in self.manager.repository_models():
                 if name not in loaded_names:
-                    rows.append(pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="not loaded"))
+                    rows.append(
+                        pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="not loaded")
+                    )
         return pb.RepositoryIndexResponse(models=rows)
 
     def _check_repository_rpcs(self) -> None:

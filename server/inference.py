@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.server.models import ModelVersion
@@ -37,7 +36,9 @@ def _check_shape(model: ModelVersion, name: str, declared: tuple[int, ...], shap
     if any(s < 0 for s in shape):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
     if model.max_batch_size and shape[0] > model.max_batch_size:
-        raise InvalidArgument(f"input '{name}': batch size {shape[0]} exceeds the model's max_batch_size {model.max_batch_size}")
+        raise InvalidArgument(
+            f"input '{name}': batch size {shape[0]} exceeds the model's max_batch_size {model.max_batch_size}"
+        )
     if model.max_batch_size and shape[0] < 1:
         raise InvalidArgument(f"input '{name}': batch size must be at least 1")
 

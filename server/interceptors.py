@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-
 from lmaas.protos.errors import LMaaSError
 
 __all__ = ["ErrorInterceptor"]
@@ -69,7 +68,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         kind = (handler.request_streaming, handler.response_streaming)
-        args = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        args = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if kind == (False, False):
             wrapped = grpc.unary_unary_rpc_method_handler(_wrap_unary(method, handler.unary_unary), **args)
         elif kind == (True, False):

@@ -11,6 +11,7 @@ unloaded version first drains its in-flight requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -40,10 +41,8 @@ class ModelState:
 
 def _malloc_trim() -> None:
     """Give freed heap back to the OS after an unload (glibc keeps it otherwise)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class ModelManager:

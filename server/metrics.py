@@ -7,11 +7,30 @@ load time so the request path does no label lookups.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ModelMetrics", "WorkerMetrics"]
 
-_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MV = ("model", "version")
 
@@ -25,21 +44,36 @@ class WorkerMetrics:
         self.inferences = Counter(
             "lmaas_inferences", "Inferences performed (a request of batch n counts n).", _MV, registry=registry
         )
-        self.executions = Counter("lmaas_inference_executions", "Model executions (a batch counts once).", _MV, registry=registry)
+        self.executions = Counter(
+            "lmaas_inference_executions", "Model executions (a batch counts once).", _MV, registry=registry
+        )
         self.request_duration = Histogram(
-            "lmaas_inference_request_duration_seconds", "End-to-end request time in the worker.", _MV,
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "lmaas_inference_request_duration_seconds",
+            "End-to-end request time in the worker.",
+            _MV,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_duration = Histogram(
-            "lmaas_inference_queue_duration_seconds", "Time a request waited for an execution.", _MV,
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "lmaas_inference_queue_duration_seconds",
+            "Time a request waited for an execution.",
+            _MV,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.compute_duration = Histogram(
-            "lmaas_inference_compute_duration_seconds", "Model execution time per batch.", _MV,
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "lmaas_inference_compute_duration_seconds",
+            "Model execution time per batch.",
+            _MV,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_size = Histogram(
-            "lmaas_inference_batch_size", "Batch size of each execution.", _MV, buckets=_BATCH_BUCKETS, registry=registry
+            "lmaas_inference_batch_size",
+            "Batch size of each execution.",
+            _MV,
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
         )
         self.pending = Gauge(
             "lmaas_inference_pending_requests", "Requests queued and not yet executing.", _MV, registry=registry
@@ -47,13 +81,20 @@ class WorkerMetrics:
         self.rejected = Counter(
             "lmaas_inference_rejected", "Requests rejected before execution.", (*_MV, "reason"), registry=registry
         )
-        self.loaded = Gauge("lmaas_model_loaded", "1 while a model version is loaded and ready.", _MV, registry=registry)
+        self.loaded = Gauge(
+            "lmaas_model_loaded", "1 while a model version is loaded and ready.", _MV, registry=registry
+        )
         self.load_duration = Histogram(
-            "lmaas_model_load_duration_seconds", "Time to load and warm a model version.", ("model",),
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
+            "lmaas_model_load_duration_seconds",
+            "Time to load and warm a model version.",
+            ("model",),
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
         )
         self.snapshot_revision = Gauge(
-            "lmaas_worker_snapshot_revision", "Last control-plane snapshot revision this worker ACKed.", registry=registry
+            "lmaas_worker_snapshot_revision",
+            "Last control-plane snapshot revision this worker ACKed.",
+            registry=registry,
         )
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
@@ -84,9 +125,14 @@ class ModelMetrics:
     def forget(self) -> None:
         """Drop the per-version series after an unload (keeps /metrics bounded across deploys)."""
         self.loaded.set(0)
-        for metric in (self._m.inferences, self._m.executions, self._m.request_duration, self._m.queue_duration,
-                       self._m.compute_duration, self._m.batch_size, self._m.pending):
-            try:
+        for metric in (
+            self._m.inferences,
+            self._m.executions,
+            self._m.request_duration,
+            self._m.queue_duration,
+            self._m.compute_duration,
+            self._m.batch_size,
+            self._m.pending,
+        ):
+            with contextlib.suppress(KeyError):
                 metric.remove(*self._labels)
-            except KeyError:
-                pass

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-
 from lmaas.protos.inference import model_config_pb2 as mc
 from lmaas.server.backends import Backend, Signature
 from lmaas.server.batching import Batcher, BatchPolicy
@@ -31,11 +31,18 @@ def effective_max_batch_size(config: ModelConfig, backend: Backend) -> int:
     return 0
 
 
+def _timed(fn: Any, arg: Any) -> float:
+    started = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - started
+
+
 class ModelVersion:
     """One version of one model, ready to serve once :meth:`start` ran."""
 
-    def __init__(self, name: str, version: int, backend: Backend, config: ModelConfig, metrics: ModelMetrics,
-                 digest: str = "") -> None:
+    def __init__(
+        self, name: str, version: int, backend: Backend, config: ModelConfig, metrics: ModelMetrics, digest: str = ""
+    ) -> None:
         self.name, self.version, self.backend, self.config = name, version, backend, config
         self.digest = digest
         self.metrics = metrics
@@ -67,12 +74,16 @@ class ModelVersion:
 
     def warm(self) -> None:
         """Run once on zeros so the first real request pays no lazy initialisation (thread)."""
+
         def zeros(sig: Signature) -> Any:
             shape = [1 if d == -1 else d for d in sig.shape]
-            return np.full(shape, b"", dtype=object) if sig.datatype == "BYTES" else np.zeros(shape, DTYPES[sig.datatype])
+            return (
+                np.full(shape, b"", dtype=object) if sig.datatype == "BYTES" else np.zeros(shape, DTYPES[sig.datatype])
+            )
 
         feed = {n: zeros(s) for n, s in self.inputs.items()}
         self._run(feed)
+        self.batcher.estimate(min(_timed(self._run, feed) for _ in range(3)))
 
     def start(self) -> None:
         self.batcher.start()
@@ -91,10 +102,8 @@ class ModelVersion:
     async def drain_and_close(self, timeout: float) -> None:
         """Let in-flight requests finish (up to ``timeout``), then free the model."""
         self.metrics.loaded.set(0)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
         await self.batcher.stop()
         self._executor.shutdown(wait=True)
         self.backend.close()
@@ -108,18 +117,26 @@ class ModelVersion:
             platform=self.backend.platform,
             backend="onnxruntime" if self.backend.platform.startswith("onnx") else "pytorch",
             max_batch_size=self.max_batch_size,
-            input=[mc.ModelInput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
-                   for s in self.inputs.values()],
-            output=[mc.ModelOutput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
-                    for s in self.outputs.values()],
-            instance_group=[mc.ModelInstanceGroup(count=self.config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)],
+            input=[
+                mc.ModelInput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
+                for s in self.inputs.values()
+            ],
+            output=[
+                mc.ModelOutput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape[strip:])
+                for s in self.outputs.values()
+            ],
+            instance_group=[
+                mc.ModelInstanceGroup(count=self.config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+            ],
         )
         if self.max_batch_size:
-            cfg.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
-                preferred_batch_size=self.policy.preferred_sizes,
-                max_queue_delay_microseconds=int(self.policy.max_delay * 1e6),
-                default_queue_policy=mc.ModelQueuePolicy(max_queue_size=self.policy.max_queue_size),
-            ))
+            cfg.dynamic_batching.CopyFrom(
+                mc.ModelDynamicBatching(
+                    preferred_batch_size=self.policy.preferred_sizes,
+                    max_queue_delay_microseconds=int(self.policy.max_delay * 1e6),
+                    default_queue_policy=mc.ModelQueuePolicy(max_queue_size=self.policy.max_queue_size),
+                )
+            )
         for key, value in self.config.parameters.items():
             cfg.parameters[key].string_value = str(value)
         return cfg

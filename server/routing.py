@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 __all__ = ["HeldModel", "Route", "pick_version"]
 
+_random = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class HeldModel:
@@ -26,12 +28,12 @@ class Route:
     canary_weight: int = 0
 
 
-def pick_version(route: Route | None, loaded: dict[int, object], rand: random.Random = random._inst) -> int | None:  # type: ignore[attr-defined]
+def pick_version(route: Route | None, loaded: dict[int, object], rand: random.Random | None = None) -> int | None:
     """The routed version if it is loaded, else the highest loaded version."""
     if route is not None:
-        if route.canary is not None and route.canary_weight > 0 and route.canary in loaded:
-            if rand.random() * 100 < route.canary_weight:
-                return route.canary
+        canary_ready = route.canary is not None and route.canary_weight > 0 and route.canary in loaded
+        if canary_ready and (rand or _random).random() * 100 < route.canary_weight:
+            return route.canary
         if route.stable in loaded:
             return route.stable
     return max(loaded) if loaded else None

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
-
 from lmaas.protos.errors import LMaaSError
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
@@ -15,7 +14,7 @@ from lmaas.server.dataplane import DataPlane
 
 __all__ = ["InferenceServicer"]
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def _deadline(context: Ctx) -> float | None:

@@ -84,13 +84,17 @@ class _Stream:
 
     def __init__(self, artifacts: artifacts_pb2_grpc.ArtifactsStub) -> None:
         self.artifacts = artifacts
-        self.outgoing: asyncio.Queue[sync_pb2.WorkerMessage] = asyncio.Queue()
+        self.outgoing: asyncio.Queue[sync_pb2.WorkerMessage | None] = asyncio.Queue()
         self.open = True
+
+    def close(self) -> None:
+        self.open = False
+        self.outgoing.put_nowait(None)
 
     async def requests(self, hello: sync_pb2.Hello) -> AsyncIterator[sync_pb2.WorkerMessage]:
         yield sync_pb2.WorkerMessage(hello=hello)
-        while True:
-            yield await self.outgoing.get()
+        while (message := await self.outgoing.get()) is not None:
+            yield message
 
 
 class Syncer:
@@ -164,7 +168,7 @@ class Syncer:
                     self._latest = (snapshot, stream)
                     self._wake.set()
             finally:
-                stream.open = False
+                stream.close()
                 call.cancel()
             return received
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-
 from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.inference import grpc_service_pb2 as pb
 
@@ -84,8 +83,7 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input '{name}': raw contents hold {len(raw)} bytes but shape {list(shape)} of {datatype} "
-            f"needs {expected}"
+            f"input '{name}': raw contents hold {len(raw)} bytes but shape {list(shape)} of {datatype} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
@@ -109,7 +107,9 @@ def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray[Any, Any]:
     return out
 
 
-def decode_typed(name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents) -> np.ndarray[Any, Any]:
+def decode_typed(
+    name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents
+) -> np.ndarray[Any, Any]:
     field = TYPED_FIELD.get(datatype)
     if field is None:
         raise InvalidArgument(f"input '{name}': {datatype} has no typed contents; send it in raw_input_contents")

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import build_repository  # noqa: E402
-from processes import ServerProcess, start_worker  # noqa: E402
+from models import build_repository
+from processes import ServerProcess, start_worker
 
 
 @pytest.fixture(scope="session")

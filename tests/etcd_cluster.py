@@ -10,11 +10,17 @@ started again on the same data dir, which is what watch-resume and fault tests n
         cluster.members[cluster.leader_index()].kill()
 
 Only the Debian ``etcd-server`` 3.4 binary is assumed (``etcd`` on PATH, or ``LMAAS_ETCD_BIN``).
+
+Nothing outlives the test process, even when it is killed (``timeout``, Ctrl-C twice): members are
+spawned from one long-lived thread through ``setpriv --pdeathsig SIGKILL``, so the kernel kills them
+when that thread (the process) dies, and a scratch folder whose recorded owner PID is gone is
+removed the next time a cluster is created.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -35,6 +41,8 @@ from types import TracebackType
 __all__ = ["EtcdCluster", "EtcdMember", "etcd_binary", "free_port"]
 
 _HOST = "127.0.0.1"
+_PREFIX = "lmaas-etcd-"
+_OWNER_FILE = "owner.pid"
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
 _handed_out: set[int] = set()
@@ -67,6 +75,43 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so every member is forked from
+# this one thread, which lives as long as the process.
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="etcd-spawner")
+_SETPRIV = shutil.which("setpriv")
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    if _SETPRIV is not None:
+        argv = [_SETPRIV, "--pdeathsig", "SIGKILL", "--", *argv]
+
+    def popen() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+    return _spawner.submit(popen).result()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove scratch folders of test processes that died without cleaning up (their members died with them)."""
+    for folder in root.glob(f"{_PREFIX}*"):
+        try:
+            owner = int((folder / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        if not _pid_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _scratch_root() -> Path:
@@ -148,10 +193,7 @@ class EtcdMember:
         if self.running:
             raise RuntimeError(f"etcd member {self.name} already runs as PID {self.pid}")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+        self.proc = _spawn(self.command(), self.log_path)
         with _live_lock:
             _live.add(self.proc)
         if wait:
@@ -261,7 +303,12 @@ class EtcdCluster:
         heartbeat = heartbeat_ms if heartbeat_ms is not None else (50 if single else 100)
         election = election_ms if election_ms is not None else (500 if single else 1000)
         self._own_dir = base_dir is None
-        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="lmaas-etcd-", dir=_scratch_root()))
+        if base_dir is None:
+            root = _scratch_root()
+            _sweep_stale(root)
+            base_dir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=root))
+            (base_dir / _OWNER_FILE).write_text(str(os.getpid()))
+        self.base_dir = base_dir
         token = f"lmaas-test-{uuid.uuid4().hex[:8]}"
         self.members = [
             EtcdMember(f"m{i}", self.base_dir / f"m{i}.etcd", heartbeat_ms=heartbeat, election_ms=election)

@@ -9,13 +9,37 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-ALL_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                 "FP16", "FP32", "FP64", "BF16", "BYTES")
+ALL_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+)
 _ONNX_TYPES = {
-    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16, "UINT32": TensorProto.UINT32,
-    "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8, "INT16": TensorProto.INT16, "INT32": TensorProto.INT32,
-    "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
-    "BF16": TensorProto.BFLOAT16, "BYTES": TensorProto.STRING,
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BF16": TensorProto.BFLOAT16,
+    "BYTES": TensorProto.STRING,
 }
 
 
@@ -35,8 +59,15 @@ def write_mlp_onnx(path: Path, seed: int = 0, scale: float = 1.0) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _torch_mlp(seed, scale)
-    torch.onnx.export(model, (torch.zeros(1, 4),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 4),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        dynamo=False,
+    )
 
 
 def mlp_reference(x: np.ndarray, seed: int = 0, scale: float = 1.0) -> np.ndarray:
@@ -108,6 +139,8 @@ def build_repository(root: Path) -> Path:
     write_identity_onnx(root / "identity" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d != "BF16"))
     write_identity_onnx(root / "identity_bf16" / "1" / "model.onnx", ("BF16",))
     # Every datatype that has a typed contents field (FP16 and BF16 travel raw only).
-    write_identity_onnx(root / "identity_typed" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d not in ("FP16", "BF16")))
+    write_identity_onnx(
+        root / "identity_typed" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d not in ("FP16", "BF16"))
+    )
     write_fixed_onnx(root / "fixed" / "1" / "model.onnx")
     return root

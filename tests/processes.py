@@ -40,13 +40,18 @@ class ServerProcess:
         return "\n".join(self.log)
 
 
-def start_server(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60,
-                 cwd: Path | None = None) -> ServerProcess:
+def start_server(
+    args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+) -> ServerProcess:
     """Run ``lmaas ARGS`` and wait for its 'listening grpc=… metrics=…' line."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmaas.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=full_env, cwd=cwd,
+        [sys.executable, "-m", "lmaas.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        cwd=cwd,
     )
     log: list[str] = []
     found: dict[str, str] = {}

@@ -8,17 +8,17 @@ import tomllib
 from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
+from lmaas.protos.inference import grpc_service_pb2, model_config_pb2
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton_service
-
-from lmaas.protos.inference import grpc_service_pb2, model_config_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generated_code_is_current() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from lmaas.protos.errors import Internal
 
 __all__ = ["Backend", "BackendError", "Signature"]

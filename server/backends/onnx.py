@@ -11,7 +11,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnxruntime as ort
-
 from lmaas.protos.errors import InvalidArgument
 from lmaas.server.backends.base import Array, Backend, BackendError, Signature
 

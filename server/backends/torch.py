@@ -14,7 +14,6 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-
 from lmaas.server.backends.base import Array, Backend, BackendError, Signature
 
 __all__ = ["TorchBackend"]
@@ -25,7 +24,9 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class TorchBackend(Backend):
-    def __init__(self, path: Path, inputs: Sequence[Signature], outputs: Sequence[Signature], parameters: Mapping[str, Any]) -> None:
+    def __init__(
+        self, path: Path, inputs: Sequence[Signature], outputs: Sequence[Signature], parameters: Mapping[str, Any]
+    ) -> None:
         import torch
 
         if not inputs or not outputs:
@@ -38,7 +39,7 @@ class TorchBackend(Backend):
                 self._module: Any = torch.export.load(str(path)).module()
             else:
                 self.platform = "pytorch_libtorch"
-                self._module = torch.jit.load(str(path), map_location="cpu").eval()
+                self._module = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise BackendError(f"torch cannot load {path.name}: {exc}") from exc
         self.inputs = tuple(inputs)
@@ -55,8 +56,10 @@ class TorchBackend(Backend):
     def _to_numpy(self, tensor: Any) -> Array:
         tensor = tensor.detach().contiguous()
         if tensor.dtype == self._torch.bfloat16:
-            return tensor.view(self._torch.uint16).numpy().view(_BF16)
-        return np.asarray(tensor.numpy())
+            array: Array = tensor.view(self._torch.uint16).numpy().view(_BF16)
+        else:
+            array = tensor.numpy()
+        return array
 
     def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         args = [self._to_torch(inputs[s.name]) for s in self.inputs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ StoreFactory = Callable[[], Awaitable[Store]]
 
 def _require_etcd() -> None:
     if etcd_binary() is None:
+        if os.environ.get("CI"):  # CI installs etcd: a missing one is a failure there, not a skip
+            pytest.fail("etcd is not installed; .ci/install-system.sh should have installed etcd-server")
         pytest.skip("etcd is not installed (apt-get install etcd-server)")
 
 

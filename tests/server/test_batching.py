@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from models import write_identity_onnx, write_mlp_onnx
-from prometheus_client import CollectorRegistry
-
 from lmaas.protos.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from lmaas.server.backends.onnx import OnnxBackend
 from lmaas.server.batching import Batcher, BatchPolicy
 from lmaas.server.metrics import WorkerMetrics
+from models import write_identity_onnx, write_mlp_onnx
+from prometheus_client import CollectorRegistry
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +86,14 @@ async def test_batched_results_equal_unbatched_with_mixed_sizes(mlp: OnnxBackend
 async def test_bytes_requests_batch_and_split(strings: OnnxBackend) -> None:
     words = [[f"w{i}-{j}".encode() for j in range(3)] for i in range(10)]
     async with Harness(strings, BatchPolicy(max_batch_size=8, max_delay=0.02)) as h:
-        outs = await asyncio.gather(*(
-            h.batcher.submit({"in_BYTES": np.array([w], dtype=object), "in_INT32": np.full((1, 3), i, np.int32)}, 1, None)
-            for i, w in enumerate(words)))
+        outs = await asyncio.gather(
+            *(
+                h.batcher.submit(
+                    {"in_BYTES": np.array([w], dtype=object), "in_INT32": np.full((1, 3), i, np.int32)}, 1, None
+                )
+                for i, w in enumerate(words)
+            )
+        )
     for i, out in enumerate(outs):
         assert [s.encode() if isinstance(s, str) else s for s in out["out_BYTES"][0]] == words[i]
         assert out["out_INT32"].tolist() == [[i] * 3]
@@ -166,7 +170,9 @@ async def test_expired_deadline_is_dropped_before_running(mlp: OnnxBackend) -> N
 async def test_instances_run_concurrently(mlp: OnnxBackend) -> None:
     gate = threading.Event()
     async with Harness(mlp, BatchPolicy(max_batch_size=0, instances=3), gate) as h:
-        tasks = [asyncio.ensure_future(h.batcher.submit({"x": np.zeros((1, 4), np.float32)}, 1, None)) for _ in range(6)]
+        tasks = [
+            asyncio.ensure_future(h.batcher.submit({"x": np.zeros((1, 4), np.float32)}, 1, None)) for _ in range(6)
+        ]
         await asyncio.sleep(0.1)
         assert h.max_running == 3
         gate.set()
@@ -180,12 +186,15 @@ async def test_requests_with_different_item_shapes_are_not_mixed(tmp_path: Path)
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n"])
-    model = helper.make_model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "neg", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "neg", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "neg.onnx"))
     backend = OnnxBackend(tmp_path / "neg.onnx", {})
     async with Harness(backend, BatchPolicy(max_batch_size=8, max_delay=0.02)) as h:
-        outs = await asyncio.gather(*(
-            h.batcher.submit({"x": np.full((1, n), n, np.float32)}, 1, None) for n in (2, 2, 3, 3, 2)))
+        outs = await asyncio.gather(
+            *(h.batcher.submit({"x": np.full((1, n), n, np.float32)}, 1, None) for n in (2, 2, 3, 3, 2))
+        )
     assert [o["y"].tolist() for o in outs] == [[[-n] * n] for n in (2, 2, 3, 3, 2)]

@@ -7,11 +7,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from models import ALL_DATATYPES, mlp_reference
-from processes import ServerProcess
-
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from models import ALL_DATATYPES, mlp_reference
+from processes import ServerProcess
 
 
 def _infer_mlp(client: tc.InferenceServerClient, model: str, x: np.ndarray, version: str = "") -> tc.InferResult:
@@ -103,9 +102,20 @@ def test_every_datatype_round_trips_raw(triton: tc.InferenceServerClient) -> Non
             np.testing.assert_array_equal(out, _sample(dt), err_msg=dt)
 
 
-_TYPED = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-          "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-          "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_TYPED = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 def test_every_typed_datatype_round_trips(worker: ServerProcess) -> None:

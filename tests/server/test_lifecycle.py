@@ -21,8 +21,9 @@ from tritonclient.utils import InferenceServerException
 def slow_repo(tmp_path: Path) -> Path:
     """An MLP whose batcher holds each request 400 ms, so requests are surely in flight at SIGTERM."""
     write_mlp_onnx(tmp_path / "slow" / "1" / "model.onnx")
-    (tmp_path / "slow" / "config.json").write_text(json.dumps(
-        {"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 400_000}}))
+    (tmp_path / "slow" / "config.json").write_text(
+        json.dumps({"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 400_000}})
+    )
     return tmp_path
 
 
@@ -56,7 +57,10 @@ def test_repository_index_load_unload(tmp_path: Path, model_repository: Path) ->
     proc = start_worker(tmp_path)
     client = tc.InferenceServerClient(proc.grpc)
     try:
-        index = {(m["name"], m.get("version", "")): m["state"] for m in client.get_model_repository_index(as_json=True)["models"]}
+        index = {
+            (m["name"], m.get("version", "")): m["state"]
+            for m in client.get_model_repository_index(as_json=True)["models"]
+        }
         assert index == {("mlp", "1"): "READY", ("mlp", "2"): "READY"}
         client.unload_model("mlp")
         assert not client.is_model_ready("mlp")

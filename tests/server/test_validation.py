@@ -7,10 +7,9 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 import pytest
-from processes import ServerProcess, start_worker
-
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from processes import ServerProcess, start_worker
 
 Req = pb.ModelInferRequest
 OK_X = np.ones((1, 4), np.float32).tobytes()
@@ -22,8 +21,13 @@ def stub(worker: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def mlp(shape: list[int] | None = None, datatype: str = "FP32", raw: bytes | None = OK_X, name: str = "x",
-        version: str = "1") -> Req:
+def mlp(
+    shape: list[int] | None = None,
+    datatype: str = "FP32",
+    raw: bytes | None = OK_X,
+    name: str = "x",
+    version: str = "1",
+) -> Req:
     req = Req(model_name="mlp", model_version=version)
     req.inputs.add(name=name, datatype=datatype, shape=shape or [1, 4])
     if raw is not None:
@@ -40,38 +44,79 @@ CASES = {
     "unknown model": (Req(model_name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
     "unknown version": (mlp(version="9"), grpc.StatusCode.NOT_FOUND, "version 9"),
     "non-integer version": (mlp(version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "latest"),
-    "missing input": (_with(Req(model_name="fixed"), lambda r: (
-        r.inputs.add(name="a", datatype="FP32", shape=[2, 2]), r.raw_input_contents.append(bytes(16)))),
-        grpc.StatusCode.INVALID_ARGUMENT, "missing input(s) ['b']"),
-    "extra input": (_with(mlp(), lambda r: (r.inputs.add(name="z", datatype="FP32", shape=[1, 4]),
-                                            r.raw_input_contents.append(OK_X))),
-                    grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'z'"),
-    "duplicate input": (_with(mlp(), lambda r: (r.inputs.add(name="x", datatype="FP32", shape=[1, 4]),
-                                                r.raw_input_contents.append(OK_X))),
-                        grpc.StatusCode.INVALID_ARGUMENT, "'x' is given twice"),
-    "wrong datatype": (mlp(datatype="FP64", raw=bytes(32)), grpc.StatusCode.INVALID_ARGUMENT,
-                       "input 'x': datatype FP64 given, model expects FP32"),
+    "missing input": (
+        _with(
+            Req(model_name="fixed"),
+            lambda r: (r.inputs.add(name="a", datatype="FP32", shape=[2, 2]), r.raw_input_contents.append(bytes(16))),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "missing input(s) ['b']",
+    ),
+    "extra input": (
+        _with(
+            mlp(), lambda r: (r.inputs.add(name="z", datatype="FP32", shape=[1, 4]), r.raw_input_contents.append(OK_X))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unexpected input 'z'",
+    ),
+    "duplicate input": (
+        _with(
+            mlp(), lambda r: (r.inputs.add(name="x", datatype="FP32", shape=[1, 4]), r.raw_input_contents.append(OK_X))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'x' is given twice",
+    ),
+    "wrong datatype": (
+        mlp(datatype="FP64", raw=bytes(32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': datatype FP64 given, model expects FP32",
+    ),
     "unknown datatype": (mlp(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype 'FLOAT'"),
     "wrong rank": (mlp(shape=[4]), grpc.StatusCode.INVALID_ARGUMENT, "input 'x': shape [4] does not match"),
     "wrong dim": (mlp(shape=[1, 5], raw=bytes(20)), grpc.StatusCode.INVALID_ARGUMENT, "[-1, 4]"),
     "negative dim": (mlp(shape=[-1, 4]), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
     "batch too large": (mlp(shape=[65, 4], raw=bytes(65 * 16)), grpc.StatusCode.INVALID_ARGUMENT, "max_batch_size"),
-    "raw size mismatch": (mlp(raw=bytes(15)), grpc.StatusCode.INVALID_ARGUMENT,
-                          "input 'x': raw contents hold 15 bytes but shape [1, 4] of FP32 needs 16"),
+    "raw size mismatch": (
+        mlp(raw=bytes(15)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': raw contents hold 15 bytes but shape [1, 4] of FP32 needs 16",
+    ),
     "no data": (mlp(raw=None), grpc.StatusCode.INVALID_ARGUMENT, "has no data"),
-    "raw count mismatch": (_with(mlp(), lambda r: r.raw_input_contents.append(OK_X)),
-                           grpc.StatusCode.INVALID_ARGUMENT, "2 entries for 1 inputs"),
-    "typed and raw mixed": (_with(mlp(), lambda r: r.inputs[0].contents.fp32_contents.extend([1, 2, 3, 4])),
-                            grpc.StatusCode.INVALID_ARGUMENT, "cannot be mixed"),
-    "typed count mismatch": (_with(mlp(raw=None), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0])),
-                             grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents holds 1 elements"),
-    "typed wrong field": (_with(mlp(raw=None), lambda r: r.inputs[0].contents.int_contents.extend([1, 2, 3, 4])),
-                          grpc.StatusCode.INVALID_ARGUMENT, "input 'x'"),
-    "typed BF16": (_with(Req(model_name="identity_bf16"), lambda r: r.inputs.add(
-        name="in_BF16", datatype="BF16", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])),
-        grpc.StatusCode.INVALID_ARGUMENT, "send it in raw_input_contents"),
-    "unknown output": (_with(mlp(), lambda r: r.outputs.add(name="nope")), grpc.StatusCode.INVALID_ARGUMENT,
-                       "unknown output 'nope'"),
+    "raw count mismatch": (
+        _with(mlp(), lambda r: r.raw_input_contents.append(OK_X)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "2 entries for 1 inputs",
+    ),
+    "typed and raw mixed": (
+        _with(mlp(), lambda r: r.inputs[0].contents.fp32_contents.extend([1, 2, 3, 4])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "cannot be mixed",
+    ),
+    "typed count mismatch": (
+        _with(mlp(raw=None), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fp32_contents holds 1 elements",
+    ),
+    "typed wrong field": (
+        _with(mlp(raw=None), lambda r: r.inputs[0].contents.int_contents.extend([1, 2, 3, 4])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x'",
+    ),
+    "typed BF16": (
+        _with(
+            Req(model_name="identity_bf16"),
+            lambda r: r.inputs.add(name="in_BF16", datatype="BF16", shape=[1, 3]).contents.fp32_contents.extend(
+                [1, 2, 3]
+            ),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "send it in raw_input_contents",
+    ),
+    "unknown output": (
+        _with(mlp(), lambda r: r.outputs.add(name="nope")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown output 'nope'",
+    ),
 }
 
 
@@ -84,13 +129,13 @@ def test_bad_request_status(stub: pb_grpc.GRPCInferenceServiceStub, case: str) -
     assert fragment in info.value.details()
 
 
-
-
 def test_malformed_bytes_elements(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     def request(raw: bytes) -> Req:
         req = Req(model_name="identity_typed")
         for dt in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64"):
-            size = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "UINT32": 4, "INT32": 4, "FP32": 4}.get(dt, 8)
+            size = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "UINT32": 4, "INT32": 4, "FP32": 4}.get(
+                dt, 8
+            )
             req.inputs.add(name=f"in_{dt}", datatype=dt, shape=[1, 3])
             req.raw_input_contents.append(bytes(size * 3))
         req.inputs.add(name="in_BYTES", datatype="BYTES", shape=[1, 3])

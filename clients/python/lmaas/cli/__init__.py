@@ -14,9 +14,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from lmaas.cli import worker
+    from lmaas.cli import control, worker
 
     main.add_command(worker.worker)
+    main.add_command(control.control_plane)
+    main.add_command(control.model)
+    main.add_command(control.deploy)
+    main.add_command(control.rollback)
+    main.add_command(control.status)
 
 
 _register()

@@ -4,32 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from lmaas.logs import setup_logging
 
 
-def _opt(*names: str, env: str, **kw: object) -> click.decorators.FC:  # type: ignore[type-var]
-    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kw)  # type: ignore[call-overload,no-any-return]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
+    """An option that also reads ``env`` and shows it in --help."""
+    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kw)
 
 
 @click.command()
-@_opt("--model-repository", env="LMAAS_MODEL_REPOSITORY", type=click.Path(exists=True, file_okay=False, path_type=Path),
-      help="Serve REPO/<model>/<version>/model.{onnx,pt,pt2} (+ optional REPO/<model>/config.{json,yaml}).")
-@_opt("--control-plane", env="LMAAS_CONTROL_PLANE", help="HOST:PORT[,HOST:PORT...] of control-plane replicas to sync from.")
+@_opt(
+    "--model-repository",
+    env="LMAAS_MODEL_REPOSITORY",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Serve REPO/<model>/<version>/model.{onnx,pt,pt2} (+ optional REPO/<model>/config.{json,yaml}).",
+)
+@_opt(
+    "--control-plane",
+    env="LMAAS_CONTROL_PLANE",
+    help="HOST:PORT[,HOST:PORT...] of control-plane replicas to sync from.",
+)
 @_opt("--host", env="LMAAS_HOST", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
 @_opt("--grpc-port", env="LMAAS_GRPC_PORT", type=int, default=8001, help="OIP v2 gRPC port (0 = any free port).")
 @_opt("--metrics-port", env="LMAAS_METRICS_PORT", type=int, default=8002, help="Prometheus /metrics port (0 = any).")
-@_opt("--drain-timeout", env="LMAAS_DRAIN_TIMEOUT", type=float, default=30.0,
-      help="Seconds in-flight requests get to finish on SIGTERM.")
-@_opt("--max-message-bytes", env="LMAAS_MAX_MESSAGE_BYTES", type=int, default=64 << 20,
-      help="Largest gRPC message accepted (larger: RESOURCE_EXHAUSTED).")
+@_opt(
+    "--drain-timeout",
+    env="LMAAS_DRAIN_TIMEOUT",
+    type=float,
+    default=30.0,
+    help="Seconds in-flight requests get to finish on SIGTERM.",
+)
+@_opt(
+    "--max-message-bytes",
+    env="LMAAS_MAX_MESSAGE_BYTES",
+    type=int,
+    default=64 << 20,
+    help="Largest gRPC message accepted (larger: RESOURCE_EXHAUSTED).",
+)
 @_opt("--worker-id", env="LMAAS_WORKER_ID", default="", help="Identity reported to the control plane.")
 @_opt("--pool", env="LMAAS_POOL", default="default", help="Worker pool this worker serves.")
-@_opt("--cache-dir", env="LMAAS_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path), default=Path(".lmaas/cache"),
-      help="Artifact cache for models pushed by the control plane.")
+@_opt(
+    "--cache-dir",
+    env="LMAAS_CACHE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".lmaas/cache"),
+    help="Artifact cache for models pushed by the control plane.",
+)
 @_opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token presented to the control plane.")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
@@ -50,8 +79,10 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
         w = Worker(settings)
         grpc_port, metrics_port = await w.start()
         # Tests and scripts read the bound ports from this line (port 0 = any free port).
-        print(f"lmaas worker listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
-              flush=True)
+        print(
+            f"lmaas worker listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
+            flush=True,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))

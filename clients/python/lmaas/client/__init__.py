@@ -1,1 +1,60 @@
+"""The LMaaS Python SDK.
 
+Inference (Open Inference Protocol v2, any compatible server)::
+
+    from lmaas.client import InferenceClient
+    with InferenceClient("127.0.0.1:8001") as client:
+        y = client.infer("mlp", {"x": x})["y"]
+
+Failed calls raise the classes of :mod:`lmaas.protos.errors` (re-exported
+here as ``LMaaSError``, ``NotFound``, ...), the same ones the servers raise.
+"""
+
+from __future__ import annotations
+
+from lmaas.client._grpc import ChannelConfig, RetryPolicy
+from lmaas.client.inference import AsyncInferenceClient, InferenceClient, InferResult
+from lmaas.protos.errors import (
+    Aborted,
+    AlreadyExists,
+    ArtifactNotFound,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LMaaSError,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+# The control-plane client (lmaas.client.control) adds its exports here when it lands.
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "ArtifactNotFound",
+    "AsyncInferenceClient",
+    "ChannelConfig",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InferResult",
+    "InferenceClient",
+    "Internal",
+    "InvalidArgument",
+    "LMaaSError",
+    "ModelNotFound",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+]

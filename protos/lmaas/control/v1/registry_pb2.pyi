@@ -131,11 +131,13 @@ class CreateVersionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[CreateVersionHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class CreateVersionResponse(_message.Message):
-    __slots__ = ("version", "revision", "deduplicated")
+    __slots__ = ("version", "revision", "deduplicated", "existing")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
     version: _resources_pb2.ModelVersion
     revision: int
     deduplicated: bool
-    def __init__(self, version: _Optional[_Union[_resources_pb2.ModelVersion, _Mapping]] = ..., revision: _Optional[int] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
+    existing: bool
+    def __init__(self, version: _Optional[_Union[_resources_pb2.ModelVersion, _Mapping]] = ..., revision: _Optional[int] = ..., deduplicated: _Optional[bool] = ..., existing: _Optional[bool] = ...) -> None: ...
