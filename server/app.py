@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from lmaas.protos._pool import POOL
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.interceptors import ErrorInterceptor
 from lmaas.server.manager import ModelManager
@@ -61,13 +63,20 @@ class Worker:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+        if s.require_api_key:
+            interceptors.insert(0, ApiKeyInterceptor(s.api_keys))
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
         )
-        self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
+        address = f"{_bracket(s.host)}:{s.grpc_port}"
+        if s.tls_cert and s.tls_key:
+            self.grpc_port = server.add_secure_port(address, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
+        else:
+            self.grpc_port = server.add_insecure_port(address)
         self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
         self.metrics_port = self._metrics_http.server_port
         await self.manager.load_repository()
@@ -112,6 +121,15 @@ class Worker:
         self._metrics_http.shutdown()
         self._stopped.set()
         log.info("stopped")
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+    """TLS for a server port; with ``client_ca``, clients must present a certificate it signed (mTLS)."""
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def _bracket(host: str) -> str:

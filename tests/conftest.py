@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ from processes import ServerProcess, start_worker
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def mlp_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Just the ONNX MLP: for tests that start workers of their own (starts in well under a second)."""
+    root = tmp_path_factory.mktemp("mlp-repo")
+    shutil.copytree(model_repository / "mlp", root / "mlp")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from lmaas.protos.lmaas.control.v1 import (
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2_grpc
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.sync import HeldModel, Route, Syncer
+from processes import ServerProcess, start_server
 from prometheus_client import CollectorRegistry
 
 WAIT = 15.0
@@ -212,3 +216,39 @@ async def worker(
         yield w
     finally:
         await w.stop()
+
+
+# -- real processes ----------------------------------------------------------------------------------------------
+
+
+def write_scale_onnx(path: Path, scale: float) -> Path:
+    """ONNX ``y = scale * x``, x FP32 [-1, 4]: versions that differ only in their outputs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    k = numpy_helper.from_array(np.array([scale], dtype=np.float32), "k")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def lmaas(*args: str, address: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``lmaas`` CLI against a control plane; stdout and stderr captured."""
+    env = {**os.environ, "LMAAS_CONTROL_PLANE": address, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "lmaas.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lmaas {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_control_plane(tmp: Path, *extra: str, store: str | None = None) -> ServerProcess:
+    args = ["control-plane", "--grpc-port", "0", "--metrics-port", "0", "--artifact-dir", str(tmp / "artifacts"),
+            "--store", store or f"sqlite:///{tmp / 'control.db'}", "--grace", "1", *extra]
+    return start_server(args)

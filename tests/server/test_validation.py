@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -159,8 +160,8 @@ def test_malformed_bytes_elements(stub: pb_grpc.GRPCInferenceServiceStub) -> Non
         assert fragment in info.value.details()
 
 
-def test_oversized_message_is_resource_exhausted(model_repository: object) -> None:
-    proc = start_worker(model_repository, "--max-message-bytes", "4096")  # type: ignore[arg-type]
+def test_oversized_message_is_resource_exhausted(mlp_repository: Path) -> None:
+    proc = start_worker(mlp_repository, "--max-message-bytes", "4096")
     try:
         with grpc.insecure_channel(proc.grpc) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -14,7 +14,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from lmaas.cli import control, worker
+    from lmaas.cli import control, up, worker
 
     main.add_command(worker.worker)
     main.add_command(control.control_plane)
@@ -22,6 +22,7 @@ def _register() -> None:
     main.add_command(control.deploy)
     main.add_command(control.rollback)
     main.add_command(control.status)
+    main.add_command(up.up)
 
 
 _register()

@@ -125,13 +125,13 @@ def model() -> None:
 @model.command("push")
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model configuration, JSON or YAML (see lmaas.server.config).")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "torch_export"]),
-              help="Artifact format (default: from the file name: .onnx, .pt, .pt2).")
-@click.option("--description", default="", help="Free text for the version.")
-@click.option("--parent", "parent_version", type=int, default=0, help="The version this one derives from.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_opt("--config", env="LMAAS_CONFIG", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="Model configuration, JSON or YAML (see lmaas.server.config).")
+@_opt("--format", "fmt", env="LMAAS_FORMAT", type=click.Choice(["onnx", "torchscript", "torch_export"]),
+      help="Artifact format (default: from the file name: .onnx, .pt, .pt2).")
+@_opt("--description", env="LMAAS_DESCRIPTION", default="", help="Free text for the version.")
+@_opt("--parent", "parent_version", env="LMAAS_PARENT", type=int, default=0, help="The version this one derives from.")
+@_opt("--quiet", "-q", env="LMAAS_QUIET", is_flag=True, help="No progress bar.")
 @_client_options
 @_errors
 def push(name: str, file: Path, config: Path | None, fmt: str | None, description: str, parent_version: int,
@@ -205,12 +205,12 @@ def _follow(client: Any, name: str, generation: int, wait_timeout: float) -> Non
 @click.command()
 @click.argument("name")
 @click.argument("version", type=int)
-@click.option("--canary", type=int, default=0, help="A second version for a canary.")
-@click.option("--weight", type=click.IntRange(0, 100), default=0, help="Percent of requests for the canary.")
-@click.option("--pool", "pools", multiple=True, help="Serve only in these worker pools (repeatable).")
-@click.option("--wait", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
-@click.option("--wait-timeout", type=float, default=600.0, help="Give up waiting after this many seconds.")
-@click.option("--expected-generation", type=int, default=0, help="Apply only if the deployment is at this generation.")
+@_opt("--canary", env="LMAAS_CANARY", type=int, default=0, help="A second version for a canary.")
+@_opt("--weight", env="LMAAS_WEIGHT", type=click.IntRange(0, 100), default=0, help="Percent of requests for the canary.")
+@_opt("--pool", "pools", env="LMAAS_DEPLOY_POOLS", multiple=True, help="Serve only in these worker pools (repeatable).")
+@_opt("--wait", env="LMAAS_WAIT", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
+@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0, help="Give up waiting after this many seconds.")
+@_opt("--expected-generation", env="LMAAS_EXPECTED_GENERATION", type=int, default=0, help="Apply only if the deployment is at this generation.")
 @_client_options
 @_errors
 def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, ...], wait: bool,
@@ -230,10 +230,10 @@ def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, 
 
 @click.command()
 @click.argument("name")
-@click.option("--to", "to_version", type=int, default=0,
-              help="Serve this version alone (default: the previous deployment).")
-@click.option("--wait", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
-@click.option("--wait-timeout", type=float, default=600.0, help="Give up waiting after this many seconds.")
+@_opt("--to", "to_version", env="LMAAS_ROLLBACK_TO", type=int, default=0,
+      help="Serve this version alone (default: the previous deployment).")
+@_opt("--wait", env="LMAAS_WAIT", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
+@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0, help="Give up waiting after this many seconds.")
 @_client_options
 @_errors
 def rollback(name: str, to_version: int, wait: bool, wait_timeout: float, address: str, token: str | None,

@@ -18,7 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
     """An option that also reads ``env`` and shows it in --help."""
-    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kw)
+    return click.option(*names, envvar=env, show_envvar=True, **{"show_default": True, **kw})
 
 
 @click.command()
@@ -60,6 +60,19 @@ def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
     help="Artifact cache for models pushed by the control plane.",
 )
 @_opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token presented to the control plane.")
+@_opt("--require-api-key", env="LMAAS_REQUIRE_API_KEY", is_flag=True, default=False,
+      help="Inference calls must send 'authorization: Bearer KEY' with a key from --api-key-file / LMAAS_API_KEYS.")
+@_opt("--api-key-file", env="LMAAS_API_KEY_FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="Accepted API keys, one per line.")
+@_opt("--api-keys", env="LMAAS_API_KEYS", default="", show_default=False, help="Accepted API keys, comma-separated.")
+@_opt("--tls-cert", env="LMAAS_TLS_CERT", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="PEM certificate served on the gRPC port (and presented to the control plane).")
+@_opt("--tls-key", env="LMAAS_TLS_KEY", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="PEM private key of --tls-cert.")
+@_opt("--tls-client-ca", env="LMAAS_TLS_CLIENT_CA", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="Require inference clients to present a certificate signed by this CA.")
+@_opt("--tls-ca", env="LMAAS_TLS_CA", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+      help="CA of the control plane's certificate: connect to it over TLS (mTLS with --tls-cert/--tls-key).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def worker(log_level: str, log_format: str, **options: object) -> None:
@@ -70,8 +83,18 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
     from lmaas.server.app import Worker
     from lmaas.server.settings import WorkerSettings
 
+    from lmaas.server.auth import read_api_keys
+
     setup_logging(log_level, log_format)
-    settings = WorkerSettings.model_validate(options)
+    key_file = options.pop("api_key_file")
+    keys = read_api_keys(str(options.pop("api_keys") or ""))
+    if isinstance(key_file, Path):
+        keys += read_api_keys(key_file.read_text())
+    settings = WorkerSettings.model_validate({**options, "api_keys": keys})
+    if settings.require_api_key and not keys:
+        raise click.UsageError("--require-api-key needs keys: --api-key-file FILE or LMAAS_API_KEYS")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     if settings.model_repository is None and settings.control_plane is None:
         raise click.UsageError("give --model-repository DIR, --control-plane HOST:PORT, or both")
 

@@ -1,0 +1,38 @@
+'use strict';
+// listModels against a real control plane (ModelRegistry, lmaas.control.v1) on an SQLite store.
+
+const assert = require('node:assert/strict');
+const { after, before, test } = require('node:test');
+const { ControlPlaneClient } = require('../lmaas');
+const { startControlPlane } = require('../test-support/servers');
+
+let controlPlane;
+let client;
+
+before(async () => {
+  controlPlane = await startControlPlane();
+  client = new ControlPlaneClient(controlPlane.grpc);
+}, { timeout: 120000 });
+
+after(async () => {
+  if (client) client.close();
+  if (controlPlane) await controlPlane.stop();
+});
+
+function createModel(name, description) {
+  return new Promise((resolve, reject) => {
+    client.registry.CreateModel({ name, description }, (err, response) => (err ? reject(err) : resolve(response)));
+  });
+}
+
+test('lists the models of the control plane', async () => {
+  assert.deepEqual(await client.listModels(), []);
+  await createModel('zeta', 'last');
+  await createModel('alpha', 'first');
+  const models = await client.listModels();
+  assert.deepEqual(models.map((m) => m.name), ['alpha', 'zeta']);
+  assert.equal(models[0].description, 'first');
+  assert.equal(models[0].latest_version, '0'); // int64 as a string (longs: String)
+  assert.deepEqual(await client.listVersions('alpha'), []);
+  await assert.rejects(client.listVersions('nope'), (err) => err.status === 'NOT_FOUND');
+});

@@ -1,0 +1,175 @@
+"""``lmaas up``: everything on one machine with one command.
+
+A control plane on the embedded SQLite store runs in this process; one worker
+runs as a subprocess (``lmaas worker``) synced to it; a demo model is pushed
+and deployed through the public API, exactly as a user would. State lives in
+``--state-dir``, so a second ``lmaas up`` finds its models and deployments again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lmaas.cli.control import _opt
+from lmaas.logs import setup_logging
+
+__all__ = ["up"]
+
+_LISTENING = re.compile(r"listening grpc=(\S+) metrics=(\S+)")
+
+
+@click.command()
+@_opt("--state-dir", env="LMAAS_STATE_DIR", type=click.Path(file_okay=False, path_type=Path),
+      default=Path(".lmaas/up"), help="Store, artifacts and worker cache of the local deployment.")
+@_opt("--host", env="LMAAS_HOST", default="127.0.0.1", help="Address every server binds to.")
+@_opt("--control-plane-port", env="LMAAS_CONTROL_PLANE_PORT", type=int, default=8090,
+      help="Control-plane gRPC port (0 = any free port).")
+@_opt("--control-plane-metrics-port", env="LMAAS_CONTROL_PLANE_METRICS_PORT", type=int, default=8091,
+      help="Control-plane /metrics port.")
+@_opt("--worker-port", env="LMAAS_WORKER_PORT", type=int, default=8001, help="Worker OIP v2 gRPC port.")
+@_opt("--worker-metrics-port", env="LMAAS_WORKER_METRICS_PORT", type=int, default=8002, help="Worker /metrics port.")
+@_opt("--demo/--no-demo", env="LMAAS_DEMO", default=True, help="Push and deploy the demo model 'demo' (y = 2x + 1).")
+@_opt("--log-level", env="LMAAS_LOG_LEVEL", default="warning",
+      type=click.Choice(["debug", "info", "warning", "error"]))
+def up(state_dir: Path, host: str, control_plane_port: int, control_plane_metrics_port: int, worker_port: int,
+       worker_metrics_port: int, demo: bool, log_level: str) -> None:
+    """Run LMaaS locally: a control plane (embedded store), one worker, and a demo model; Ctrl-C stops it all."""
+    setup_logging(log_level)
+    code = asyncio.run(_up(state_dir, host, control_plane_port, control_plane_metrics_port, worker_port,
+                           worker_metrics_port, demo, log_level))
+    sys.exit(code)
+
+
+async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int, w_metrics: int, demo: bool,
+              log_level: str) -> int:
+    from lmaas.control_plane.app import ControlPlane
+    from lmaas.control_plane.settings import ControlPlaneSettings
+
+    state = state.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    settings = ControlPlaneSettings(
+        store=f"sqlite:///{state / 'control.db'}", artifact_dir=state / "artifacts", host=host, grpc_port=cp_port,
+        metrics_port=cp_metrics, replica_id="up",
+    )
+    plane = ControlPlane(settings)
+    cp_grpc, cp_metrics_bound = await plane.start()
+    cp_address = f"{host}:{cp_grpc}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lmaas.cli", "worker", "--control-plane", cp_address, "--host", host,
+        "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--cache-dir", str(state / "cache"),
+        "--worker-id", "up-worker", "--log-level", log_level,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    listening: asyncio.Future[tuple[str, str]] = loop.create_future()
+    pump = asyncio.create_task(_pump(worker, listening))
+    code = 0
+    try:
+        await asyncio.wait({listening, asyncio.ensure_future(worker.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not listening.done():
+            click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
+            return 1
+        w_grpc, w_metrics_address = listening.result()
+        if demo:
+            await asyncio.to_thread(_deploy_demo, cp_address, state)
+        click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc}")
+        click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo))
+        waiter = asyncio.ensure_future(stop.wait())
+        exited = asyncio.ensure_future(worker.wait())
+        await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done() and not stop.is_set():
+            click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
+            code = 1
+        waiter.cancel()
+    except Exception as exc:
+        click.echo(f"lmaas up failed: {exc}", err=True)
+        code = 1
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(worker.wait(), 30)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        await plane.stop()
+    return code
+
+
+async def _pump(proc: asyncio.subprocess.Process, listening: asyncio.Future[tuple[str, str]]) -> None:
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        match = _LISTENING.search(line)
+        if match and not listening.done():
+            listening.set_result((match.group(1), match.group(2)))
+        else:
+            click.echo(f"[worker] {line}", err=True)
+
+
+def _deploy_demo(cp_address: str, state: Path) -> Any:
+    from lmaas.cli._demo import DEMO_ONNX
+    from lmaas.client.control import ControlPlaneClient
+    from lmaas.protos.errors import NotFound
+
+    path = state / "demo" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(DEMO_ONNX)
+    with ControlPlaneClient(cp_address) as client:
+        version = client.push("demo", path, description="lmaas up demo: y = 2x + 1")
+        try:
+            current = client.get_deployment("demo").deployment.spec.stable_version
+        except NotFound:
+            current = 0
+        if current != version.version:
+            reply = client.deploy("demo", version.version)
+            generation = reply.deployment.generation
+        else:
+            generation = 0
+        return client.wait_rollout("demo", generation, timeout=120)
+
+
+def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: Path, demo: bool) -> str:
+    lines = [
+        "",
+        "LMaaS is up.",
+        f"  control plane  {cp}   metrics http://{cp_metrics}/metrics   state {state}",
+        f"  worker         {worker}   metrics http://{w_metrics}/metrics",
+    ]
+    if demo:
+        lines += [
+            "  model          demo (ONNX, y = 2x + 1, input x FP32 [-1, 4])",
+            "",
+            "Call it (Open Inference Protocol v2 over gRPC: tritonclient, perf_analyzer, grpcurl, any stub):",
+            "  python -c \"import numpy as np; from lmaas.client import InferenceClient; "
+            f"print(InferenceClient('{worker}').infer('demo', "
+            "{'x': np.arange(4, dtype=np.float32).reshape(1, 4)})['y'])\"",
+            f"  grpcurl -plaintext {worker} list",
+        ]
+    lines += [
+        "",
+        "Manage it:",
+        f"  export LMAAS_CONTROL_PLANE={cp}",
+        "  lmaas status",
+        "  lmaas model push NAME model.onnx          # prints the new version",
+        "  lmaas deploy NAME VERSION --wait          # --canary V --weight 30 for a canary",
+        "  lmaas rollback NAME --wait",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
