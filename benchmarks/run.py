@@ -142,6 +142,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-seconds", type=float, default=8.0)
     p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="before each point, wait up to this long for other programs' CPU use to drop (0 = never wait)",
+    )
+    p.add_argument("--quiet-threshold", type=float, default=0.10, help="share of the host's CPU (default 0.10)")
+    p.add_argument(
         "--update-readme",
         action="store_true",
         help="write the table and chart link into benchmarks/README.md between the results markers",
@@ -194,6 +202,25 @@ def _measure_point(
         + ("" if cpu["foreign"] is None else f" other {cpu['foreign'] * os.cpu_count():.2f} cores")
     )
     return row
+
+
+def wait_for_quiet(args: argparse.Namespace, pids: tuple[int, ...]) -> dict[str, Any]:
+    """Bounded wait until programs outside the benchmark use less than ``--quiet-threshold`` of the host's CPU
+    over a 0.5 s sample (a shared machine's bursts then fall between points rather than in them)."""
+    started = time.monotonic()
+    deadline = started + args.wait_quiet
+    foreign: float | None = None
+    for _ in range(1000):
+        meter = CpuMeter(None, pids)
+        meter.start()
+        time.sleep(0.5)
+        foreign = meter.stop()["foreign"]
+        if foreign is None or foreign < args.quiet_threshold or time.monotonic() >= deadline:
+            break
+    waited = round(time.monotonic() - started, 1)
+    if waited > 1:
+        log(f"  waited {waited:.0f} s for other programs to quiet down (now {foreign or 0:.0%} of the host)")
+    return {"waited_s": waited, "foreign_before": foreign}
 
 
 def _verify(server: Server, args: argparse.Namespace, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -342,7 +369,9 @@ def _one_run(
         for name in servers:
             run["servers"][name] = {m: {} for m in args.models}
         for m in args.models:
-            meter = CpuMeter(None, tuple(s.process.pid for s in servers.values()))
+            pids = tuple(s.process.pid for s in servers.values())
+            quiet = wait_for_quiet(args, pids) if args.wait_quiet > 0 else {}
+            meter = CpuMeter(None, pids)
             meter.start()
             r = measure_inprocess(
                 Path(facts[m]["path"]),
@@ -352,6 +381,7 @@ def _one_run(
                 concurrencies=args.concurrency,
             )
             r["foreign_cpu"] = meter.stop()["foreign"]
+            r.update(quiet)
             run["inprocess"][m] = r
             log(
                 f"  in-process {m:11} batch-1 call p50 {r['batch1']['p50_us']:8.0f} us; limit batch-1 "
@@ -361,7 +391,12 @@ def _one_run(
             for c in args.concurrency:
                 for name in order:
                     others = tuple(s.process.pid for n, s in servers.items() if n != name)
-                    row = _measure_point(servers[name], m, c, args, data, others)
+                    quiet = (
+                        wait_for_quiet(args, tuple(s.process.pid for s in servers.values()))
+                        if args.wait_quiet > 0
+                        else {}
+                    )
+                    row = {**_measure_point(servers[name], m, c, args, data, others), **quiet}
                     code = servers[name].process.poll()
                     if "error" in row and code is not None and starts[name] <= 3:
                         # something outside the benchmark stopped the server (a signal, a crash): say so,

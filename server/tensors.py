@@ -90,6 +90,8 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np
 
 def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray[Any, Any]:
     """Split length-prefixed BYTES elements; exactly ``count`` must fill ``raw``."""
+    if len(raw) < 4 * count:  # checked before allocating: a shape must not make us reserve memory the bytes lack
+        raise InvalidArgument(f"input '{name}': {len(raw)} bytes cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=np.object_)
     view = memoryview(raw)
     pos, size = 0, len(raw)

@@ -1,21 +1,17 @@
-"""lmaas.client._grpc: the retry loop, backoff, deadlines, status mapping and TLS channels."""
+"""lmaas.client._grpc: the retry loop, backoff, deadlines, status mapping and channel options.
+
+These drive ``retry`` with a stand-in for one call; the same paths run against real workers in
+``test_inference_client.py`` (late start, restart, deadlines, TLS).
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest
-from lmaas.client import InferenceClient
-from lmaas.client._grpc import ChannelConfig, RetryPolicy, aretry, create_channel, retry, to_error
+from lmaas.client._grpc import ChannelConfig, RetryPolicy, aretry, retry, to_error
 from lmaas.protos import errors
-from lmaas.protos.inference import grpc_service_pb2 as pb
-from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 
 
 class Failure(grpc.RpcError):
@@ -146,55 +142,3 @@ def test_channel_config() -> None:
     named = ChannelConfig("h:1", server_name="svc", options=(("grpc.max_receive_message_length", 5),))
     assert named.channel_options()[-2:] == [("grpc.ssl_target_name_override", "svc"),
                                             ("grpc.max_receive_message_length", 5)]
-
-
-# ---- TLS against a real server -------------------------------------------------------------------------------------
-
-
-class _Live(pb_grpc.GRPCInferenceServiceServicer):
-    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
-
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{request.ByteSize()} bytes is too much")
-        raise AssertionError("unreachable")
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
-    """A self-signed certificate for 'lmaas.test' (made with the openssl command)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    tmp = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=lmaas.test",
-         "-addext", "subjectAltName=DNS:lmaas.test", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
-        check=True, capture_output=True,
-    )
-    return Path(tmp / "key.pem").read_bytes(), Path(tmp / "cert.pem").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def tls_server(certificate: tuple[bytes, bytes]) -> Iterator[int]:
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Live(), server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([certificate]))
-    server.start()
-    yield port
-    server.stop(0)
-
-
-def test_tls_channel(tls_server: int, certificate: tuple[bytes, bytes]) -> None:
-    _, cert = certificate
-    target = f"127.0.0.1:{tls_server}"
-    with InferenceClient(target, root_certificates=cert, server_name="lmaas.test") as c:
-        assert c.live(timeout=10)
-        with pytest.raises(errors.ResourceExhausted, match="too much"):
-            c.infer("m", {"x": [1.0]}, timeout=10)
-    # Without the right name the handshake fails: UNAVAILABLE, retried, then raised.
-    with InferenceClient(target, root_certificates=cert, retry=RetryPolicy(max_attempts=2)) as c, \
-            pytest.raises(errors.Unavailable):
-        c.live(timeout=10)
-    # Plaintext to a TLS port fails too.
-    with create_channel(ChannelConfig(target)) as plain, pytest.raises(grpc.RpcError):
-        pb_grpc.GRPCInferenceServiceStub(plain).ServerLive(pb.ServerLiveRequest(), timeout=5)

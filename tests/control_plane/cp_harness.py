@@ -21,6 +21,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from processes import ServerProcess, start_server
+from prometheus_client import CollectorRegistry
+
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.store.base import Store
@@ -35,8 +38,6 @@ from lmaas.protos.lmaas.control.v1 import (
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2_grpc
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.sync import HeldModel, Route, Syncer
-from processes import ServerProcess, start_server
-from prometheus_client import CollectorRegistry
 
 WAIT = 15.0
 StoreFactory = Callable[[], Awaitable[Store]]
@@ -73,6 +74,11 @@ class Stubs:
 
 def address(cp: ControlPlane) -> str:
     return f"127.0.0.1:{cp.grpc_port}"
+
+
+def channel(cp: ControlPlane) -> grpc.aio.Channel:
+    """An asyncio channel to a control plane (use with ``async with``)."""
+    return grpc.aio.insecure_channel(address(cp))
 
 
 @pytest.fixture()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cp_harness import Stubs, cp, expect_status, push, sha, stubs, version_requests  # noqa: F401
+from cp_harness import Stubs, expect_status, push, sha, version_requests
+
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.protos.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -17,6 +18,8 @@ from lmaas.protos.lmaas.control.v1 import registry_pb2
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2
 
 DATA = os.urandom(10_000)
+
+pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
 
 
 async def chunks(data: bytes, size: int = 1024) -> AsyncIterator[bytes]:
@@ -108,7 +111,8 @@ async def test_oversized_upload_is_resource_exhausted(stubs: Stubs) -> None:
 
 async def test_header_twice_is_invalid_argument(stubs: Stubs) -> None:
     requests = version_requests("m", DATA)
-    await expect_status(grpc.StatusCode.INVALID_ARGUMENT, stubs.registry.CreateVersion(iter([requests[0], requests[0]])))
+    twice = iter([requests[0], requests[0]])
+    await expect_status(grpc.StatusCode.INVALID_ARGUMENT, stubs.registry.CreateVersion(twice))
 
 
 async def test_download_with_resume_offset(stubs: Stubs) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from cp_harness import Stubs, cp, deploy, expect_status, push, stubs  # noqa: F401
+from cp_harness import Stubs, deploy, expect_status, push
+
 from lmaas.control_plane import keys
 from lmaas.control_plane.app import ControlPlane
 from lmaas.protos.lmaas.control.v1 import deployments_pb2 as dpb
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+
+pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
 
 
 async def three_versions(stubs: Stubs, name: str = "m") -> None:
@@ -62,7 +65,8 @@ async def test_history_and_rollback(stubs: Stubs, cp: ControlPlane) -> None:
         (1, "deploy"), (2, "deploy"), (3, "deploy"), (4, "rollback"), (5, "rollback"), (6, "rollback"),
     ]
     assert cp.registry.get_sample_value("lmaas_control_rollouts_total", {"outcome": "rolled_back"}) == 3.0
-    await expect_status(grpc.StatusCode.NOT_FOUND, stubs.deployments.Rollback(dpb.RollbackRequest(model="m", to_version=9)))
+    to_missing = dpb.RollbackRequest(model="m", to_version=9)
+    await expect_status(grpc.StatusCode.NOT_FOUND, stubs.deployments.Rollback(to_missing))
 
 
 async def test_rollback_without_history_is_failed_precondition(stubs: Stubs) -> None:

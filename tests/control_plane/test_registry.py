@@ -6,11 +6,14 @@ import asyncio
 import json
 
 import grpc
-from cp_harness import Stubs, cp, expect_status, push, sha, stubs, version_requests  # noqa: F401
+from cp_harness import Stubs, expect_status, push, sha, version_requests
+
 from lmaas.control_plane.app import ControlPlane
 from lmaas.protos.lmaas.control.v1 import deployments_pb2, registry_pb2
 
 NAME = registry_pb2.GetModelRequest
+
+pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
 
 
 async def test_versions_are_assigned_increasing_and_immutable(stubs: Stubs) -> None:

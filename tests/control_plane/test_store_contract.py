@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster, free_port
+
 from lmaas.control_plane.store import open_store as open_store_url
 from lmaas.control_plane.store.base import (
     Compare,

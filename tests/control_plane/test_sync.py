@@ -7,21 +7,22 @@ import asyncio
 from pathlib import Path
 
 import grpc
-from cp_harness import (  # noqa: F401
+from cp_harness import (
     WAIT,
     FakeHost,
+    StoreFactory,
     Stubs,
     address,
-    cp,
+    channel,
     deploy,
     eventually,
     final_rollout,
     push,
     running,
     sha,
-    stubs,
     worker,
 )
+
 from lmaas.control_plane import keys
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.store.base import Store
@@ -30,6 +31,8 @@ from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from lmaas.protos.lmaas.control.v1 import workers_pb2
 from lmaas.protos.lmaas.worker.v1 import sync_pb2
 from lmaas.server.sync import Route
+
+pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
 
 
 async def versions(stubs: Stubs, n: int, name: str = "m") -> None:
@@ -152,51 +155,57 @@ async def test_worker_keeps_serving_while_control_plane_is_down(
                 await cp1.stop(grace=0.1)
                 await asyncio.sleep(0.3)
                 assert host.routes == {"m": Route(1)}  # still serving
-                async with running(store, tmp_path, grpc_port=port) as cp2:
-                    async with grpc.aio.insecure_channel(address(cp2)) as ch2:
-                        s2 = Stubs(ch2)
-                        await eventually(lambda: cp2.metrics.connected_workers._value.get() == 1)
-                        await deploy(s2, "m", 2)
-                        assert (await final_rollout(s2, "m")).phase == pb.ROLLOUT_PHASE_SUCCEEDED
-                        assert w.host.routes == {"m": Route(2)}
+                async with running(store, tmp_path, grpc_port=port) as cp2, channel(cp2) as ch2:
+                    s2 = Stubs(ch2)
+                    await eventually(lambda: cp2.metrics.connected_workers._value.get() == 1)
+                    await deploy(s2, "m", 2)
+                    assert (await final_rollout(s2, "m")).phase == pb.ROLLOUT_PHASE_SUCCEEDED
+                    assert w.host.routes == {"m": Route(2)}
 
 
-async def test_two_replicas_on_one_store_both_push(store: Store, tmp_path: Path, open_store) -> None:  # type: ignore[no-untyped-def]
+async def test_two_replicas_on_one_store_both_push(store: Store, tmp_path: Path, open_store: StoreFactory) -> None:
     second = await open_store()  # another connection to the same store, as another process would have
-    async with running(store, tmp_path, replica_id="cp-a") as a, running(second, tmp_path, replica_id="cp-b") as b:
-        async with grpc.aio.insecure_channel(address(a)) as ca:
-            sa = Stubs(ca)
-            await versions(sa, 2)
-            async with worker(address(a), tmp_path, "wa") as wa, worker(address(b), tmp_path, "wb") as wb:
-                await eventually(lambda: a.metrics.connected_workers._value.get() == 1)
-                await eventually(lambda: b.metrics.connected_workers._value.get() == 1)
-                reply = await deploy(sa, "m", 1)  # written through replica a only
-                rollout = await final_rollout(sa, "m", reply.deployment.generation)
-                assert rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED
-                assert sorted(x.worker_id for x in rollout.workers) == ["wa", "wb"]
-                assert wa.host.routes == wb.host.routes == {"m": Route(1)}
-                await deploy(sa, "m", 2)
-                await final_rollout(sa, "m")
-                assert wb.host.routes == {"m": Route(2)}
-                info = {w.worker_id: w for w in (await sa.workers.ListWorkers(workers_pb2.ListWorkersRequest())).workers}
-                assert (info["wa"].control_plane, info["wb"].control_plane) == ("cp-a", "cp-b")
+    async with (
+        running(store, tmp_path, replica_id="cp-a") as a,
+        running(second, tmp_path, replica_id="cp-b") as b,
+        channel(a) as ca,
+    ):
+        sa = Stubs(ca)
+        await versions(sa, 2)
+        async with worker(address(a), tmp_path, "wa") as wa, worker(address(b), tmp_path, "wb") as wb:
+            await eventually(lambda: a.metrics.connected_workers._value.get() == 1)
+            await eventually(lambda: b.metrics.connected_workers._value.get() == 1)
+            reply = await deploy(sa, "m", 1)  # written through replica a only
+            rollout = await final_rollout(sa, "m", reply.deployment.generation)
+            assert rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED
+            assert sorted(x.worker_id for x in rollout.workers) == ["wa", "wb"]
+            assert wa.host.routes == wb.host.routes == {"m": Route(1)}
+            await deploy(sa, "m", 2)
+            await final_rollout(sa, "m")
+            assert wb.host.routes == {"m": Route(2)}
+            listed = await sa.workers.ListWorkers(workers_pb2.ListWorkersRequest())
+            info = {w.worker_id: w for w in listed.workers}
+            assert (info["wa"].control_plane, info["wb"].control_plane) == ("cp-a", "cp-b")
 
 
-async def test_failover_to_the_next_address(store: Store, tmp_path: Path, open_store) -> None:  # type: ignore[no-untyped-def]
+async def test_failover_to_the_next_address(store: Store, tmp_path: Path, open_store: StoreFactory) -> None:
     second = await open_store()
-    async with running(store, tmp_path, replica_id="cp-a") as a, running(second, tmp_path, replica_id="cp-b") as b:
-        async with grpc.aio.insecure_channel(address(b)) as cb:
-            sb = Stubs(cb)
-            await versions(sb, 2)
-            async with worker([address(a), address(b)], tmp_path) as w:
-                await eventually(lambda: a.metrics.connected_workers._value.get() == 1)
-                await deploy(sb, "m", 1)
-                await eventually(lambda: w.host.routes == {"m": Route(1)})
-                await a.stop(grace=0.1)  # the worker moves to b
-                await eventually(lambda: b.metrics.connected_workers._value.get() == 1)
-                await deploy(sb, "m", 2)
-                assert (await final_rollout(sb, "m")).phase == pb.ROLLOUT_PHASE_SUCCEEDED
-                assert w.host.routes == {"m": Route(2)}
+    async with (
+        running(store, tmp_path, replica_id="cp-a") as a,
+        running(second, tmp_path, replica_id="cp-b") as b,
+        channel(b) as cb,
+    ):
+        sb = Stubs(cb)
+        await versions(sb, 2)
+        async with worker([address(a), address(b)], tmp_path) as w:
+            await eventually(lambda: a.metrics.connected_workers._value.get() == 1)
+            await deploy(sb, "m", 1)
+            await eventually(lambda: w.host.routes == {"m": Route(1)})
+            await a.stop(grace=0.1)  # the worker moves to b
+            await eventually(lambda: b.metrics.connected_workers._value.get() == 1)
+            await deploy(sb, "m", 2)
+            assert (await final_rollout(sb, "m")).phase == pb.ROLLOUT_PHASE_SUCCEEDED
+            assert w.host.routes == {"m": Route(2)}
 
 
 async def test_pools_select_deployments(stubs: Stubs, cp: ControlPlane, tmp_path: Path) -> None:

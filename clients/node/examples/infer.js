@@ -4,8 +4,8 @@
  * Command-line example of the LMaaS Node client. Prints JSON.
  *
  *   node examples/infer.js --address 127.0.0.1:8001 --model mlp --input 'x:FP32:1,4=0.1,0.2,0.3,0.4'
- *   node examples/infer.js --address 127.0.0.1:8001 --model identity_typed \
- *        --input 'in_INT64:INT64:1,3=1,2,3' --input 'in_BYTES:BYTES:1,3=a,b,c' --output out_INT64
+ *   node examples/infer.js --address 127.0.0.1:8001 --model fixed \
+ *        --input 'a:FP32:2,2=1,2,3,4' --input 'b:FP32:2,2=10,20,30,40' --output sum
  *   node examples/infer.js --address 127.0.0.1:8001 --metadata mlp
  *   node examples/infer.js --address 127.0.0.1:8001 --list           # the worker's repository
  *   node examples/infer.js --control 127.0.0.1:8090 --list           # the control plane's models

@@ -2,6 +2,7 @@
 // The Node client against a real LMaaS worker, spawned by the test (see test-support/servers.js).
 
 const assert = require('node:assert/strict');
+const net = require('node:net');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
 const { after, before, test } = require('node:test');
@@ -148,4 +149,21 @@ test('the example CLI runs inference and lists models', async () => {
   const meta = await run(['--metadata', 'fixed']);
   assert.deepEqual(meta.inputs.map((t) => t.name), ['a', 'b']);
   await assert.rejects(run(['--model', 'nope', '--input', 'x:FP32:1=1']), /NOT_FOUND/);
+});
+
+test('a server that is not there is UNAVAILABLE', async () => {
+  const port = await new Promise((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: free } = probe.address();
+      probe.close(() => resolve(free));
+    });
+  });
+  const absent = new InferenceClient(`127.0.0.1:${port}`, { deadlineMs: 10000 });
+  try {
+    const t0 = Date.now();
+    await assert.rejects(absent.serverLive(), (err) => err instanceof LMaaSError && err.status === 'UNAVAILABLE');
+    assert.ok(Date.now() - t0 < 9000, 'fails before the deadline');
+  } finally {
+    absent.close();
+  }
 });

@@ -131,13 +131,14 @@ def _load_request(name: str, config: str | Mapping[str, Any] | None) -> pb.Repos
 class _Base:
     def __init__(self, url: str, *, tls: bool, root_certificates: bytes | None, private_key: bytes | None,
                  certificate_chain: bytes | None, server_name: str | None, max_message_bytes: int,
-                 timeout: float | None, retry: RetryPolicy | None, metadata: Metadata) -> None:
+                 timeout: float | None, retry: RetryPolicy | None, metadata: Metadata, api_key: str | None) -> None:
         self.channel_config = ChannelConfig(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
                                     certificate_chain=certificate_chain, server_name=server_name,
                                     max_message_bytes=max_message_bytes)
         self.default_timeout = timeout
         self.retry_policy = RetryPolicy() if retry is None else retry
-        self.default_metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.default_metadata: tuple[tuple[str, str], ...] = (*auth, *metadata)
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.default_timeout if timeout is None else timeout
@@ -152,19 +153,21 @@ class InferenceClient(_Base):
     ``timeout`` is the default deadline of every call in seconds (None: no
     deadline; each method also takes its own). ``retry`` governs retries of
     UNAVAILABLE (``RetryPolicy.none()`` disables them). ``metadata`` is sent
-    with every call (e.g. an ``authorization`` header). TLS: ``tls=True`` with
-    system roots, or PEM ``root_certificates`` (and ``private_key`` +
-    ``certificate_chain`` for mutual TLS). Use as a context manager or call
-    :meth:`close`.
+    with every call; ``api_key`` adds ``authorization: Bearer KEY`` (a worker
+    started with ``--require-api-key``). TLS: ``tls=True`` with system roots,
+    or PEM ``root_certificates`` (and ``private_key`` + ``certificate_chain``
+    for mutual TLS). Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, tls: bool = False, root_certificates: bytes | None = None,
                  private_key: bytes | None = None, certificate_chain: bytes | None = None,
                  server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = ()) -> None:
+                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = (),
+                 api_key: str | None = None) -> None:
         super().__init__(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
                          certificate_chain=certificate_chain, server_name=server_name,
-                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata)
+                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata,
+                         api_key=api_key)
         self._channel = create_channel(self.channel_config)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -260,10 +263,12 @@ class AsyncInferenceClient(_Base):
     def __init__(self, url: str = "127.0.0.1:8001", *, tls: bool = False, root_certificates: bytes | None = None,
                  private_key: bytes | None = None, certificate_chain: bytes | None = None,
                  server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = ()) -> None:
+                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = (),
+                 api_key: str | None = None) -> None:
         super().__init__(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
                          certificate_chain=certificate_chain, server_name=server_name,
-                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata)
+                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata,
+                         api_key=api_key)
         self._channel = create_aio_channel(self.channel_config)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
