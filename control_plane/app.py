@@ -16,8 +16,6 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
-
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.control_plane.deployments import Deployments
 from lmaas.control_plane.interceptors import ErrorInterceptor
@@ -45,6 +43,7 @@ from lmaas.protos.lmaas.control.v1 import (
     workers_pb2_grpc,
 )
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ["SERVICE_NAMES", "ControlPlane"]
 

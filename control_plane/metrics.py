@@ -6,10 +6,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from lmaas.control_plane.store.base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, TxnResult
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ControlMetrics", "InstrumentedStore"]
 

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc.aio
-
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.control_plane.deployments import Deployments
 from lmaas.control_plane.registry import NewVersion, Registry

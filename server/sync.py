@@ -28,7 +28,6 @@ from typing import Protocol
 
 import grpc
 import grpc.aio
-
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.routing import HeldModel, Route

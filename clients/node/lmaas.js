@@ -94,6 +94,7 @@ function channelOptions(services, options) {
 class BaseClient {
   constructor(ServiceClient, services, address, options = {}) {
     this.deadlineMs = options.deadlineMs ?? 30000;
+    this.metadata = { ...(options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}), ...options.metadata };
     const credentials = options.credentials || grpc.credentials.createInsecure();
     this.stub = new ServiceClient(address, credentials, channelOptions(services, options));
   }
@@ -102,7 +103,7 @@ class BaseClient {
     const deadlineMs = options.deadlineMs ?? this.deadlineMs;
     const callOptions = deadlineMs ? { deadline: new Date(Date.now() + deadlineMs) } : {};
     const metadata = new grpc.Metadata();
-    for (const [key, value] of Object.entries(options.metadata || {})) metadata.add(key, value);
+    for (const [key, value] of Object.entries({ ...this.metadata, ...options.metadata })) metadata.add(key, value);
     return new Promise((resolve, reject) => {
       this.stub[method](request, metadata, callOptions, (err, response) => {
         if (err) reject(new LMaaSError(err.code, err.details || err.message, err));
@@ -272,7 +273,9 @@ const INFERENCE_SERVICE = 'inference.GRPCInferenceService';
 
 /**
  * Client of an inference endpoint (an LMaaS worker or any Open Inference Protocol v2 server).
- * options: { credentials, deadlineMs (default 30000; 0 = none), maxMessageBytes, channelOptions, protosDir }
+ * options: { credentials (default insecure; TLS: grpc.credentials.createSsl(rootPem, keyPem, certPem)),
+ *   apiKey (sent as `authorization: Bearer KEY`), metadata ({ header: value } on every call),
+ *   deadlineMs (default 30000; 0 = none), maxMessageBytes, channelOptions, protosDir }
  */
 class InferenceClient extends BaseClient {
   constructor(address = '127.0.0.1:8001', options = {}) {

@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from certs import TestCA
 from lmaas.client import (
     AsyncInferenceClient,
     DeadlineExceeded,
@@ -26,6 +27,7 @@ from lmaas.client import (
     LMaaSError,
     NotFound,
     RetryPolicy,
+    Unauthenticated,
     Unavailable,
 )
 from models import ALL_DATATYPES, mlp_reference, write_identity_onnx
@@ -293,6 +295,58 @@ def test_deadline_exceeded(small_worker: ServerProcess) -> None:
         # A client-wide default deadline applies to every call.
     with InferenceClient(small_worker.grpc, timeout=0.3) as c, pytest.raises(DeadlineExceeded):
         c.infer("slow", ECHO)
+
+
+# ---- security: API keys, TLS, mutual TLS (the worker's own flags) ---------------------------------------------------
+
+X1 = {"x": np.ones((1, 4), np.float32)}
+
+
+def test_api_key(mlp_repository: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("alpha-key\n")
+    proc = start_worker(mlp_repository, "--require-api-key", "--api-key-file", str(keys))
+    try:
+        with InferenceClient(proc.grpc) as c, pytest.raises(Unauthenticated, match="API key"):
+            c.infer("mlp", X1)
+        with InferenceClient(proc.grpc, api_key="wrong") as c, pytest.raises(Unauthenticated):
+            c.infer("mlp", X1)
+        with InferenceClient(proc.grpc, api_key="alpha-key") as c:
+            assert c.infer("mlp", X1)["y"].shape == (1, 3)
+        with InferenceClient(proc.grpc, metadata=[("x-api-key", "alpha-key")]) as c:
+            assert c.infer("mlp", X1)["y"].shape == (1, 3)
+    finally:
+        proc.stop()
+
+
+async def test_tls_and_mutual_tls(mlp_repository: Path, tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "pki")
+    server, client_cert = ca.issue("worker"), ca.issue("client")
+    proc = start_worker(mlp_repository, "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                        "--tls-client-ca", str(ca.cert))
+    root = ca.cert.read_bytes()
+    mtls = {"root_certificates": root, "private_key": client_cert.key.read_bytes(),
+            "certificate_chain": client_cert.cert.read_bytes()}
+    try:
+        with InferenceClient(proc.grpc, **mtls) as c:
+            assert c.channel_config.secure
+            assert c.infer("mlp", X1)["y"].shape == (1, 3)
+        async with AsyncInferenceClient(proc.grpc, **mtls) as ac:
+            assert (await ac.infer("mlp", X1))["y"].shape == (1, 3)
+        # The certificate names localhost and 127.0.0.1; server_name overrides the name checked.
+        port = proc.grpc.rsplit(":", 1)[1]
+        with InferenceClient(f"localhost:{port}", **mtls) as c:
+            assert c.live()
+        once = RetryPolicy.none()
+        with InferenceClient(proc.grpc, server_name="other.example", retry=once, **mtls) as c, \
+                pytest.raises(Unavailable):
+            c.live(timeout=10)
+        with InferenceClient(proc.grpc, root_certificates=root, retry=once) as c, pytest.raises(Unavailable):
+            c.live(timeout=10)  # no client certificate: the handshake fails
+        with InferenceClient(proc.grpc, retry=once) as c, pytest.raises(Unavailable):
+            c.live(timeout=10)  # plaintext to a TLS port
+    finally:
+        proc.stop()
 
 
 # ---- asyncio -------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Fixtures are chained the way production wires things: store (``store`` / ``open_store`` from
 ``conftest.py``, SQLite and etcd) → ControlPlane → channel → stubs; and for the data plane a real
 :class:`~lmaas.server.sync.Syncer` driving :class:`FakeHost`, the one fake in these tests.
-Test modules import the fixtures they use from here.
+Test modules load the fixtures ``cp`` and ``stubs`` with ``pytest_plugins = ["cp_fixtures"]``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from processes import ServerProcess, start_server
-from prometheus_client import CollectorRegistry
-
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.store.base import Store
@@ -38,6 +35,8 @@ from lmaas.protos.lmaas.control.v1 import (
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2_grpc
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.sync import HeldModel, Route, Syncer
+from processes import ServerProcess, start_server
+from prometheus_client import CollectorRegistry
 
 WAIT = 15.0
 StoreFactory = Callable[[], Awaitable[Store]]
@@ -79,18 +78,6 @@ def address(cp: ControlPlane) -> str:
 def channel(cp: ControlPlane) -> grpc.aio.Channel:
     """An asyncio channel to a control plane (use with ``async with``)."""
     return grpc.aio.insecure_channel(address(cp))
-
-
-@pytest.fixture()
-async def cp(store: Store, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    async with running(store, tmp_path) as plane:
-        yield plane
-
-
-@pytest.fixture()
-async def stubs(cp: ControlPlane) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(address(cp)) as channel:
-        yield Stubs(channel)
 
 
 def sha(data: bytes) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 from cp_harness import Stubs, expect_status, push, sha, version_requests
-
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.protos.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -19,7 +18,7 @@ from lmaas.protos.lmaas.worker.v1 import artifacts_pb2
 
 DATA = os.urandom(10_000)
 
-pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
+pytest_plugins = ["cp_fixtures"]  # cp, stubs
 
 
 async def chunks(data: bytes, size: int = 1024) -> AsyncIterator[bytes]:

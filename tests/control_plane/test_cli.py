@@ -15,9 +15,8 @@ import pytest
 from cp_harness import lmaas, start_control_plane, write_scale_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from processes import ServerProcess
-
 from lmaas.cli._demo import DEMO_ONNX
+from processes import ServerProcess
 
 
 @pytest.fixture()

@@ -6,13 +6,12 @@ import asyncio
 
 import grpc
 from cp_harness import Stubs, deploy, expect_status, push
-
 from lmaas.control_plane import keys
 from lmaas.control_plane.app import ControlPlane
 from lmaas.protos.lmaas.control.v1 import deployments_pb2 as dpb
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
-pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
+pytest_plugins = ["cp_fixtures"]  # cp, stubs
 
 
 async def three_versions(stubs: Stubs, name: str = "m") -> None:

@@ -7,13 +7,12 @@ import json
 
 import grpc
 from cp_harness import Stubs, expect_status, push, sha, version_requests
-
 from lmaas.control_plane.app import ControlPlane
 from lmaas.protos.lmaas.control.v1 import deployments_pb2, registry_pb2
 
 NAME = registry_pb2.GetModelRequest
 
-pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
+pytest_plugins = ["cp_fixtures"]  # cp, stubs
 
 
 async def test_versions_are_assigned_increasing_and_immutable(stubs: Stubs) -> None:

@@ -22,7 +22,6 @@ from cp_harness import (
     sha,
     worker,
 )
-
 from lmaas.control_plane import keys
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.store.base import Store
@@ -32,7 +31,7 @@ from lmaas.protos.lmaas.control.v1 import workers_pb2
 from lmaas.protos.lmaas.worker.v1 import sync_pb2
 from lmaas.server.sync import Route
 
-pytest_plugins = ["cp_harness"]  # fixtures: cp, stubs
+pytest_plugins = ["cp_fixtures"]  # cp, stubs
 
 
 async def versions(stubs: Stubs, n: int, name: str = "m") -> None:

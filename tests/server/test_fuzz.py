@@ -44,6 +44,6 @@ def test_fuzzed_requests_get_proper_statuses(worker: ServerProcess) -> None:
     rss_after = rss_kib(worker.proc.pid)
     assert worker.proc.poll() is None, "the worker died"
     assert stub.ServerLive(pb.ServerLiveRequest()).live
-    assert seen.get("INVALID_ARGUMENT", 0) > 100, seen
+    assert seen.get("INVALID_ARGUMENT", 0) > 50 and seen.get("OK", 0) > 20, seen  # both paths exercised
     assert rss_after - rss_before < 64 * 1024, f"RSS grew {rss_after - rss_before} KiB over a repeated run"
     channel.close()

@@ -38,11 +38,11 @@ function runPython(args, { timeoutMs = 300000 } = {}) {
 }
 
 /** Spawn a server process and wait for its listening line. */
-function startServer(args, { tmp, timeoutMs = 120000 } = {}) {
+function startServer(args, { tmp = null, env = {}, timeoutMs = 120000 } = {}) {
   return new Promise((resolve, reject) => {
     const child = spawn(PYTHON, args, {
       cwd: REPO_ROOT,
-      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+      env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const log = [];
@@ -113,17 +113,24 @@ print(json.dumps(models.mlp_reference(x, seed=0).tolist()))
 
 /**
  * Build the test repository and start a worker on it. `mlpInput` (rows of 4 floats) is run through the
- * reference MLP in Python: the worker's answers are checked against `worker.mlpExpected`.
+ * reference MLP in Python: the worker's answers are checked against `worker.mlpExpected`. With
+ * `repository` (another worker's `.repository`), nothing is built. `args` are extra worker flags.
  */
-async function startWorker({ mlpInput = [[0.1, 0.2, 0.3, 0.4]] } = {}) {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lmaas-node-'));
-  const repo = path.join(tmp, 'repo');
-  const expected = JSON.parse(await runPython(['-c', BUILD_REPOSITORY, repo, JSON.stringify(mlpInput)]));
+async function startWorker({ mlpInput = [[0.1, 0.2, 0.3, 0.4]], repository = null, args = [], env = {} } = {}) {
+  let tmp = null;
+  let repo = repository;
+  let expected = null;
+  if (!repo) {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lmaas-node-'));
+    repo = path.join(tmp, 'repo');
+    expected = JSON.parse(await runPython(['-c', BUILD_REPOSITORY, repo, JSON.stringify(mlpInput)]));
+  }
   const worker = await startServer(
     ['-m', 'lmaas.cli', 'worker', '--model-repository', repo, '--grpc-port', '0', '--metrics-port', '0',
-      '--host', '127.0.0.1'],
-    { tmp },
+      '--host', '127.0.0.1', ...args],
+    { tmp, env },
   );
+  worker.repository = repo;
   worker.mlpExpected = expected;
   return worker;
 }

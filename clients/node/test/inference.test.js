@@ -167,3 +167,21 @@ test('a server that is not there is UNAVAILABLE', async () => {
     absent.close();
   }
 });
+
+test('an API key travels as authorization: Bearer', async () => {
+  const secured = await startWorker({
+    repository: worker.repository, args: ['--require-api-key'], env: { LMAAS_API_KEYS: 'node-key' },
+  });
+  const x = [{ name: 'x', shape: [1, 4], data: new Float32Array(4) }];
+  const anonymous = new InferenceClient(secured.grpc);
+  const keyed = new InferenceClient(secured.grpc, { apiKey: 'node-key' });
+  try {
+    await assert.rejects(anonymous.infer('mlp', x), (err) => err.status === 'UNAUTHENTICATED');
+    assert.deepEqual((await keyed.infer('mlp', x)).outputs.y.shape, [1, 3]);
+    assert.deepEqual((await anonymous.infer('mlp', x, { metadata: { 'x-api-key': 'node-key' } })).outputs.y.shape, [1, 3]);
+  } finally {
+    anonymous.close();
+    keyed.close();
+    await secured.stop();
+  }
+});
