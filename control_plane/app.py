@@ -104,7 +104,10 @@ class ControlPlane:
         )
         adders: list[tuple[Any, object]] = [
             (registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.models, self.artifacts)),
-            (deployments_pb2_grpc.add_DeploymentsServicer_to_server, DeploymentsServicer(self.deployments, self.watcher)),
+            (
+                deployments_pb2_grpc.add_DeploymentsServicer_to_server,
+                DeploymentsServicer(self.deployments, self.watcher),
+            ),
             (workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store)),
             (sync_pb2_grpc.add_WorkerSyncServicer_to_server, WorkerSyncServicer(self.sync)),
             (artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts)),

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 Translate = Mapping[type[BaseException], grpc.StatusCode]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, translate: Translate | None = None) -> None:
         self._translate = dict(translate or {})
 

@@ -61,7 +61,7 @@ class Worker:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if s.require_api_key:
@@ -77,8 +77,9 @@ class Worker:
             self.grpc_port = server.add_secure_port(address, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
             self.grpc_port = server.add_insecure_port(address)
-        self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-        self.metrics_port = self._metrics_http.server_port
+        if s.serve_metrics:
+            self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
+            self.metrics_port = self._metrics_http.server_port
         await self.manager.load_repository()
         await server.start()
         self._server = server
@@ -118,7 +119,8 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.manager.close()
-        self._metrics_http.shutdown()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         self._stopped.set()
         log.info("stopped")
 

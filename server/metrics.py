@@ -76,13 +76,21 @@ class WorkerMetrics:
             registry=registry,
         )
         self.pending = Gauge(
-            "lmaas_inference_pending_requests", "Requests queued and not yet executing.", _MV, registry=registry
+            "lmaas_inference_pending_requests",
+            "Requests queued and not yet executing.",
+            _MV,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "lmaas_inference_rejected", "Requests rejected before execution.", (*_MV, "reason"), registry=registry
         )
         self.loaded = Gauge(
-            "lmaas_model_loaded", "1 while a model version is loaded and ready.", _MV, registry=registry
+            "lmaas_model_loaded",
+            "1 while a model version is loaded and ready.",
+            _MV,
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.load_duration = Histogram(
             "lmaas_model_load_duration_seconds",
@@ -95,6 +103,7 @@ class WorkerMetrics:
             "lmaas_worker_snapshot_revision",
             "Last control-plane snapshot revision this worker ACKed.",
             registry=registry,
+            multiprocess_mode="livemin",
         )
 
     def for_model(self, name: str, version: int) -> ModelMetrics:

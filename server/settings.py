@@ -21,10 +21,16 @@ class WorkerSettings(BaseModel):
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
     max_message_bytes: int = Field(64 << 20, ge=1024, description="largest gRPC message accepted")
     max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")
+    reuse_port: bool = Field(False, description="bind the gRPC port with SO_REUSEPORT (set for --processes children)")
+    serve_metrics: bool = Field(True, description="serve /metrics (a --processes supervisor serves it instead)")
     token: str | None = Field(None, description="bearer token presented to the control plane")
     require_api_key: bool = Field(False, description="inference calls must carry one of api_keys")
     api_keys: tuple[str, ...] = Field((), description="accepted API keys (kept hashed in memory)")
-    tls_cert: Path | None = Field(None, description="PEM certificate: served on the gRPC port, presented to the control plane")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate: served on the gRPC port, presented to the control plane"
+    )
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA on the gRPC port")
+    tls_client_ca: Path | None = Field(
+        None, description="require client certificates signed by this CA on the gRPC port"
+    )
     tls_ca: Path | None = Field(None, description="CA that signed the control plane's certificate (TLS to it)")

@@ -155,8 +155,8 @@ class Syncer:
     async def _session(self, address: str) -> bool:
         """One stream; True if it delivered at least one snapshot."""
         async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-            stream = _Stream(artifacts_pb2_grpc.ArtifactsStub(channel))  # type: ignore[no-untyped-call]
-            stub = sync_pb2_grpc.WorkerSyncStub(channel)  # type: ignore[no-untyped-call]
+            stream = _Stream(artifacts_pb2_grpc.ArtifactsStub(channel))
+            stub = sync_pb2_grpc.WorkerSyncStub(channel)
             call = stub.Sync(stream.requests(self._hello()), metadata=self.metadata)
             received = False
             try:

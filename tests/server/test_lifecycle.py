@@ -94,3 +94,31 @@ def test_broken_model_does_not_stop_the_others(tmp_path: Path, model_repository:
     finally:
         client.close()
         assert proc.stop() == 0
+
+
+def test_several_processes_share_one_port_and_one_metrics_endpoint(mlp_repository: Path) -> None:
+    import urllib.request
+
+    proc = start_worker(mlp_repository, "--processes", "2")
+    clients = [tc.InferenceServerClient(proc.grpc) for _ in range(4)]  # separate channels: spread over processes
+    try:
+        for client in clients:
+            for _ in range(5):
+                inp = tc.InferInput("x", [1, 4], "FP32")
+                inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+                assert client.infer("mlp", [inp]).as_numpy("y").shape == (1, 3)
+        with urllib.request.urlopen(proc.metrics_url, timeout=10) as resp:
+            text = resp.read().decode()
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("lmaas_inference_requests_total{")
+            and 'model="mlp"' in ln
+            and 'version="2"' in ln
+            and 'code="OK"' in ln
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 20  # summed over both processes
+    finally:
+        for client in clients:
+            client.close()
+        assert proc.stop() == 0

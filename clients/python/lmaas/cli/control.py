@@ -206,11 +206,15 @@ def _follow(client: Any, name: str, generation: int, wait_timeout: float) -> Non
 @click.argument("name")
 @click.argument("version", type=int)
 @_opt("--canary", env="LMAAS_CANARY", type=int, default=0, help="A second version for a canary.")
-@_opt("--weight", env="LMAAS_WEIGHT", type=click.IntRange(0, 100), default=0, help="Percent of requests for the canary.")
-@_opt("--pool", "pools", env="LMAAS_DEPLOY_POOLS", multiple=True, help="Serve only in these worker pools (repeatable).")
+@_opt("--weight", env="LMAAS_WEIGHT", type=click.IntRange(0, 100), default=0,
+      help="Percent of requests for the canary.")
+@_opt("--pool", "pools", env="LMAAS_DEPLOY_POOLS", multiple=True,
+      help="Serve only in these worker pools (repeatable).")
 @_opt("--wait", env="LMAAS_WAIT", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
-@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0, help="Give up waiting after this many seconds.")
-@_opt("--expected-generation", env="LMAAS_EXPECTED_GENERATION", type=int, default=0, help="Apply only if the deployment is at this generation.")
+@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0,
+      help="Give up waiting after this many seconds.")
+@_opt("--expected-generation", env="LMAAS_EXPECTED_GENERATION", type=int, default=0,
+      help="Apply only if the deployment is at this generation.")
 @_client_options
 @_errors
 def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, ...], wait: bool,
@@ -233,7 +237,8 @@ def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, 
 @_opt("--to", "to_version", env="LMAAS_ROLLBACK_TO", type=int, default=0,
       help="Serve this version alone (default: the previous deployment).")
 @_opt("--wait", env="LMAAS_WAIT", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
-@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0, help="Give up waiting after this many seconds.")
+@_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0,
+      help="Give up waiting after this many seconds.")
 @_client_options
 @_errors
 def rollback(name: str, to_version: int, wait: bool, wait_timeout: float, address: str, token: str | None,

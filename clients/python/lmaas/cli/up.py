@@ -76,8 +76,8 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
     pump = asyncio.create_task(_pump(worker, listening))
     code = 0
     try:
-        await asyncio.wait({listening, asyncio.ensure_future(worker.wait())},
-                                     return_when=asyncio.FIRST_COMPLETED)
+        first_exit: asyncio.Future[Any] = asyncio.ensure_future(worker.wait())
+        await asyncio.wait([listening, first_exit], return_when=asyncio.FIRST_COMPLETED)
         if not listening.done():
             click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
             return 1
@@ -86,10 +86,9 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
             await asyncio.to_thread(_deploy_demo, cp_address, state)
         click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc}")
         click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo))
-        waiter = asyncio.ensure_future(stop.wait())
-        exited = asyncio.ensure_future(worker.wait())
-        await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if exited.done() and not stop.is_set():
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
+        if first_exit.done() and not stop.is_set():
             click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
             code = 1
         waiter.cancel()

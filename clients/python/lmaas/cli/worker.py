@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -60,19 +61,53 @@ def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
     help="Artifact cache for models pushed by the control plane.",
 )
 @_opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token presented to the control plane.")
-@_opt("--require-api-key", env="LMAAS_REQUIRE_API_KEY", is_flag=True, default=False,
-      help="Inference calls must send 'authorization: Bearer KEY' with a key from --api-key-file / LMAAS_API_KEYS.")
-@_opt("--api-key-file", env="LMAAS_API_KEY_FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-      help="Accepted API keys, one per line.")
+@_opt(
+    "--require-api-key",
+    env="LMAAS_REQUIRE_API_KEY",
+    is_flag=True,
+    default=False,
+    help="Inference calls must send 'authorization: Bearer KEY' with a key from --api-key-file / LMAAS_API_KEYS.",
+)
+@_opt(
+    "--api-key-file",
+    env="LMAAS_API_KEY_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Accepted API keys, one per line.",
+)
 @_opt("--api-keys", env="LMAAS_API_KEYS", default="", show_default=False, help="Accepted API keys, comma-separated.")
-@_opt("--tls-cert", env="LMAAS_TLS_CERT", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-      help="PEM certificate served on the gRPC port (and presented to the control plane).")
-@_opt("--tls-key", env="LMAAS_TLS_KEY", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-      help="PEM private key of --tls-cert.")
-@_opt("--tls-client-ca", env="LMAAS_TLS_CLIENT_CA", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-      help="Require inference clients to present a certificate signed by this CA.")
-@_opt("--tls-ca", env="LMAAS_TLS_CA", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-      help="CA of the control plane's certificate: connect to it over TLS (mTLS with --tls-cert/--tls-key).")
+@_opt(
+    "--tls-cert",
+    env="LMAAS_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate served on the gRPC port (and presented to the control plane).",
+)
+@_opt(
+    "--tls-key",
+    env="LMAAS_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
+@_opt(
+    "--tls-client-ca",
+    env="LMAAS_TLS_CLIENT_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Require inference clients to present a certificate signed by this CA.",
+)
+@_opt(
+    "--tls-ca",
+    env="LMAAS_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA of the control plane's certificate: connect to it over TLS (mTLS with --tls-cert/--tls-key).",
+)
+@_opt(
+    "--processes",
+    env="LMAAS_PROCESSES",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Worker processes sharing the gRPC port (SO_REUSEPORT) with one aggregated /metrics.",
+)
+@_opt("--reuse-port/--no-reuse-port", env="LMAAS_REUSE_PORT", default=False, hidden=True)
+@_opt("--metrics/--no-metrics", "serve_metrics", env="LMAAS_SERVE_METRICS", default=True, hidden=True)
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def worker(log_level: str, log_format: str, **options: object) -> None:
@@ -86,6 +121,19 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
     from lmaas.server.auth import read_api_keys
 
     setup_logging(log_level, log_format)
+    processes = options.pop("processes")
+    if isinstance(processes, int) and processes > 1:
+        from lmaas.server.multiprocess import supervise
+
+        raise SystemExit(
+            supervise(
+                sys.argv[2:],
+                processes=processes,
+                host=str(options["host"]),
+                grpc_port=int(str(options["grpc_port"])),
+                metrics_port=int(str(options["metrics_port"])),
+            )
+        )
     key_file = options.pop("api_key_file")
     keys = read_api_keys(str(options.pop("api_keys") or ""))
     if isinstance(key_file, Path):
