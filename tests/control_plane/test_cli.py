@@ -101,3 +101,41 @@ def test_every_flag_has_an_env_var() -> None:
                 if param.param_type_name == "option" and param.name not in ("help",):
                     assert isinstance(param.envvar, str) and param.envvar.startswith("LMAAS_"), (sub.name, param.name)
                     assert getattr(param, "show_envvar", False), (sub.name, param.name)
+
+
+def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from lmaas.client import InferenceClient
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmaas.cli", "up", "--state-dir", str(tmp_path / "up"), "--control-plane-port", "0",
+         "--control-plane-metrics-port", "0", "--worker-port", "0", "--worker-metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("lmaas up ready"):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(120) and proc.poll() is None, "".join(lines)
+        fields = dict(f.split("=", 1) for f in next(x for x in lines if x.startswith("lmaas up ready")).split()[3:])
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        with InferenceClient(fields["worker"]) as client:
+            np.testing.assert_array_equal(client.infer("demo", {"x": x})["y"], 2 * x + 1)
+        assert "demo" in lmaas("status", address=fields["control-plane"]).stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines)

@@ -100,3 +100,18 @@ async def test_registering_never_changes_routing(stubs: Stubs) -> None:
     await expect_status(
         grpc.StatusCode.NOT_FOUND, stubs.deployments.GetDeployment(deployments_pb2.GetDeploymentRequest(model="m"))
     )
+
+
+async def test_repeated_push_returns_the_same_version(stubs: Stubs) -> None:
+    first = await stubs.registry.CreateVersion(iter(version_requests("m", b"same")))
+    again = await stubs.registry.CreateVersion(iter(version_requests("m", b"same")))
+    assert (first.existing, again.existing, again.deduplicated) == (False, True, True)
+    assert again.version == first.version
+    other_config = await stubs.registry.CreateVersion(iter(version_requests("m", b"same", config_json="{}")))
+    assert other_config.version.version == 2 and not other_config.existing
+
+
+async def test_store_outage_is_unavailable(stubs: Stubs, cp: ControlPlane) -> None:
+    await cp.store.close()
+    listing = stubs.registry.ListModels(registry_pb2.ListModelsRequest())
+    assert await expect_status(grpc.StatusCode.UNAVAILABLE, listing)
