@@ -423,7 +423,7 @@ def update_readme(table: str, targets: str, env: dict[str, Any], args: argparse.
         f"{MARK_START}\n"
         f"Run {env['date']} on {env['host_cores']} cores ({env['cpu']}), onnxruntime {env['onnxruntime']}, "
         f"{args.runs} run(s), medians; perf_analyzer {env.get('perf_analyzer', '?')} on the same cores. "
-        f"Command: `python -m benchmarks.run{' --quick' if args.quick else ''}`.\n\n"
+        f"LMaaS commit {env.get('lmaas_commit', '?')}. Command: `{env['command']}`.\n\n"
         f"{table}\n\nTargets (issue 4):\n\n{targets}\n\n![throughput vs concurrency]({chart})\n{MARK_END}"
     )
     start, end = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
@@ -434,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment()
+    env["command"] = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     if perf_analyzer_path() is None and not (args.no_mlserver and args.no_lmaas):
         log('perf_analyzer not found: run .ci/install-perf-analyzer.sh "$VIRTUAL_ENV" (or set LMAAS_PERF_ANALYZER)')
         return 2

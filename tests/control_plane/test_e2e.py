@@ -225,3 +225,35 @@ def test_worker_kill_and_control_plane_restart(cluster: Cluster) -> None:
         client.deploy("scale", 1)
         assert client.wait_rollout("scale").phase == pb.ROLLOUT_PHASE_SUCCEEDED
     assert serving_everywhere(cluster, 1.0)
+
+
+def test_two_control_plane_replicas_on_one_etcd(etcd_server: EtcdCluster, tmp_path: Path) -> None:
+    import asyncio
+
+    from lmaas.control_plane.store.etcd import EtcdStore
+
+    async def wipe() -> None:
+        async with EtcdStore(etcd_server.endpoints) as s:
+            await s.delete("", prefix=True)
+
+    asyncio.run(wipe())
+    replicas = [start_control_plane(tmp_path, "--replica-id", f"cp{i}", store=etcd_server.url) for i in (1, 2)]
+    workers = []
+    try:
+        for i, replica in enumerate(replicas):  # one worker on each replica
+            workers.append(start_worker(None, "--control-plane", replica.grpc, "--worker-id", f"w{i + 1}",
+                                        "--cache-dir", str(tmp_path / f"cache-{i}")))
+        path = write_scale_onnx(tmp_path / "model.onnx", 3.0)
+        with ControlPlaneClient(replicas[0].grpc) as client:
+            wait_for(lambda: len(client.workers()) == 2)
+            assert {w.control_plane for w in client.workers()} == {"cp1", "cp2"}
+            client.push("scale", path)
+            client.deploy("scale", 1)  # through replica 1 only
+            rollout = client.wait_rollout("scale")
+            assert rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and len(rollout.workers) == 2
+        assert all(scale(w.grpc) == 3.0 for w in workers)
+        with ControlPlaneClient(replicas[1].grpc) as other:  # the other replica sees the same state
+            assert other.get_deployment("scale").deployment.spec.stable_version == 1
+    finally:
+        for proc in (*workers, *replicas):
+            proc.stop()

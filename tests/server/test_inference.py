@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as tc
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
-from models import ALL_DATATYPES, mlp_reference
+from models import ALL_DATATYPES, TORCH_DATATYPES, mlp_reference
 from processes import ServerProcess
 
 
@@ -88,8 +88,14 @@ def _sample(dt: str) -> np.ndarray:
     return (base / 3).astype(tc.triton_to_np_dtype(dt))
 
 
-def test_every_datatype_round_trips_raw(triton: tc.InferenceServerClient) -> None:
-    for model, dts in (("identity", [d for d in ALL_DATATYPES if d != "BF16"]), ("identity_bf16", ["BF16"])):
+@pytest.mark.parametrize(("model", "dts"), [
+    ("identity", [d for d in ALL_DATATYPES if d != "BF16"]),
+    ("identity_bf16", ["BF16"]),
+    ("identity_ts", list(TORCH_DATATYPES)),
+    ("identity_export", list(TORCH_DATATYPES)),
+])
+def test_every_datatype_round_trips_raw(triton: tc.InferenceServerClient, model: str, dts: list[str]) -> None:
+    if True:
         inputs = []
         for dt in dts:
             t = tc.InferInput(f"in_{dt}", [2, 3], dt)
