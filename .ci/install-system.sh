@@ -17,6 +17,7 @@ PACKAGES=(
   etcd-server etcd-client
   libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1
   prometheus  # promtool: the alert rules are unit-tested with it
+  protobuf-compiler protobuf-compiler-grpc protoc-gen-go protoc-gen-go-grpc  # clients/README stub-generation checks
   "$@"
 )
 POLICY_RC=/usr/sbin/policy-rc.d

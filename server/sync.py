@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -69,11 +70,12 @@ async def run_sync(
     inference_address: str,
     cache_dir: Path,
     token: str | None = None,
+    max_download_bytes_per_second: float | None = None,
 ) -> None:
     """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever."""
+    cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second)
     syncer = Syncer(
-        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=ArtifactCache(cache_dir),
-        token=token,
+        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token
     )
     await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
 
@@ -122,7 +124,6 @@ class Syncer:
         self.applied_revision = 0
         self._latest: tuple[sync_pb2.Snapshot, _Stream] | None = None
         self._wake = asyncio.Event()
-        self.applied = asyncio.Condition()  # notified after every apply (tests wait on it)
 
     async def run(self, addresses: list[str]) -> None:
         if not addresses:
@@ -130,7 +131,7 @@ class Syncer:
         applier = asyncio.create_task(self._apply_loop(), name="lmaas-sync-apply")
         backoff = self.initial_backoff
         try:
-            for attempt in range(1 << 62):
+            for attempt in itertools.count():
                 address = addresses[attempt % len(addresses)]
                 try:
                     if await self._session(address):
@@ -185,8 +186,6 @@ class Syncer:
                 raise
             except Exception:
                 log.exception("applying snapshot %d failed", snapshot.revision)
-            async with self.applied:
-                self.applied.notify_all()
 
     async def apply(self, snapshot: sync_pb2.Snapshot, stream: _Stream) -> sync_pb2.Ack:
         """Converge on one snapshot and acknowledge it on the stream that delivered it."""

@@ -43,7 +43,7 @@ from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.protos.inference import model_config_pb2
 
-__all__ = ["AsyncInferenceClient", "InferResult", "InferenceClient", "ParameterValue"]
+__all__ = ["AsyncInferenceClient", "InferResult", "InferenceClient", "ParameterValue", "infer_request"]
 
 ParameterValue = bool | int | float | str
 Array = np.ndarray[Any, Any]
