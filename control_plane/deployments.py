@@ -351,7 +351,7 @@ def _check_spec(name: str, spec: pb.DeploymentSpec) -> None:
     if spec.canary_version and spec.canary_version == spec.stable_version:
         raise InvalidArgument(f"canary version {spec.canary_version} is also the stable version")
     for pool in spec.pools:
-        keys.check_name(pool)
+        keys.check_name(pool, "pool name")
 
 
 def _describe(spec: pb.DeploymentSpec) -> str:

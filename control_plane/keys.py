@@ -49,11 +49,11 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _WORKER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,252}")
 
 
-def check_name(name: str) -> str:
-    """A model name, or InvalidArgument naming the rule."""
+def check_name(name: str, what: str = "model name") -> str:
+    """A model (or pool) name, or InvalidArgument naming the rule."""
     if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"invalid model name {name!r}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+            f"invalid {what} {name!r}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
         )
     return name
 

@@ -70,7 +70,7 @@ class WorkerSync:
         """Snapshots for one worker stream; ``incoming`` is the rest of the stream after the hello."""
         keys.check_worker_id(hello.worker_id)
         pool = hello.pool or "default"
-        keys.check_name(pool)
+        keys.check_name(pool, "pool name")
         lease = await self._store.lease(self._settings.lease_ttl)
         session = _Session(self, hello, pool, lease)
         registered = False

@@ -6,6 +6,14 @@ Inference (Open Inference Protocol v2, any compatible server)::
     with InferenceClient("127.0.0.1:8001") as client:
         y = client.infer("mlp", {"x": x})["y"]
 
+Control plane (models, versions, deployments)::
+
+    from lmaas.client import ControlPlaneClient
+    with ControlPlaneClient("127.0.0.1:8090") as cp:
+        v = cp.push("mlp", "model.onnx")
+        cp.deploy("mlp", v.version)
+        cp.wait_rollout("mlp")
+
 Failed calls raise the classes of :mod:`lmaas.protos.errors` (re-exported
 here as ``LMaaSError``, ``NotFound``, ...), the same ones the servers raise.
 """
@@ -13,6 +21,7 @@ here as ``LMaaSError``, ``NotFound``, ...), the same ones the servers raise.
 from __future__ import annotations
 
 from lmaas.client._grpc import ChannelConfig, RetryPolicy
+from lmaas.client.control import ControlPlaneClient
 from lmaas.client.inference import AsyncInferenceClient, InferenceClient, InferResult
 from lmaas.protos.errors import (
     Aborted,
@@ -33,14 +42,13 @@ from lmaas.protos.errors import (
     Unimplemented,
 )
 
-# The control-plane client (lmaas.client.control) adds its exports here when it lands.
-
 __all__ = [
     "Aborted",
     "AlreadyExists",
     "ArtifactNotFound",
     "AsyncInferenceClient",
     "ChannelConfig",
+    "ControlPlaneClient",
     "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
