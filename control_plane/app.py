@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.control_plane.deployments import Deployments
-from lmaas.control_plane.interceptors import ErrorInterceptor
+from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.control_plane.metrics import ControlMetrics, InstrumentedStore
 from lmaas.control_plane.registry import Registry
 from lmaas.control_plane.servicers import (

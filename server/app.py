@@ -16,7 +16,7 @@ from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
-from lmaas.server.interceptors import ErrorInterceptor
+from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.server.manager import ModelManager
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer

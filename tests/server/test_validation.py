@@ -149,7 +149,8 @@ def test_malformed_bytes_elements(stub: pb_grpc.GRPCInferenceServiceStub) -> Non
     ok = stub.ModelInfer(request(element(b"a") + element(b"") + element(b"bc")))
     assert len(ok.outputs) == 12
     for raw, fragment in [
-        (element(b"a") + element(b"b"), "end after 2 of 3"),
+        (element(b"abcdef") + element(b"ghijkl"), "end after 2 of 3"),
+        (element(b"a") + element(b"b"), "cannot hold 3 BYTES elements"),
         (element(b"a") + element(b"b") + (99).to_bytes(4, "little") + b"x", "claims 99 bytes"),
         (element(b"a") * 3 + b"\x00", "left over"),
         (element(b"\xff\xfe") * 3, "not UTF-8"),

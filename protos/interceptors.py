@@ -1,0 +1,97 @@
+"""The server half of the errors table: the one place where exceptions become gRPC statuses.
+
+Every LMaaS gRPC server (worker and control plane) installs :class:`ErrorInterceptor`:
+
+* an :class:`~lmaas.protos.errors.LMaaSError` aborts with its own code and message;
+* exceptions of third-party types named in ``translate`` (e.g. the metadata
+  store's ``StoreError`` → UNAVAILABLE) abort with the mapped code and their message;
+* anything else is a bug: its traceback is logged and the client gets INTERNAL
+  with a generic message, so no internals leak.
+
+Cancellation and aborts raised by handlers pass through. Wrapped handlers are
+built once per method, so a call pays one extra coroutine frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from lmaas.protos.errors import LMaaSError
+
+__all__ = ["ErrorInterceptor", "Translate"]
+
+log = logging.getLogger("lmaas.grpc")
+
+Translate = Mapping[type[BaseException], grpc.StatusCode]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, translate: Translate | None = None) -> None:
+        self._translate = dict(translate or {})
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def _abort(self, exc: Exception, context: Context, method: str) -> NoReturn:
+        if isinstance(exc, LMaaSError):
+            await context.abort(exc.code, exc.message)
+        for cls, code in self._translate.items():
+            if isinstance(exc, cls):
+                log.warning("%s failed: %s: %s", method, type(exc).__name__, exc)
+                await context.abort(code, str(exc) or type(exc).__name__)
+        log.error("%s failed with an unexpected error", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.rsplit('/', 1)[-1]}; see server log")
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        abort = self._abort
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        unary = handler.unary_unary or handler.stream_unary
+        if unary is not None:
+
+            async def call(request: Any, context: Context) -> Any:
+                try:
+                    return await unary(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await abort(exc, context, method)
+
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(call, **kwargs)
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in inner(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort(exc, context, method)
+
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return make(stream, **kwargs)
