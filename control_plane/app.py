@@ -1,8 +1,12 @@
 """Wires a control-plane replica: settings → store → core objects → gRPC server + metrics.
 
-``start()`` binds (port 0 allowed) and returns the ports, ``wait()`` runs
-until ``stop()``; ``stop()`` turns health to NOT_SERVING, ends the worker
-streams (workers reconnect to another replica), and drains other RPCs.
+``start()`` imports the bootstrap admin token, binds (port 0 allowed; TLS with
+``tls_cert``/``tls_key``, mutual TLS with ``tls_client_ca``) and returns the
+ports, ``wait()`` runs until ``stop()``; ``stop()`` turns health to
+NOT_SERVING, ends the worker streams (workers reconnect to another replica),
+and drains other RPCs. Interceptors, outermost first: errors → statuses
+(:mod:`lmaas.protos.interceptors`), then authentication, roles and audit
+(:mod:`lmaas.control_plane.auth`). The metrics port is plain HTTP.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lmaas.control_plane.artifacts import ArtifactStore
+from lmaas.control_plane.audit import AuditLog
+from lmaas.control_plane.auth import AuthInterceptor
+from lmaas.control_plane.bootstrap import import_bootstrap_token
 from lmaas.control_plane.deployments import Deployments
-from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.control_plane.metrics import ControlMetrics, InstrumentedStore
 from lmaas.control_plane.registry import Registry
 from lmaas.control_plane.servicers import (
     ArtifactsServicer,
     DeploymentsServicer,
     ModelRegistryServicer,
+    TokensServicer,
     WorkersServicer,
     WorkerSyncServicer,
 )
@@ -32,13 +39,19 @@ from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.snapshots import SnapshotBuilder
 from lmaas.control_plane.store import Store, StoreError, open_store
 from lmaas.control_plane.sync import SyncSettings, WorkerSync
+from lmaas.control_plane.tokens import Tokens
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.protos._pool import POOL
+from lmaas.protos.credentials import server_credentials
+from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
     deployments_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    resources_pb2,
+    tokens_pb2,
+    tokens_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -53,6 +66,7 @@ SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].full_name,
     deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
+    tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
     sync_pb2.DESCRIPTOR.services_by_name["WorkerSync"].full_name,
     artifacts_pb2.DESCRIPTOR.services_by_name["Artifacts"].full_name,
 )
@@ -79,6 +93,9 @@ class ControlPlane:
             self.store, self.snapshots, self.deployments, self.watcher, self.metrics,
             SyncSettings(replica_id=settings.replica_id, lease_ttl=settings.worker_lease_ttl),
         )
+        self.tokens = Tokens(self.store)
+        self.audit = AuditLog(self.store, settings.replica_id, limit=settings.audit_limit)
+        self.auth = AuthInterceptor(self.tokens, self.audit, enabled=settings.auth, worker_cn=settings.tls_worker_cn)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
@@ -88,6 +105,7 @@ class ControlPlane:
 
     async def start(self) -> tuple[int, int]:
         s = self.settings
+        await self._prepare_auth()
         await self.watcher.start()
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -100,7 +118,7 @@ class ControlPlane:
             ("grpc.http2.max_ping_strikes", 0),
         ]
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor({StoreError: grpc.StatusCode.UNAVAILABLE})], options=options
+            interceptors=[ErrorInterceptor({StoreError: grpc.StatusCode.UNAVAILABLE}), self.auth], options=options
         )
         adders: list[tuple[Any, object]] = [
             (registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.models, self.artifacts)),
@@ -111,6 +129,7 @@ class ControlPlane:
             (workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store)),
             (sync_pb2_grpc.add_WorkerSyncServicer_to_server, WorkerSyncServicer(self.sync)),
             (artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts)),
+            (tokens_pb2_grpc.add_TokensServicer_to_server, TokensServicer(self.tokens)),
         ]
         for add, servicer in adders:
             add(servicer, server)
@@ -119,7 +138,14 @@ class ControlPlane:
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
         )
         host = f"[{s.host}]" if ":" in s.host else s.host
-        self.grpc_port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+        if s.tls_cert and s.tls_key:
+            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            self.grpc_port = server.add_secure_port(f"{host}:{s.grpc_port}", credentials)
+        else:
+            self.grpc_port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+            if s.auth and not _loopback(s.host):
+                log.warning("serving %s without TLS: tokens cross the network in clear text (--tls-cert/--tls-key)",
+                            s.host)
         if s.metrics_port >= 0:
             self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             self.metrics_port = self._metrics_http.server_port
@@ -128,8 +154,22 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.deployments.monitor(self.watcher), name="lmaas-rollout-monitor"))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane up: store=%s artifacts=%s", s.store, s.artifact_dir)
+        log.info("control plane up: store=%s artifacts=%s auth=%s tls=%s", s.store, s.artifact_dir,
+                 "on" if s.auth else "OFF", "mtls" if s.tls_client_ca else "on" if s.tls_cert else "off")
         return self.grpc_port, self.metrics_port
+
+    async def _prepare_auth(self) -> None:
+        s = self.settings
+        if not s.auth:
+            log.warning("authentication is OFF (--no-auth): anyone who reaches %s:%s may deploy, read and manage "
+                        "everything", s.host, s.grpc_port)
+            return
+        secret = s.bootstrap_token.get_secret_value() if s.bootstrap_token else None
+        await import_bootstrap_token(self.tokens, token=secret, file=s.bootstrap_token_file)
+        admins = [t for t in (await self.tokens.list())[0] if t.role == resources_pb2.ROLE_ADMIN]
+        if not admins:
+            log.warning("no admin token exists and no bootstrap token was given (--bootstrap-token-file or "
+                        "LMAAS_BOOTSTRAP_TOKEN): nobody can create tokens")
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -145,6 +185,7 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.watcher.stop()
+        await self.audit.close()
         if self._owns_store:
             with contextlib.suppress(Exception):
                 await self._raw_store.close()
@@ -152,3 +193,7 @@ class ControlPlane:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self._stopped.set()
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from lmaas.control_plane import keys
+from lmaas.control_plane.limits import MAX_POOLS, check_count
 from lmaas.control_plane.metrics import ControlMetrics
 from lmaas.control_plane.registry import Registry, now_ms
 from lmaas.control_plane.store.base import Compare, KeyValue, Put, Store, StoreError
@@ -350,6 +351,7 @@ def _check_spec(name: str, spec: pb.DeploymentSpec) -> None:
         raise InvalidArgument("a canary weight needs a canary version")
     if spec.canary_version and spec.canary_version == spec.stable_version:
         raise InvalidArgument(f"canary version {spec.canary_version} is also the stable version")
+    check_count(spec.pools, "deployment pools", MAX_POOLS)
     for pool in spec.pools:
         keys.check_name(pool, "pool name")
 

@@ -9,6 +9,8 @@ Every key lives under ``/lmaas/v1/``; values are serialized messages from
     /lmaas/v1/rollouts/<name>                 Rollout        durable
     /lmaas/v1/workers/<id>                    WorkerInfo     leased
     /lmaas/v1/observed/<worker>/<name>        ObservedModel  leased
+    /lmaas/v1/tokens/<id>                     Token          durable (secret kept as sha256 only)
+    /lmaas/v1/audit/<time>-<replica>-<n>      AuditEntry     durable, trimmed to the newest N
 
 Model names and worker ids are validated before they become part of a key, so
 no user string can reach into another key's space.
@@ -21,11 +23,13 @@ import re
 from lmaas.protos.errors import InvalidArgument
 
 __all__ = [
+    "AUDIT",
     "DEPLOYMENTS",
     "MODELS",
     "OBSERVED",
     "PREFIX",
     "ROLLOUTS",
+    "TOKENS",
     "WORKERS",
     "check_name",
     "check_worker_id",
@@ -33,6 +37,7 @@ __all__ = [
     "model",
     "observed",
     "rollout",
+    "token",
     "version",
     "versions",
     "worker",
@@ -44,6 +49,8 @@ DEPLOYMENTS = PREFIX + "deployments/"
 ROLLOUTS = PREFIX + "rollouts/"
 WORKERS = PREFIX + "workers/"
 OBSERVED = PREFIX + "observed/"
+TOKENS = PREFIX + "tokens/"
+AUDIT = PREFIX + "audit/"
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _WORKER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,252}")
@@ -86,6 +93,11 @@ def rollout(name: str) -> str:
 
 def worker(worker_id: str) -> str:
     return WORKERS + worker_id
+
+
+def token(token_id: str) -> str:
+    """A token's key; the id is validated by :mod:`lmaas.control_plane.tokens` first."""
+    return TOKENS + token_id
 
 
 def observed(worker_id: str, name: str = "") -> str:

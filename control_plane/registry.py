@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.artifacts import ArtifactStore, check_digest
+from lmaas.control_plane.limits import MAX_CONFIG_BYTES, MAX_DESCRIPTION, check_metadata, check_text
 from lmaas.control_plane.store.base import Compare, Put, Store
 from lmaas.protos.errors import (
     Aborted,
@@ -59,6 +60,8 @@ class Registry:
         self, name: str, *, description: str = "", metadata: Mapping[str, str] | None = None, created_by: str
     ) -> tuple[pb.Model, int]:
         keys.check_name(name)
+        check_text(description, "model description", MAX_DESCRIPTION)
+        check_metadata(metadata or {})
         model = pb.Model(
             name=name, description=description, metadata=dict(metadata or {}), created_at_ms=self._clock(),
             created_by=created_by,
@@ -102,6 +105,9 @@ class Registry:
         check_digest(new.digest)
         if new.format not in FORMATS:
             raise InvalidArgument(f"invalid format {new.format!r}: expected one of {', '.join(FORMATS)}")
+        check_text(new.description, "version description", MAX_DESCRIPTION)
+        if len(new.config_json.encode()) > MAX_CONFIG_BYTES:
+            raise InvalidArgument(f"model config of {len(new.config_json.encode())} bytes exceeds {MAX_CONFIG_BYTES}")
         if new.config_json:
             _check_config(new.config_json)
         if new.parent_version < 0:

@@ -12,10 +12,12 @@ from typing import Any, TypeAlias
 
 import grpc.aio
 from lmaas.control_plane.artifacts import ArtifactStore
+from lmaas.control_plane.auth import current_principal
 from lmaas.control_plane.deployments import Deployments
 from lmaas.control_plane.registry import NewVersion, Registry
 from lmaas.control_plane.store.base import Store
 from lmaas.control_plane.sync import WorkerSync
+from lmaas.control_plane.tokens import Tokens, public
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.control_plane.workers import list_workers
 from lmaas.protos.errors import InvalidArgument
@@ -24,6 +26,8 @@ from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -33,6 +37,7 @@ __all__ = [
     "ArtifactsServicer",
     "DeploymentsServicer",
     "ModelRegistryServicer",
+    "TokensServicer",
     "WorkerSyncServicer",
     "WorkersServicer",
     "caller",
@@ -42,8 +47,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def caller(context: Context) -> str:
-    """Who makes the request (authentication sets it later; until then everyone is anonymous)."""
-    return "anonymous"
+    """Who makes the request, as :class:`~lmaas.control_plane.auth.AuthInterceptor` authenticated it."""
+    principal = current_principal()
+    return principal.name if principal is not None else "anonymous"
 
 
 class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
@@ -189,3 +195,28 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
         total = self._artifacts.size(request.digest)
         async for offset, data in self._artifacts.read(request.digest, request.offset):
             yield artifacts_pb2.DownloadChunk(offset=offset, data=data, total_size=total)
+
+
+class TokensServicer(tokens_pb2_grpc.TokensServicer):
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+
+    async def CreateToken(
+        self, request: tokens_pb2.CreateTokenRequest, context: Context
+    ) -> tokens_pb2.CreateTokenResponse:
+        token, secret, revision = await self._tokens.create(
+            request.role, request.description, created_by=caller(context)
+        )
+        return tokens_pb2.CreateTokenResponse(token=public(token), secret=secret, revision=revision)
+
+    async def ListTokens(
+        self, request: tokens_pb2.ListTokensRequest, context: Context
+    ) -> tokens_pb2.ListTokensResponse:
+        tokens, revision = await self._tokens.list(include_revoked=request.include_revoked)
+        return tokens_pb2.ListTokensResponse(tokens=[public(t) for t in tokens], revision=revision)
+
+    async def RevokeToken(
+        self, request: tokens_pb2.RevokeTokenRequest, context: Context
+    ) -> tokens_pb2.RevokeTokenResponse:
+        token, revision = await self._tokens.revoke(request.id, revoked_by=caller(context))
+        return tokens_pb2.RevokeTokenResponse(token=public(token), revision=revision)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ControlPlaneSettings"]
@@ -26,3 +26,17 @@ class ControlPlaneSettings(BaseSettings):
     keep_previous_warm: bool = Field(True, description="workers keep the previous stable version loaded (rollback)")
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight RPCs may finish at shutdown")
     replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica, shown per worker")
+    auth: bool = Field(True, description="require a token (or a worker client certificate) on every call")
+    bootstrap_token_file: Path | None = Field(
+        None, description="admin token imported at start; if the file is absent, a new token is written to it (0600)"
+    )
+    bootstrap_token: SecretStr | None = Field(
+        None, description="admin token imported at start (LMAAS_BOOTSTRAP_TOKEN); takes precedence over the file"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate served on the gRPC port (TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA (mTLS)")
+    tls_worker_cn: str = Field(
+        "*", description="glob on a client certificate's common name that grants the worker role (without a token)"
+    )
+    audit_limit: int = Field(10_000, ge=100, description="audit entries kept in the store (oldest trimmed)")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.deployments import Deployments
+from lmaas.control_plane.limits import MAX_ERROR, MAX_HELD, MAX_SHORT_TEXT, check_count, check_text
 from lmaas.control_plane.metrics import ControlMetrics
 from lmaas.control_plane.registry import now_ms
 from lmaas.control_plane.snapshots import SnapshotBuilder, same_state
@@ -71,6 +72,8 @@ class WorkerSync:
         keys.check_worker_id(hello.worker_id)
         pool = hello.pool or "default"
         keys.check_name(pool, "pool name")
+        check_text(hello.inference_address, "inference_address", MAX_SHORT_TEXT)
+        _check_held(hello.held)
         lease = await self._store.lease(self._settings.lease_ttl)
         session = _Session(self, hello, pool, lease)
         registered = False
@@ -162,6 +165,7 @@ class _Session:
             await self._on_ack(message.ack)
 
     async def _on_ack(self, ack: sync_pb2.Ack) -> None:
+        _check_held(ack.held)
         generations = self.sent.get(ack.snapshot_revision)
         if generations is None:
             log.warning("worker %s acknowledged unknown snapshot %d", self.worker_id, ack.snapshot_revision)
@@ -176,8 +180,8 @@ class _Session:
             reported.add(status.model)
             observed = pb.ObservedModel(
                 worker_id=self.worker_id, model=status.model, generation=generation,
-                snapshot_revision=ack.snapshot_revision, ok=status.ok, error=status.error,
-                loaded_versions=status.loaded_versions, updated_at_ms=now,
+                snapshot_revision=ack.snapshot_revision, ok=status.ok, error=status.error[:MAX_ERROR],
+                loaded_versions=status.loaded_versions[:MAX_HELD], updated_at_ms=now,
             )
             ops.append(Put(keys.observed(self.worker_id, status.model), observed.SerializeToString(), self.lease.id))
             if not status.ok:
@@ -193,3 +197,10 @@ class _Session:
         for model in sorted(reported):
             with contextlib.suppress(Aborted):
                 await self.sync._deployments.evaluate(model)
+
+
+def _check_held(held: Sequence[sync_pb2.Held]) -> None:
+    check_count(held, "held versions", MAX_HELD)
+    for h in held:
+        check_text(h.model, "held model name", MAX_SHORT_TEXT)
+        check_text(h.digest, "held digest", MAX_SHORT_TEXT)

@@ -5,25 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lmaas.protos._pool import POOL
+from lmaas.protos.credentials import channel_credentials, server_credentials
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
-from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.server.manager import ModelManager
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer
 from lmaas.server.settings import WorkerSettings
 from prometheus_client import CollectorRegistry, start_http_server
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "server_credentials"]
 
 log = logging.getLogger("lmaas.worker")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -99,6 +99,7 @@ class Worker:
                         inference_address=f"{s.host}:{self.grpc_port}",
                         cache_dir=s.cache_dir,
                         token=s.token,
+                        credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                     )
                 )
             )
@@ -123,15 +124,6 @@ class Worker:
             self._metrics_http.shutdown()
         self._stopped.set()
         log.info("stopped")
-
-
-def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
-    """TLS for a server port; with ``client_ca``, clients must present a certificate it signed (mTLS)."""
-    return grpc.ssl_server_credentials(
-        [(key.read_bytes(), cert.read_bytes())],
-        root_certificates=client_ca.read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None,
-    )
 
 
 def _bracket(host: str) -> str:

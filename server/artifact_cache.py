@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -59,8 +60,14 @@ class ArtifactCache:
             raise InvalidArgument(f"unknown artifact format {fmt!r}: expected one of {', '.join(EXTENSIONS)}")
         return self.root / "sha256" / digest[:2] / digest / f"model{ext}"
 
-    async def fetch(self, stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, fmt: str, size: int) -> Path:
-        """The verified local file of an artifact, downloading (or resuming) it if needed."""
+    async def fetch(
+        self, stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, fmt: str, size: int,
+        *, metadata: Sequence[tuple[str, str]] = (),
+    ) -> Path:
+        """The verified local file of an artifact, downloading (or resuming) it if needed.
+
+        ``metadata`` goes with the download call (the worker's bearer token).
+        """
         path = self.path(digest, fmt)
         async with self._locks.setdefault(digest, asyncio.Lock()):
             if path.is_file():
@@ -73,7 +80,7 @@ class ArtifactCache:
                 path.unlink()
             partial = path.with_name(path.name + ".partial")
             for attempt in range(2):
-                resumed = await self._download(stub, digest, size, partial)
+                resumed = await self._download(stub, digest, size, partial, metadata)
                 actual = await asyncio.to_thread(_sha256, partial)
                 if actual == digest:
                     os.replace(partial, path)
@@ -85,7 +92,10 @@ class ArtifactCache:
                 log.warning("resumed download of sha256:%s failed verification; downloading it whole", digest)
             raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _download(self, stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, size: int, partial: Path) -> bool:
+    async def _download(
+        self, stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, size: int, partial: Path,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> bool:
         """Append the rest of the artifact to ``partial``; True if it resumed from an existing part."""
         partial.parent.mkdir(parents=True, exist_ok=True)
         offset = partial.stat().st_size if partial.exists() else 0
@@ -101,7 +111,8 @@ class ArtifactCache:
         received = 0
         f = await asyncio.to_thread(_open_append, partial)
         try:
-            async for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=digest, offset=offset)):
+            request = artifacts_pb2.DownloadRequest(digest=digest, offset=offset)
+            async for chunk in stub.Download(request, metadata=tuple(metadata) or None):
                 if chunk.offset != offset:
                     raise DataLoss(f"artifact sha256:{digest}: chunk at {chunk.offset}, expected {offset}")
                 await asyncio.to_thread(f.write, chunk.data)

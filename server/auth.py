@@ -84,7 +84,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         key = _presented_key(handler_call_details.invocation_metadata)
         if key is None:
-            return _reject(handler, grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer KEY)")
+            return _reject(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer KEY)"
+            )
         if not self.allowed(key):
             return _reject(handler, grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
         return handler

@@ -8,7 +8,9 @@ fits (same per-item shapes, up to ``max_batch_size``), waiting at most
 there), and runs the batch when a slot frees up. Outputs are split back per
 request. A failing batch is re-run one request at a time so a bad request
 fails alone. Requests whose deadline passed while queued are dropped before
-they run. A non-batching model is the same with batches of one request.
+they run: a cancelled one (gRPC cancels a call at its deadline) leaves the
+queue at once, and both count as ``rejected{reason="deadline"}``. A
+non-batching model is the same with batches of one request.
 
 Where a batch runs: models whose executions take under ``INLINE_SECONDS`` run
 on the event loop (a thread hop costs more than they do); slower ones run in
@@ -30,13 +32,22 @@ import numpy as np
 from lmaas.protos.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from lmaas.server.metrics import ModelMetrics
 
-__all__ = ["INLINE_SECONDS", "BatchPolicy", "Batcher"]
+__all__ = ["DEADLINE_SLACK", "INLINE_SECONDS", "BatchPolicy", "Batcher", "expired"]
 
 Array = np.ndarray[Any, Any]
 Outputs = dict[str, Array]
 RunFn = Callable[[Mapping[str, Array]], Outputs]
 
 INLINE_SECONDS = 0.0003
+# A call whose deadline passes is cancelled either by the server's timer or, a little earlier, by the client's own
+# (whose deadline runs ahead of the server's by the one-way latency): a cancellation this close to (or past) the
+# request's deadline counts as the deadline passing, not as the client giving up.
+DEADLINE_SLACK = 0.010
+
+
+def expired(deadline: float | None, now: float) -> bool:
+    """Whether a request with ``deadline`` (event-loop time, None = none) has run out of time at ``now``."""
+    return deadline is not None and now >= deadline - DEADLINE_SLACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +128,25 @@ class Batcher:
         self._metrics.pending.inc()
         assert self._wakeup is not None
         self._wakeup.set()
-        return await p.future
+        try:
+            return await p.future
+        except asyncio.CancelledError:
+            self._abandon(p, loop.time())
+            raise
+
+    def _abandon(self, p: _Pending, now: float) -> None:
+        """The caller went away while its request waited (gRPC cancels a call when its deadline passes).
+
+        Take the request out of the queue at once, so it holds no queue slot and is never executed, and count
+        it as a deadline drop when that is why. One the dispatcher already took is counted in :meth:`_execute`.
+        """
+        try:
+            self._queue.remove(p)
+        except ValueError:
+            return
+        self._metrics.pending.dec()
+        if expired(p.deadline, now):
+            self._metrics.rejected("deadline")
 
     def _release(self) -> None:
         self._free += 1
@@ -127,23 +156,27 @@ class Batcher:
     async def _next_batch(self) -> list[_Pending]:
         """Wait for a free slot and a request, then gather the batch."""
         assert self._wakeup is not None
-        while not (self._queue and self._free):
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        first = self._queue[0]
         pol = self.policy
-        if pol.max_batch_size and pol.max_delay:
-            fill_until = first.enqueued + pol.max_delay
-            while self._queued_items(first) < pol.max_batch_size:
-                remaining = fill_until - time.perf_counter()
-                if remaining <= 0:
-                    break
+        while True:
+            while not (self._queue and self._free):
                 self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-        batch, size = [self._queue.popleft()], first.batch
+                await self._wakeup.wait()
+            if pol.max_batch_size and pol.max_delay:
+                head = self._queue[0]
+                fill_until = head.enqueued + pol.max_delay
+                while self._queued_items(head) < pol.max_batch_size:
+                    remaining = fill_until - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            if self._queue:  # cancelled requests leave the queue, maybe all of them while the batch filled
+                break
+        first = self._queue.popleft()
+        batch, size = [first], first.batch
         while pol.max_batch_size and self._queue and size not in pol.preferred_sizes:
             nxt = self._queue[0]
             if nxt.key != first.key or size + nxt.batch > pol.max_batch_size:
@@ -182,7 +215,9 @@ class Batcher:
         now, started = loop.time(), time.perf_counter()
         live = []
         for p in batch:
-            if p.future.done():  # the caller went away (cancelled)
+            if p.future.done():  # the caller went away (cancelled): a deadline drop if that is why
+                if p.future.cancelled() and expired(p.deadline, now):
+                    self._metrics.rejected("deadline")
                 continue
             if p.deadline is not None and now >= p.deadline:
                 self._metrics.rejected("deadline")

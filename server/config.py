@@ -28,25 +28,7 @@ import yaml
 from lmaas.protos.errors import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["DATATYPES", "BatchingConfig", "ModelConfig", "TensorSpec", "dump_config", "load_config", "parse_config"]
-
-# OIP datatype → element size in bytes (BYTES is variable).
-DATATYPES: dict[str, int] = {
-    "BOOL": 1,
-    "UINT8": 1,
-    "UINT16": 2,
-    "UINT32": 4,
-    "UINT64": 8,
-    "INT8": 1,
-    "INT16": 2,
-    "INT32": 4,
-    "INT64": 8,
-    "FP16": 2,
-    "FP32": 4,
-    "FP64": 8,
-    "BF16": 2,
-    "BYTES": 0,
-}
+__all__ = ["BatchingConfig", "ModelConfig", "TensorSpec", "dump_config", "load_config", "parse_config"]
 
 Datatype = Literal[
     "BOOL",

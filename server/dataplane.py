@@ -11,6 +11,7 @@ import time
 from lmaas import __version__
 from lmaas.protos.errors import FailedPrecondition, LMaaSError, ModelNotFound, Unavailable
 from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.server.batching import expired
 from lmaas.server.inference import decode_request, encode_response
 from lmaas.server.manager import ModelManager
 from lmaas.server.models import ModelVersion
@@ -71,8 +72,9 @@ class DataPlane:
         except LMaaSError as exc:
             mv.metrics.failed(exc.code.name)
             raise
-        except asyncio.CancelledError:
-            mv.metrics.failed("CANCELLED")
+        except asyncio.CancelledError:  # gRPC cancels a call whose deadline passed: count what the client sees
+            now = asyncio.get_running_loop().time()
+            mv.metrics.failed("DEADLINE_EXCEEDED" if expired(deadline, now) else "CANCELLED")
             raise
         except Exception:
             mv.metrics.failed("INTERNAL")

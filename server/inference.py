@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.protos.tensors import DTYPES, decode_raw, decode_typed, encode_raw
 from lmaas.server.models import ModelVersion
-from lmaas.server.tensors import DTYPES, decode_raw, decode_typed, encode_raw
 
 __all__ = ["DecodedRequest", "decode_request", "encode_response"]
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 from lmaas.protos.inference import model_config_pb2 as mc
+from lmaas.protos.tensors import DTYPES
 from lmaas.server.backends import Backend, Signature
 from lmaas.server.batching import Batcher, BatchPolicy
 from lmaas.server.config import ModelConfig
 from lmaas.server.metrics import ModelMetrics
-from lmaas.server.tensors import DTYPES
 
 __all__ = ["ModelVersion", "effective_max_batch_size"]
 

@@ -70,12 +70,19 @@ async def run_sync(
     inference_address: str,
     cache_dir: Path,
     token: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
     max_download_bytes_per_second: float | None = None,
 ) -> None:
-    """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever."""
+    """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever.
+
+    ``token`` is sent as ``authorization: Bearer`` on every call; ``credentials``
+    (see :func:`lmaas.protos.credentials.channel_credentials`) switch the
+    connection to TLS, mutual TLS when they carry a client certificate.
+    """
     cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second)
     syncer = Syncer(
-        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token
+        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token,
+        credentials=credentials,
     )
     await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
 
@@ -83,8 +90,9 @@ async def run_sync(
 class _Stream:
     """One open Sync stream: where the acks of the snapshots it delivered go."""
 
-    def __init__(self, artifacts: artifacts_pb2_grpc.ArtifactsStub) -> None:
+    def __init__(self, artifacts: artifacts_pb2_grpc.ArtifactsStub, metadata: tuple[tuple[str, str], ...]) -> None:
         self.artifacts = artifacts
+        self.metadata = metadata
         self.outgoing: asyncio.Queue[sync_pb2.WorkerMessage | None] = asyncio.Queue()
         self.open = True
 
@@ -108,6 +116,7 @@ class Syncer:
         inference_address: str,
         cache: ArtifactCache,
         token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
     ) -> None:
@@ -117,6 +126,7 @@ class Syncer:
         self.inference_address = inference_address
         self.cache = cache
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.credentials = credentials
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.routes: dict[str, Route] = {}
@@ -153,10 +163,15 @@ class Syncer:
             held=[sync_pb2.Held(model=h.name, version=h.version, digest=h.digest) for h in self.host.held()],
         )
 
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
     async def _session(self, address: str) -> bool:
         """One stream; True if it delivered at least one snapshot."""
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-            stream = _Stream(artifacts_pb2_grpc.ArtifactsStub(channel))
+        async with self._channel(address) as channel:
+            stream = _Stream(artifacts_pb2_grpc.ArtifactsStub(channel), self.metadata)
             stub = sync_pb2_grpc.WorkerSyncStub(channel)
             call = stub.Sync(stream.requests(self._hello()), metadata=self.metadata)
             received = False
@@ -195,7 +210,9 @@ class Syncer:
             if a.model in errors or held.get((a.model, a.version)) == a.digest:
                 continue
             try:
-                path = await self.cache.fetch(stream.artifacts, a.digest, a.format, a.size_bytes)
+                path = await self.cache.fetch(
+                    stream.artifacts, a.digest, a.format, a.size_bytes, metadata=stream.metadata
+                )
                 await self.host.ensure_loaded(a.model, a.version, path, a.config_json, a.digest)
                 self.managed.add((a.model, a.version))
             except asyncio.CancelledError:

@@ -9,39 +9,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.protos.tensors import DTYPES
 
-DATATYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BF16",
-    "BYTES",
-]
-SIZES = {
-    "BOOL": 1,
-    "UINT8": 1,
-    "INT8": 1,
-    "UINT16": 2,
-    "INT16": 2,
-    "FP16": 2,
-    "BF16": 2,
-    "UINT32": 4,
-    "INT32": 4,
-    "FP32": 4,
-    "UINT64": 8,
-    "INT64": 8,
-    "FP64": 8,
-    "BYTES": 0,
-}
+DATATYPES = list(DTYPES)
+SIZES = {name: dtype.itemsize for name, dtype in DTYPES.items()}  # BYTES: variable, never used as a size
 # The test repository's signatures: model -> [(input, datatype, dims after the batch dim)]; all batch but "fixed".
 MODELS = {
     "mlp": [("x", "FP32", (4,))],

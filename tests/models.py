@@ -7,24 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from lmaas.protos.tensors import DTYPES
 from onnx import TensorProto, helper
 
-ALL_DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BF16",
-    "BYTES",
-)
+ALL_DATATYPES = tuple(DTYPES)  # every OIP datatype
 _ONNX_TYPES = {
     "BOOL": TensorProto.BOOL,
     "UINT8": TensorProto.UINT8,

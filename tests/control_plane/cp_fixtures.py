@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
-from cp_harness import Stubs, address, running
+from cp_harness import Stubs, channel, running
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.store.base import Store
 
@@ -21,5 +20,5 @@ async def cp(store: Store, tmp_path: Path) -> AsyncIterator[ControlPlane]:
 
 @pytest.fixture()
 async def stubs(cp: ControlPlane) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(address(cp)) as channel:
-        yield Stubs(channel)
+    async with channel(cp) as ch:
+        yield Stubs(ch)

@@ -4,6 +4,13 @@ Fixtures are chained the way production wires things: store (``store`` / ``open_
 ``conftest.py``, SQLite and etcd) → ControlPlane → channel → stubs; and for the data plane a real
 :class:`~lmaas.server.sync.Syncer` driving :class:`FakeHost`, the one fake in these tests.
 Test modules load the fixtures ``cp`` and ``stubs`` with ``pytest_plugins = ["cp_fixtures"]``.
+
+Authentication is on, as in production: every control plane the harness starts imports
+:data:`ADMIN_TOKEN` as its bootstrap admin token (in-process: ``bootstrap_token``; a subprocess:
+``--bootstrap-token-file``), and the harness behaves like a user who exported it: importing this
+module sets ``LMAAS_TOKEN`` (unless already set), so the CLI, the SDK and worker processes send it;
+:func:`channel` and :func:`worker` send it explicitly. Pass ``auth=False`` to :func:`settings` /
+:func:`running` or ``--no-auth`` to :func:`start_control_plane` for a control plane without auth.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from lmaas.protos.lmaas.control.v1 import (
     registry_pb2,
     registry_pb2_grpc,
     resources_pb2,
+    tokens_pb2_grpc,
     workers_pb2_grpc,
 )
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2_grpc
@@ -41,11 +49,60 @@ from prometheus_client import CollectorRegistry
 WAIT = 15.0
 StoreFactory = Callable[[], Awaitable[Store]]
 
+#: The admin token of every control plane the harness starts (well-formed: ``lmaas_<12 hex>_<43 base64url>``).
+ADMIN_TOKEN = "lmaas_00000000ad01_" + "harness-admin-token-for-tests-only-00000000"
+assert len(ADMIN_TOKEN) == 62
+os.environ.setdefault("LMAAS_TOKEN", ADMIN_TOKEN)
+
+
+class _BearerToken:
+    """Adds ``authorization: Bearer <token>`` to every call that does not carry one.
+
+    grpc.aio files an interceptor under the first interceptor type it is an instance of, so each call
+    type gets its own subclass (see :func:`_bearer_interceptors`).
+    """
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if not any(key == "authorization" for key, _ in metadata):
+            metadata.append(self._header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials,
+            details.wait_for_ready,
+        )
+
+
+class _BearerUnaryUnary(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
+class _BearerUnaryStream(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
+class _BearerStreamUnary(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+
+class _BearerStreamStream(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+
+def _bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    return [cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)]
+
 
 def settings(tmp: Path, **overrides: object) -> ControlPlaneSettings:
     values: dict[str, object] = {
         "grpc_port": 0, "metrics_port": -1, "artifact_dir": tmp / "artifacts", "grace_seconds": 1.0,
-        "worker_lease_ttl": 3, "store": "unused://",
+        "worker_lease_ttl": 3, "store": "unused://", "bootstrap_token": ADMIN_TOKEN,
     }
     values.update(overrides)
     return ControlPlaneSettings(**values)  # type: ignore[arg-type]
@@ -69,15 +126,17 @@ class Stubs:
         self.workers = workers_pb2_grpc.WorkersStub(channel)
         self.sync = sync_pb2_grpc.WorkerSyncStub(channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactsStub(channel)
+        self.tokens = tokens_pb2_grpc.TokensStub(channel)
 
 
 def address(cp: ControlPlane) -> str:
     return f"127.0.0.1:{cp.grpc_port}"
 
 
-def channel(cp: ControlPlane) -> grpc.aio.Channel:
-    """An asyncio channel to a control plane (use with ``async with``)."""
-    return grpc.aio.insecure_channel(address(cp))
+def channel(cp: ControlPlane, token: str | None = ADMIN_TOKEN) -> grpc.aio.Channel:
+    """An asyncio channel to a control plane (use with ``async with``) whose calls send ``token`` (None: none)."""
+    interceptors = _bearer_interceptors(token) if token else None
+    return grpc.aio.insecure_channel(address(cp), interceptors=interceptors)
 
 
 def sha(data: bytes) -> str:
@@ -195,12 +254,14 @@ class FakeWorker:
 
 @contextlib.asynccontextmanager
 async def worker(
-    addresses: str | list[str], tmp: Path, worker_id: str = "w1", *, host: FakeHost | None = None, pool: str = "default"
+    addresses: str | list[str], tmp: Path, worker_id: str = "w1", *, host: FakeHost | None = None,
+    pool: str = "default", token: str | None = ADMIN_TOKEN, credentials: grpc.ChannelCredentials | None = None,
 ) -> AsyncIterator[FakeWorker]:
     host = host or FakeHost()
     syncer = Syncer(
         host, worker_id=worker_id, pool=pool, inference_address=f"{worker_id}:8001",
-        cache=ArtifactCache(tmp / f"cache-{worker_id}"), initial_backoff=0.05, max_backoff=0.5,
+        cache=ArtifactCache(tmp / f"cache-{worker_id}"), initial_backoff=0.05, max_backoff=0.5, token=token,
+        credentials=credentials,
     )
     addrs = [addresses] if isinstance(addresses, str) else addresses
     w = FakeWorker(host, syncer, asyncio.create_task(syncer.run(addrs)))
@@ -231,9 +292,11 @@ def write_scale_onnx(path: Path, scale: float) -> Path:
     return path
 
 
-def lmaas(*args: str, address: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the ``lmaas`` CLI against a control plane; stdout and stderr captured."""
-    env = {**os.environ, "LMAAS_CONTROL_PLANE": address, "COLUMNS": "200"}
+def lmaas(
+    *args: str, address: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``lmaas`` CLI against a control plane; stdout and stderr captured; ``env`` adds variables."""
+    env = {**os.environ, "LMAAS_CONTROL_PLANE": address, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "lmaas.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
     if check and proc.returncode != 0:
@@ -241,7 +304,17 @@ def lmaas(*args: str, address: str, check: bool = True, timeout: float = 120) ->
     return proc
 
 
-def start_control_plane(tmp: Path, *extra: str, store: str | None = None) -> ServerProcess:
+def start_control_plane(
+    tmp: Path, *extra: str, store: str | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """``lmaas control-plane`` on free ports; unless ``extra`` says otherwise, with :data:`ADMIN_TOKEN` as its
+    bootstrap token (from ``tmp/admin.token``)."""
     args = ["control-plane", "--grpc-port", "0", "--metrics-port", "0", "--artifact-dir", str(tmp / "artifacts"),
             "--store", store or f"sqlite:///{tmp / 'control.db'}", "--grace", "1", *extra]
-    return start_server(args)
+    if "--no-auth" not in extra and "--bootstrap-token-file" not in extra:
+        token_file = tmp / "admin.token"
+        if not token_file.exists():
+            token_file.write_text(ADMIN_TOKEN + "\n")
+            token_file.chmod(0o600)
+        args += ["--bootstrap-token-file", str(token_file)]
+    return start_server(args, env=env)

@@ -134,7 +134,16 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         x = np.arange(4, dtype=np.float32).reshape(1, 4)
         with InferenceClient(fields["worker"]) as client:
             np.testing.assert_array_equal(client.infer("demo", {"x": x})["y"], 2 * x + 1)
-        assert "demo" in lmaas("status", address=fields["control-plane"]).stdout
+        # auth is on: up made its own admin token (and the worker's), readable by the owner only
+        admin, worker = tmp_path / "up" / "admin.token", tmp_path / "up" / "worker.token"
+        assert admin.stat().st_mode & 0o777 == 0o600 and worker.stat().st_mode & 0o777 == 0o600
+        token = admin.read_text().strip()
+        assert "demo" in lmaas("status", address=fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
+        assert any("export LMAAS_TOKEN=$(cat" in line for line in lines)
+        denied = lmaas("status", address=fields["control-plane"], env={"LMAAS_TOKEN": ""}, check=False)
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        tokens = lmaas("token", "list", address=fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
+        assert "lmaas up worker" in tokens and "bootstrap" in tokens
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)

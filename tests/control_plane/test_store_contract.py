@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster, free_port
-
 from lmaas.control_plane.store import open_store as open_store_url
 from lmaas.control_plane.store.base import (
     Compare,

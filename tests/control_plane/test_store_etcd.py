@@ -7,7 +7,6 @@ import contextlib
 import time
 
 from etcd_cluster import EtcdCluster
-
 from lmaas.control_plane.store.base import Event, StoreError
 from lmaas.control_plane.store.etcd import EtcdStore
 

@@ -144,7 +144,7 @@ async def test_worker_keeps_serving_while_control_plane_is_down(
 ) -> None:
     async with running(store, tmp_path) as cp1:
         port = cp1.grpc_port
-        async with grpc.aio.insecure_channel(address(cp1)) as ch:
+        async with channel(cp1) as ch:
             s = Stubs(ch)
             await versions(s, 2)
             host = FakeHost()

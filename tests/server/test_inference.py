@@ -140,7 +140,7 @@ def test_every_typed_datatype_round_trips(worker: ServerProcess) -> None:
             continue
         expected = _sample(dt)
         if dt == "BYTES":
-            from lmaas.server.tensors import decode_bytes
+            from lmaas.protos.tensors import decode_bytes
 
             got = decode_bytes(out.name, raw, 6).reshape(2, 3)
         else:

@@ -26,9 +26,9 @@ def test_api_key_required_for_inference_not_for_health(mlp_repository: Path, tmp
     proc = start_worker(mlp_repository, "--require-api-key", "--api-key-file", str(keys))
     client = tc.InferenceServerClient(proc.grpc)
     try:
-        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED.*API key is required"):
+        with pytest.raises(InferenceServerException, match=r"UNAUTHENTICATED.*API key is required"):
             client.infer("mlp", [_x()])
-        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED.*not valid"):
+        with pytest.raises(InferenceServerException, match=r"UNAUTHENTICATED.*not valid"):
             client.infer("mlp", [_x()], headers={"authorization": "Bearer wrong"})
         ok = client.infer("mlp", [_x()], headers={"authorization": "Bearer beta-key"})
         assert ok.as_numpy("y").shape == (1, 3)

@@ -22,6 +22,7 @@ def _register() -> None:
     main.add_command(control.deploy)
     main.add_command(control.rollback)
     main.add_command(control.status)
+    main.add_command(control.token)
     main.add_command(up.up)
 
 

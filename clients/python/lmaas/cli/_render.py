@@ -11,7 +11,16 @@ from rich.table import Table
 from lmaas.client.control import phase_name
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
-__all__ = ["deployments_table", "err", "models_table", "out", "rollout_line", "versions_table", "workers_table"]
+__all__ = [
+    "deployments_table",
+    "err",
+    "models_table",
+    "out",
+    "rollout_line",
+    "tokens_table",
+    "versions_table",
+    "workers_table",
+]
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -117,4 +126,17 @@ def workers_table(workers: Sequence[pb.WorkerInfo]) -> Table:
         table.add_row(
             w.worker_id, w.pool, w.inference_address, w.control_plane, revision, "\n".join(models) or "-"
         )
+    return table
+
+
+_ROLE = {pb.ROLE_READER: "reader", pb.ROLE_DEPLOYER: "deployer", pb.ROLE_WORKER: "worker", pb.ROLE_ADMIN: "admin"}
+
+
+def tokens_table(tokens: Sequence[pb.Token]) -> Table:
+    table = Table(title="Tokens")
+    for column in ("id", "role", "description", "created", "by", "revoked"):
+        table.add_column(column)
+    for t in tokens:
+        table.add_row(t.id, _ROLE.get(t.role, "?"), t.description, when(t.created_at_ms), t.created_by,
+                      f"{when(t.revoked_at_ms)} by {t.revoked_by}" if t.revoked_at_ms else "")
     return table

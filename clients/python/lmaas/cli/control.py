@@ -1,5 +1,6 @@
 """Control-plane commands: ``control-plane`` (the server), ``model push|list|versions``, ``deploy``,
-``rollback`` and ``status`` (clients of ``--control-plane`` / ``$LMAAS_CONTROL_PLANE``)."""
+``rollback``, ``status`` and ``token create|list|revoke`` (clients of ``--control-plane`` /
+``$LMAAS_CONTROL_PLANE``; they send ``$LMAAS_TOKEN`` and speak TLS with ``--tls-ca`` / ``$LMAAS_TLS_CA``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +18,7 @@ import click
 from lmaas.logs import setup_logging
 from lmaas.protos.errors import LMaaSError
 
-__all__ = ["control_plane", "deploy", "model", "rollback", "status"]
+__all__ = ["Connection", "control_plane", "deploy", "model", "rollback", "status", "token"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,12 +27,57 @@ def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kw)
 
 
+@dataclass(frozen=True)
+class Connection:
+    """How a client command reaches the control plane (its common options)."""
+
+    address: str
+    token: str | None
+    timeout: float
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+
+    def client(self) -> Any:
+        from lmaas.client.control import ControlPlaneClient
+
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        return ControlPlaneClient(
+            self.address, token=self.token, timeout=self.timeout, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+            tls_key=self.tls_key, server_name=self.tls_server_name,
+        )
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_CLIENT_OPTIONS = (
+    _opt("--control-plane", "address", env="LMAAS_CONTROL_PLANE", default="127.0.0.1:8090",
+         help="HOST:PORT of the control plane."),
+    _opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token sent with every call."),
+    _opt("--timeout", env="LMAAS_TIMEOUT", type=float, default=30.0, help="Deadline of each call, seconds."),
+    _opt("--tls-ca", env="LMAAS_TLS_CA", type=_FILE,
+         help="Connect over TLS, trusting this CA (PEM) for the control plane's certificate."),
+    _opt("--tls-cert", env="LMAAS_TLS_CERT", type=_FILE, help="Client certificate (PEM) for mutual TLS."),
+    _opt("--tls-key", env="LMAAS_TLS_KEY", type=_FILE, help="Private key (PEM) of --tls-cert."),
+    _opt("--tls-server-name", env="LMAAS_TLS_SERVER_NAME", default=None,
+         help="Name to check the server certificate against (default: the host of --control-plane)."),
+)
+
+
 def _client_options(fn: F) -> F:
-    fn = _opt("--control-plane", "address", env="LMAAS_CONTROL_PLANE", default="127.0.0.1:8090",
-              help="HOST:PORT of the control plane.")(fn)
-    fn = _opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token sent with every call.")(fn)
-    fn = _opt("--timeout", env="LMAAS_TIMEOUT", type=float, default=30.0, help="Deadline of each call, seconds.")(fn)
-    return fn
+    """Adds the connection options; the command receives them as one ``conn: Connection``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, address: str, token: str | None, timeout: float, tls_ca: Path | None,
+                tls_cert: Path | None, tls_key: Path | None, tls_server_name: str | None, **kwargs: Any) -> Any:
+        conn = Connection(address, token, timeout, tls_ca, tls_cert, tls_key, tls_server_name)
+        return fn(*args, conn=conn, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(_CLIENT_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def _errors(fn: F) -> F:
@@ -47,12 +94,6 @@ def _errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _client(address: str, token: str | None, timeout: float) -> Any:
-    from lmaas.client.control import ControlPlaneClient
-
-    return ControlPlaneClient(address, token=token, timeout=timeout)
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -73,6 +114,20 @@ def _client(address: str, token: str | None, timeout: float) -> Any:
 @_opt("--replica-id", env="LMAAS_REPLICA_ID", default="", help="Name of this replica (default: host name).")
 @_opt("--grace", "grace_seconds", env="LMAAS_GRACE", type=float, default=10.0,
       help="Seconds in-flight calls get to finish on SIGTERM.")
+@_opt("--auth/--no-auth", env="LMAAS_AUTH", default=True,
+      help="Require a token (or a worker's client certificate) on every call. --no-auth opens everything.")
+@_opt("--bootstrap-token-file", env="LMAAS_BOOTSTRAP_TOKEN_FILE", type=click.Path(dir_okay=False, path_type=Path),
+      default=Path(".lmaas/admin.token"),
+      help="The first admin token: imported at start; if the file is absent, a new token is written to it (0600). "
+           "LMAAS_BOOTSTRAP_TOKEN, if set, is imported instead.")
+@_opt("--tls-cert", env="LMAAS_TLS_CERT", type=_FILE, help="PEM certificate served on the gRPC port (TLS).")
+@_opt("--tls-key", env="LMAAS_TLS_KEY", type=_FILE, help="PEM private key of --tls-cert.")
+@_opt("--tls-client-ca", env="LMAAS_TLS_CLIENT_CA", type=_FILE,
+      help="Require client certificates signed by this CA (mutual TLS).")
+@_opt("--tls-worker-cn", env="LMAAS_TLS_WORKER_CN", default="*",
+      help="Glob on a client certificate's common name that grants the worker role without a token.")
+@_opt("--audit-limit", env="LMAAS_AUDIT_LIMIT", type=click.IntRange(min=100), default=10_000,
+      help="Audit entries kept in the store (the oldest are trimmed).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def control_plane(log_level: str, log_format: str, replica_id: str, **options: Any) -> None:
@@ -85,6 +140,10 @@ def control_plane(log_level: str, log_format: str, replica_id: str, **options: A
     setup_logging(log_level, log_format)
     if replica_id:
         options["replica_id"] = replica_id
+    if bool(options["tls_cert"]) != bool(options["tls_key"]):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if options["tls_client_ca"] and not options["tls_cert"]:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     settings = ControlPlaneSettings(**options)
     asyncio.run(serve(settings))
 
@@ -92,10 +151,15 @@ def control_plane(log_level: str, log_format: str, replica_id: str, **options: A
 async def serve(settings: Any, ready: Callable[[int, int], None] | None = None) -> None:
     """Run a control plane until SIGTERM/SIGINT: health NOT_SERVING, workers released, calls drained."""
     from lmaas.control_plane.app import ControlPlane
+    from lmaas.control_plane.bootstrap import BootstrapError
 
     _prepare_sqlite(settings.store)
     plane = ControlPlane(settings)
-    grpc_port, metrics_port = await plane.start()
+    try:
+        grpc_port, metrics_port = await plane.start()
+    except BootstrapError as exc:
+        await plane.stop(0)
+        raise click.ClickException(str(exc)) from None
     # Tests and scripts read the bound ports from this line (port 0 = any free port).
     print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
           flush=True)
@@ -135,7 +199,7 @@ def model() -> None:
 @_client_options
 @_errors
 def push(name: str, file: Path, config: Path | None, fmt: str | None, description: str, parent_version: int,
-         quiet: bool, address: str, token: str | None, timeout: float) -> None:
+         quiet: bool, conn: Connection) -> None:
     """Upload FILE as the next version of model NAME; prints the new version number.
 
     Routing does not change: deploy the version with `lmaas deploy`.
@@ -144,7 +208,7 @@ def push(name: str, file: Path, config: Path | None, fmt: str | None, descriptio
 
     from lmaas.cli._render import err, out
 
-    with _client(address, token, timeout) as client, Progress(
+    with conn.client() as client, Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=err, disable=quiet, transient=True,
     ) as bar:
@@ -152,7 +216,7 @@ def push(name: str, file: Path, config: Path | None, fmt: str | None, descriptio
         reply = client.upload(
             name, file, format=fmt, config=config, description=description, parent_version=parent_version,
             progress=lambda sent, total: bar.update(task, completed=sent, total=total),
-            timeout=max(timeout, 3600.0),
+            timeout=max(conn.timeout, 3600.0),
         )
     v = reply.version
     what = "is already" if reply.existing else "pushed as"
@@ -163,11 +227,11 @@ def push(name: str, file: Path, config: Path | None, fmt: str | None, descriptio
 @model.command("list")
 @_client_options
 @_errors
-def list_models(address: str, token: str | None, timeout: float) -> None:
+def list_models(conn: Connection) -> None:
     """Every model."""
     from lmaas.cli._render import models_table, out
 
-    with _client(address, token, timeout) as client:
+    with conn.client() as client:
         out.print(models_table(client.list_models()))
 
 
@@ -175,12 +239,12 @@ def list_models(address: str, token: str | None, timeout: float) -> None:
 @click.argument("name")
 @_client_options
 @_errors
-def versions(name: str, address: str, token: str | None, timeout: float) -> None:
+def versions(name: str, conn: Connection) -> None:
     """Every version of model NAME, and which ones serve."""
     from lmaas.cli._render import out, versions_table
     from lmaas.protos.errors import NotFound
 
-    with _client(address, token, timeout) as client:
+    with conn.client() as client:
         listed = client.list_versions(name)
         try:
             spec = client.get_deployment(name).deployment.spec
@@ -218,11 +282,11 @@ def _follow(client: Any, name: str, generation: int, wait_timeout: float) -> Non
 @_client_options
 @_errors
 def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, ...], wait: bool,
-           wait_timeout: float, expected_generation: int, address: str, token: str | None, timeout: float) -> None:
+           wait_timeout: float, expected_generation: int, conn: Connection) -> None:
     """Serve VERSION of model NAME (optionally with a weighted canary)."""
     from lmaas.cli._render import err, rollout_line, spec_text
 
-    with _client(address, token, timeout) as client:
+    with conn.client() as client:
         reply = client.deploy(name, version, canary=canary, weight=weight, pools=pools,
                               expected_generation=expected_generation)
         err.print(f"{name}: generation {reply.deployment.generation} serves {spec_text(reply.deployment.spec)}")
@@ -241,12 +305,11 @@ def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, 
       help="Give up waiting after this many seconds.")
 @_client_options
 @_errors
-def rollback(name: str, to_version: int, wait: bool, wait_timeout: float, address: str, token: str | None,
-             timeout: float) -> None:
+def rollback(name: str, to_version: int, wait: bool, wait_timeout: float, conn: Connection) -> None:
     """Go back to the previous deployment of model NAME, or to one version with --to."""
     from lmaas.cli._render import err, rollout_line, spec_text
 
-    with _client(address, token, timeout) as client:
+    with conn.client() as client:
         reply = client.rollback(name, to_version=to_version)
         err.print(f"{name}: generation {reply.deployment.generation} serves {spec_text(reply.deployment.spec)}")
         if wait:
@@ -258,11 +321,65 @@ def rollback(name: str, to_version: int, wait: bool, wait_timeout: float, addres
 @click.command()
 @_client_options
 @_errors
-def status(address: str, token: str | None, timeout: float) -> None:
+def status(conn: Connection) -> None:
     """Deployments, their rollouts, and the connected workers."""
     from lmaas.cli._render import deployments_table, out, workers_table
 
-    with _client(address, token, timeout) as client:
+    with conn.client() as client:
         listed = client.list_deployments()
         out.print(deployments_table(listed.deployments, listed.rollouts))
         out.print(workers_table(client.workers()))
+
+
+# -- tokens -------------------------------------------------------------------------------------------------
+
+_ROLES = ("reader", "deployer", "worker", "admin")
+
+
+@click.group()
+def token() -> None:
+    """API tokens of the control plane (needs an admin token).
+
+    Roles: reader (list, get, watch), deployer (reader + push, deploy, rollback),
+    worker (what a worker needs: sync and artifact downloads), admin (everything, tokens included).
+    """
+
+
+@token.command("create")
+@_opt("--role", env="LMAAS_TOKEN_ROLE", type=click.Choice(_ROLES), required=True, help="What the token may do.")
+@_opt("--description", env="LMAAS_TOKEN_DESCRIPTION", default="", help="Whose token it is, what for.")
+@_client_options
+@_errors
+def create_token(role: str, description: str, conn: Connection) -> None:
+    """Create a token; prints it once on stdout (it cannot be shown again)."""
+    from lmaas.cli._render import err, out
+
+    with conn.client() as client:
+        reply = client.create_token(role, description=description)
+    err.print(f"token {reply.token.id} ({role}) created: store it now, it is not shown again")
+    out.print(reply.secret, soft_wrap=True)
+
+
+@token.command("list")
+@_opt("--all", "include_revoked", env="LMAAS_TOKEN_ALL", is_flag=True, help="Also list revoked tokens.")
+@_client_options
+@_errors
+def list_tokens(include_revoked: bool, conn: Connection) -> None:
+    """Every token (ids, roles, who created them; never secrets)."""
+    from lmaas.cli._render import out, tokens_table
+
+    with conn.client() as client:
+        out.print(tokens_table(client.list_tokens(include_revoked=include_revoked)))
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID")
+@_client_options
+@_errors
+def revoke_token(token_id: str, conn: Connection) -> None:
+    """Revoke token ID: calls with it fail from now on."""
+    from lmaas.cli._render import err
+
+    with conn.client() as client:
+        revoked = client.revoke_token(token_id)
+    err.print(f"token {revoked.id} revoked")

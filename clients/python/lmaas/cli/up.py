@@ -4,12 +4,18 @@ A control plane on the embedded SQLite store runs in this process; one worker
 runs as a subprocess (``lmaas worker``) synced to it; a demo model is pushed
 and deployed through the public API, exactly as a user would. State lives in
 ``--state-dir``, so a second ``lmaas up`` finds its models and deployments again.
+
+Authentication stays on: ``STATE/admin.token`` is the control plane's bootstrap
+admin token and ``STATE/worker.token`` the worker's (role worker, handed over in
+the worker's environment, not on its command line); both are created with mode
+0600 on the first run and reused afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -55,13 +61,17 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
 
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    admin_file = state / "admin.token"
     settings = ControlPlaneSettings(
         store=f"sqlite:///{state / 'control.db'}", artifact_dir=state / "artifacts", host=host, grpc_port=cp_port,
-        metrics_port=cp_metrics, replica_id="up",
+        metrics_port=cp_metrics, replica_id="up", auth=True, bootstrap_token_file=admin_file, bootstrap_token=None,
+        tls_cert=None, tls_key=None, tls_client_ca=None,
     )
     plane = ControlPlane(settings)
     cp_grpc, cp_metrics_bound = await plane.start()
     cp_address = f"{host}:{cp_grpc}"
+    admin_token = admin_file.read_text().strip()
+    worker_token = await _worker_token(plane, state / "worker.token")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,6 +81,7 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
         "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--cache-dir", str(state / "cache"),
         "--worker-id", "up-worker", "--log-level", log_level,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        env={**_worker_env(), "LMAAS_TOKEN": worker_token},
     )
     listening: asyncio.Future[tuple[str, str]] = loop.create_future()
     pump = asyncio.create_task(_pump(worker, listening))
@@ -83,9 +94,10 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
             return 1
         w_grpc, w_metrics_address = listening.result()
         if demo:
-            await asyncio.to_thread(_deploy_demo, cp_address, state)
+            await asyncio.to_thread(_deploy_demo, cp_address, state, admin_token)
         click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc}")
-        click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo))
+        click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo,
+                                 admin_file))
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
         if first_exit.done() and not stop.is_set():
@@ -121,7 +133,29 @@ async def _pump(proc: asyncio.subprocess.Process, listening: asyncio.Future[tupl
             click.echo(f"[worker] {line}", err=True)
 
 
-def _deploy_demo(cp_address: str, state: Path) -> Any:
+def _worker_env() -> dict[str, str]:
+    """This process's environment without the TLS settings meant for a remote control plane."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LMAAS_TLS_")}
+
+
+async def _worker_token(plane: Any, path: Path) -> str:
+    """The worker's token from ``path`` (0600), created on the first run and imported with role worker."""
+    from lmaas.control_plane.bootstrap import read_or_create_token_file
+    from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+
+    token, _ = read_or_create_token_file(path)
+    try:
+        outcome = await plane.tokens.import_token(token, pb.ROLE_WORKER, "lmaas up worker")
+    except ValueError:
+        outcome = "revoked"  # not a token: replace it
+    if outcome == "revoked":  # someone revoked it: make a new one
+        path.unlink()
+        token, _ = read_or_create_token_file(path)
+        await plane.tokens.import_token(token, pb.ROLE_WORKER, "lmaas up worker")
+    return token
+
+
+def _deploy_demo(cp_address: str, state: Path, token: str) -> Any:
     from lmaas.cli._demo import DEMO_ONNX
     from lmaas.client.control import ControlPlaneClient
     from lmaas.protos.errors import NotFound
@@ -129,7 +163,7 @@ def _deploy_demo(cp_address: str, state: Path) -> Any:
     path = state / "demo" / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(DEMO_ONNX)
-    with ControlPlaneClient(cp_address) as client:
+    with ControlPlaneClient(cp_address, token=token, tls=False) as client:
         version = client.push("demo", path, description="lmaas up demo: y = 2x + 1")
         try:
             current = client.get_deployment("demo").deployment.spec.stable_version
@@ -143,7 +177,8 @@ def _deploy_demo(cp_address: str, state: Path) -> Any:
         return client.wait_rollout("demo", generation, timeout=120)
 
 
-def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: Path, demo: bool) -> str:
+def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: Path, demo: bool,
+                  admin_file: Path) -> str:
     lines = [
         "",
         "LMaaS is up.",
@@ -164,10 +199,12 @@ def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: 
         "",
         "Manage it:",
         f"  export LMAAS_CONTROL_PLANE={cp}",
+        f"  export LMAAS_TOKEN=$(cat {admin_file})   # the admin token (mode 0600)",
         "  lmaas status",
         "  lmaas model push NAME model.onnx          # prints the new version",
         "  lmaas deploy NAME VERSION --wait          # --canary V --weight 30 for a canary",
         "  lmaas rollback NAME --wait",
+        "  lmaas token create --role deployer        # tokens for others: reader, deployer, worker, admin",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 
 from lmaas.logs import setup_logging
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,9 +115,8 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
     Serve a local model repository, or models the control plane deploys, or both.
     """
     from lmaas.server.app import Worker
-    from lmaas.server.settings import WorkerSettings
-
     from lmaas.server.auth import read_api_keys
+    from lmaas.server.settings import WorkerSettings
 
     setup_logging(log_level, log_format)
     processes = options.pop("processes")

@@ -8,6 +8,12 @@
         cp.deploy("mlp", v.version)
         rollout = cp.wait_rollout("mlp")                   # until every worker ACKed, or one NACKed
 
+Authentication and TLS come from the arguments or, when they are not given,
+from the environment the CLI reads too: ``LMAAS_TOKEN`` (bearer token),
+``LMAAS_TLS_CA`` (connect over TLS trusting this CA), ``LMAAS_TLS_CERT`` and
+``LMAAS_TLS_KEY`` (client certificate for mutual TLS). Tokens are managed with
+:meth:`ControlPlaneClient.create_token` / ``list_tokens`` / ``revoke_token`` (admin).
+
 Failed calls raise the :mod:`lmaas.protos.errors` classes of their status
 (``NotFound``, ``Aborted``...). UNAVAILABLE is retried with backoff for calls
 that are safe to repeat (reads, uploads, deploys); a rollback is sent once.
@@ -43,6 +49,8 @@ from lmaas.protos.lmaas.control.v1 import (
     registry_pb2,
     registry_pb2_grpc,
     resources_pb2,
+    tokens_pb2,
+    tokens_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -50,6 +58,7 @@ from lmaas.protos.lmaas.control.v1 import (
 __all__ = [
     "DEFAULT_ADDRESS",
     "FINAL_PHASES",
+    "ROLES",
     "ControlPlaneClient",
     "Progress",
     "format_for",
@@ -63,6 +72,14 @@ FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "torch_export"}
 FINAL_PHASES = frozenset(
     {resources_pb2.ROLLOUT_PHASE_SUCCEEDED, resources_pb2.ROLLOUT_PHASE_FAILED, resources_pb2.ROLLOUT_PHASE_SUPERSEDED}
 )
+
+#: Role names → the ``Role`` enum values of ``lmaas.control.v1``.
+ROLES: dict[str, int] = {
+    "reader": resources_pb2.ROLE_READER,
+    "deployer": resources_pb2.ROLE_DEPLOYER,
+    "worker": resources_pb2.ROLE_WORKER,
+    "admin": resources_pb2.ROLE_ADMIN,
+}
 
 #: ``progress(bytes_sent, total_bytes)``, called as an upload advances.
 Progress = Callable[[int, int], None]
@@ -110,16 +127,32 @@ class ControlPlaneClient:
 
     ``timeout`` is the default deadline of unary calls in seconds; ``retry``
     governs retries of UNAVAILABLE; ``token`` (default ``$LMAAS_TOKEN``) is sent
-    as a bearer token. Use as a context manager or call :meth:`close`.
+    as a bearer token. TLS: ``tls_ca`` / ``tls_cert`` / ``tls_key`` are PEM files
+    (default ``$LMAAS_TLS_CA`` / ``$LMAAS_TLS_CERT`` / ``$LMAAS_TLS_KEY`` when no
+    TLS argument is given and ``tls`` is None; ``tls=False`` means plaintext
+    whatever the environment says), or pass the PEM bytes as ``root_certificates``
+    / ``certificate_chain`` / ``private_key``. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, address: str | None = None, *, token: str | None = None, timeout: float | None = 30.0,
-                 retry: RetryPolicy | None = None, tls: bool = False, root_certificates: bytes | None = None,
+                 retry: RetryPolicy | None = None, tls: bool | None = None, root_certificates: bytes | None = None,
                  private_key: bytes | None = None, certificate_chain: bytes | None = None,
-                 server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None) -> None:
         address = address or os.environ.get("LMAAS_CONTROL_PLANE") or DEFAULT_ADDRESS
         self.address = address.split(",")[0].strip()
-        self.channel_config = ChannelConfig(self.address, tls=tls, root_certificates=root_certificates,
+        if tls is None and not (root_certificates or private_key or certificate_chain or tls_ca or tls_cert or tls_key):
+            tls_ca = os.environ.get("LMAAS_TLS_CA") or None
+            tls_cert = os.environ.get("LMAAS_TLS_CERT") or None
+            tls_key = os.environ.get("LMAAS_TLS_KEY") or None
+        if tls_ca:
+            root_certificates = Path(tls_ca).read_bytes()
+        if (tls_cert is None) != (tls_key is None):
+            raise InvalidArgument("a client certificate (tls_cert) and its key (tls_key) go together")
+        if tls_cert and tls_key:
+            certificate_chain, private_key = Path(tls_cert).read_bytes(), Path(tls_key).read_bytes()
+        self.channel_config = ChannelConfig(self.address, tls=bool(tls), root_certificates=root_certificates,
                                             private_key=private_key, certificate_chain=certificate_chain,
                                             server_name=server_name, max_message_bytes=max_message_bytes)
         token = token if token is not None else os.environ.get("LMAAS_TOKEN")
@@ -130,6 +163,7 @@ class ControlPlaneClient:
         self._registry = registry_pb2_grpc.ModelRegistryStub(self._channel)
         self._deployments = deployments_pb2_grpc.DeploymentsStub(self._channel)
         self._workers = workers_pb2_grpc.WorkersStub(self._channel)
+        self._tokens = tokens_pb2_grpc.TokensStub(self._channel)
 
     def __enter__(self) -> ControlPlaneClient:
         return self
@@ -287,3 +321,27 @@ class ControlPlaneClient:
             self._workers.ListWorkers, workers_pb2.ListWorkersRequest(pool=pool)
         )
         return list(reply.workers)
+
+    # -- tokens (admin) -------------------------------------------------------------------------------------
+
+    def create_token(self, role: str | int, *, description: str = "") -> tokens_pb2.CreateTokenResponse:
+        """A new token with ``role`` ("reader", "deployer", "worker", "admin"); ``reply.secret`` is the bearer
+        token, returned this once only. Sent once (never retried): a retry could create a second token."""
+        value = ROLES.get(role) if isinstance(role, str) else role
+        if value is None:
+            raise InvalidArgument(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+        request = tokens_pb2.CreateTokenRequest(role=value, description=description)
+        reply: tokens_pb2.CreateTokenResponse = self._call(self._tokens.CreateToken, request, idempotent=False)
+        return reply
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[resources_pb2.Token]:
+        """Every token (no secrets), revoked ones too with ``include_revoked``."""
+        request = tokens_pb2.ListTokensRequest(include_revoked=include_revoked)
+        reply: tokens_pb2.ListTokensResponse = self._call(self._tokens.ListTokens, request)
+        return list(reply.tokens)
+
+    def revoke_token(self, token_id: str) -> resources_pb2.Token:
+        """Revoke a token by id; revoking twice is harmless."""
+        request = tokens_pb2.RevokeTokenRequest(id=token_id)
+        reply: tokens_pb2.RevokeTokenResponse = self._call(self._tokens.RevokeToken, request)
+        return reply.token

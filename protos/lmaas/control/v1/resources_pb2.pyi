@@ -21,6 +21,14 @@ class WorkerRolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_ROLLOUT_STATE_PENDING: _ClassVar[WorkerRolloutState]
     WORKER_ROLLOUT_STATE_ACKED: _ClassVar[WorkerRolloutState]
     WORKER_ROLLOUT_STATE_NACKED: _ClassVar[WorkerRolloutState]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_READER: _ClassVar[Role]
+    ROLE_DEPLOYER: _ClassVar[Role]
+    ROLE_WORKER: _ClassVar[Role]
+    ROLE_ADMIN: _ClassVar[Role]
 ROLLOUT_PHASE_UNSPECIFIED: RolloutPhase
 ROLLOUT_PHASE_PROGRESSING: RolloutPhase
 ROLLOUT_PHASE_SUCCEEDED: RolloutPhase
@@ -30,6 +38,11 @@ WORKER_ROLLOUT_STATE_UNSPECIFIED: WorkerRolloutState
 WORKER_ROLLOUT_STATE_PENDING: WorkerRolloutState
 WORKER_ROLLOUT_STATE_ACKED: WorkerRolloutState
 WORKER_ROLLOUT_STATE_NACKED: WorkerRolloutState
+ROLE_UNSPECIFIED: Role
+ROLE_READER: Role
+ROLE_DEPLOYER: Role
+ROLE_WORKER: Role
+ROLE_ADMIN: Role
 
 class Model(_message.Message):
     __slots__ = ("name", "description", "metadata", "latest_version", "created_at_ms", "created_by")
@@ -207,3 +220,45 @@ class ObservedModel(_message.Message):
     loaded_versions: _containers.RepeatedScalarFieldContainer[int]
     updated_at_ms: int
     def __init__(self, worker_id: _Optional[str] = ..., model: _Optional[str] = ..., generation: _Optional[int] = ..., snapshot_revision: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class Token(_message.Message):
+    __slots__ = ("id", "role", "description", "secret_sha256", "created_at_ms", "created_by", "revoked_at_ms", "revoked_by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: Role
+    description: str
+    secret_sha256: bytes
+    created_at_ms: int
+    created_by: str
+    revoked_at_ms: int
+    revoked_by: str
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., secret_sha256: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., revoked_at_ms: _Optional[int] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time_ms", "principal", "role", "method", "request", "code", "message", "replica", "peer")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    principal: str
+    role: Role
+    method: str
+    request: str
+    code: str
+    message: str
+    replica: str
+    peer: str
+    def __init__(self, time_ms: _Optional[int] = ..., principal: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., method: _Optional[str] = ..., request: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., replica: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,332 @@
+"""Overload: bounded queues per model, RESOURCE_EXHAUSTED at once beyond them, expired requests dropped before
+they run, and rejection counters in /metrics that match what clients saw.
+
+One real worker serves ``slow``: a non-batching ONNX model (one request per execution, one execution at a time,
+one ORT thread) that takes tens of milliseconds per request, with ``max_queue_size`` 8. Each test takes counter
+deltas from /metrics around its own traffic.
+
+CI: a 64-request burst (3 rounds), a 3 s sustained overload, a deadline test, and (in process) what a queued
+request whose caller goes away does to the queue. ``-m soak``: 60 s of sustained
+overload from 128 clients, RSS and pending-queue samples over time, figures in
+``benchmarks/results/reliability-overload.json``. Run with ``-s`` to see the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+from lmaas.protos.errors import ResourceExhausted
+from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from lmaas.server.batching import Batcher, BatchPolicy
+from lmaas.server.metrics import WorkerMetrics
+from processes import ServerProcess, start_worker
+from prometheus_client import CollectorRegistry
+from reliability_kit import fmt, infer_request, latency_summary, metric, rss_mib, save_results, scrape
+
+MODEL = "slow"
+QUEUE = 8
+N, LAYERS, REPEAT = 512, 8, 1024  # ~45 ms per execution on one core here
+X1 = np.ones((1, N), np.float32)
+
+
+def write_slow_onnx(path: Path) -> None:
+    """x FP32 [1, N] → Tile (REPEAT rows) → LAYERS MatMuls → mean over rows → y [1, N]: small request, slow run."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    scale = np.float32(1 / np.sqrt(N))
+    weights = [numpy_helper.from_array(np.array([REPEAT, 1], np.int64), "reps")]
+    nodes = [helper.make_node("Tile", ["x", "reps"], ["t"])]
+    previous = "t"
+    for i in range(LAYERS):
+        weights.append(numpy_helper.from_array(rng.standard_normal((N, N), dtype=np.float32) * scale, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"W{i}"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("ReduceMean", [previous], ["y"], axes=[0], keepdims=1))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])
+    model = helper.make_model(
+        helper.make_graph(nodes, "slow", [x], [y], weights), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("overload-repo")
+    write_slow_onnx(repo / MODEL / "1" / "model.onnx")
+    config = {
+        "max_batch_size": 0,
+        "dynamic_batching": {"max_queue_size": QUEUE},
+        "instance_count": 1,
+        "parameters": {"intra_op_threads": 1},
+    }
+    (repo / MODEL / "config.json").write_text(json.dumps(config))
+    proc = start_worker(repo)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@dataclass
+class Outcome:
+    code: str
+    latency: float
+
+
+async def _call(stub: pb_grpc.GRPCInferenceServiceStub, timeout: float | None = None) -> Outcome:
+    request = infer_request(MODEL, X1)
+    started = time.perf_counter()
+    try:
+        await stub.ModelInfer(request, timeout=timeout)
+        code = "OK"
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+    return Outcome(code, time.perf_counter() - started)
+
+
+def _counters(worker: ServerProcess) -> dict[str, float]:
+    s = scrape(worker.metrics)
+    labels = {"model": MODEL, "version": "1"}
+    return {
+        "queue_full": metric(s, "lmaas_inference_rejected_total", reason="queue_full", **labels),
+        "deadline": metric(s, "lmaas_inference_rejected_total", reason="deadline", **labels),
+        "executions": metric(s, "lmaas_inference_executions_total", **labels),
+        "ok": metric(s, "lmaas_inference_requests_total", code="OK", **labels),
+        "resource_exhausted": metric(s, "lmaas_inference_requests_total", code="RESOURCE_EXHAUSTED", **labels),
+        "deadline_exceeded": metric(s, "lmaas_inference_requests_total", code="DEADLINE_EXCEEDED", **labels),
+        "pending": metric(s, "lmaas_inference_pending_requests", **labels),
+    }
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {k: round(after[k] - before[k]) for k in after if k != "pending"}
+
+
+def _execution_seconds(worker: ServerProcess) -> float:
+    async def run() -> float:
+        async with grpc.aio.insecure_channel(worker.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            await _call(stub)
+            return float(np.median([(await _call(stub)).latency for _ in range(5)]))
+
+    return asyncio.run(run())
+
+
+def _burst(worker: ServerProcess, size: int, timeout: float | None = None) -> list[Outcome]:
+    async def run() -> list[Outcome]:
+        async with grpc.aio.insecure_channel(worker.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            await channel.channel_ready()
+            return list(await asyncio.gather(*(_call(stub, timeout) for _ in range(size))))
+
+    return asyncio.run(run())
+
+
+def test_burst_is_rejected_at_once_and_counted(worker: ServerProcess) -> None:
+    execution = _execution_seconds(worker)
+    before = _counters(worker)
+    outcomes: list[Outcome] = []
+    for _ in range(3):
+        outcomes += _burst(worker, 64)
+    after = _counters(worker)
+    codes = Counter(o.code for o in outcomes)
+    accepted = sorted(o.latency for o in outcomes if o.code == "OK")
+    rejected = sorted(o.latency for o in outcomes if o.code == "RESOURCE_EXHAUSTED")
+    delta = _delta(after, before)
+    print(
+        f"\noverload burst: 3 x 64 concurrent requests, queue {QUEUE}, one execution ~{execution * 1000:.0f} ms: "
+        f"{dict(codes)}; accepted latency {fmt(latency_summary(accepted))}; "
+        f"RESOURCE_EXHAUSTED latency {fmt(latency_summary(rejected))}; worker counters {delta}"
+    )
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["RESOURCE_EXHAUSTED"] >= 3 * (64 - 2 * (QUEUE + 1)), codes  # at most ~2 queue-fulls drain per burst
+    # The counters match what clients saw, exactly.
+    assert delta["queue_full"] == codes["RESOURCE_EXHAUSTED"] == delta["resource_exhausted"]
+    assert delta["ok"] == delta["executions"] == codes["OK"]
+    # Rejections do not wait for the queue: they come back faster than the requests that queued.
+    assert np.median(rejected) < np.median(accepted)
+    assert np.percentile(rejected, 90) < np.percentile(accepted, 90)
+    # Latency is bounded by the queue: nothing waits behind more than QUEUE others (+ slack for this busy box).
+    assert accepted[-1] < (QUEUE + 1) * execution * 3 + 0.5, accepted[-1]
+
+
+async def _sustained(
+    worker: ServerProcess, clients: int, seconds: float
+) -> tuple[list[Outcome], list[dict[str, float]]]:
+    """``clients`` loops sending back to back (a rejected one backs off 5 ms) for ``seconds``; samples every 0.2 s."""
+    stop = time.monotonic() + seconds
+    outcomes: list[Outcome] = []
+    samples: list[dict[str, float]] = []
+    pid = worker.proc.pid
+
+    async def client(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+        while time.monotonic() < stop:
+            outcome = await _call(stub, timeout=10)
+            outcomes.append(outcome)
+            if outcome.code != "OK":
+                await asyncio.sleep(0.005)
+
+    async def sampler() -> None:
+        started = time.monotonic()
+        while time.monotonic() < stop:
+            c = await asyncio.to_thread(_counters, worker)
+            t = round(time.monotonic() - started, 2)
+            samples.append({"t": t, "rss_mib": rss_mib(pid), "pending": c["pending"]})
+            await asyncio.sleep(0.2)
+
+    async with grpc.aio.insecure_channel(worker.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await asyncio.gather(sampler(), *(client(stub) for _ in range(clients)))
+    return outcomes, samples
+
+
+def _sustained_overload(worker: ServerProcess, clients: int, seconds: float) -> dict[str, object]:
+    execution = _execution_seconds(worker)
+    baseline = rss_mib(worker.proc.pid)
+    before = _counters(worker)
+    outcomes, samples = asyncio.run(_sustained(worker, clients, seconds))
+    delta = _delta(_counters(worker), before)
+    codes = Counter(o.code for o in outcomes)
+    accepted = [o.latency for o in outcomes if o.code == "OK"]
+    rejected = [o.latency for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
+    peak_rss = max(s["rss_mib"] for s in samples)
+    peak_pending = max(s["pending"] for s in samples)
+    figures: dict[str, object] = {
+        "clients": clients, "seconds": seconds, "queue": QUEUE, "execution_ms": round(execution * 1000, 1),
+        "codes": dict(codes), "counters": delta, "accepted": latency_summary(accepted),
+        "rejected": latency_summary(rejected), "rss_baseline_mib": round(baseline, 1),
+        "rss_peak_mib": round(peak_rss, 1), "pending_peak": peak_pending, "samples": samples,
+    }
+    print(
+        f"\nsustained overload: {clients} clients for {seconds:.0f} s, queue {QUEUE}, execution "
+        f"~{execution * 1000:.0f} ms: {dict(codes)}; accepted {fmt(latency_summary(accepted))}; rejected "
+        f"{fmt(latency_summary(rejected))}; worker RSS {baseline:.0f} -> peak {peak_rss:.0f} MiB; pending peak "
+        f"{peak_pending:.0f}; counters {delta}"
+    )
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert delta["queue_full"] == codes["RESOURCE_EXHAUSTED"]
+    assert delta["ok"] == delta["executions"] == codes["OK"]
+    assert peak_pending <= QUEUE
+    assert peak_rss - baseline < 64, "worker memory grew under overload"
+    assert max(accepted) < (QUEUE + 1) * execution * 3 + 0.5
+    return figures
+
+
+def test_sustained_overload_stays_bounded(worker: ServerProcess) -> None:
+    _sustained_overload(worker, clients=48, seconds=3)
+
+
+def test_expired_requests_are_dropped_before_execution(worker: ServerProcess) -> None:
+    """One request runs (~45 ms); six more queue behind it with a 20 ms deadline: all six expire while queued."""
+    execution = _execution_seconds(worker)
+    assert execution > 0.03, f"the model runs too fast ({execution * 1000:.0f} ms) for this test"
+    rounds, expired = 5, 6
+
+    async def one_round(stub: pb_grpc.GRPCInferenceServiceStub) -> list[Outcome]:
+        blocker = asyncio.create_task(_call(stub))
+        await asyncio.sleep(0.005)  # the blocker is executing
+        late = await asyncio.gather(*(_call(stub, timeout=0.02) for _ in range(expired)))
+        return [await blocker, *late]
+
+    async def run() -> list[Outcome]:
+        out: list[Outcome] = []
+        async with grpc.aio.insecure_channel(worker.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            await channel.channel_ready()
+            for _ in range(rounds):
+                out += await one_round(stub)
+                await asyncio.sleep(execution * 2)  # let the queue empty
+        return out
+
+    before = _counters(worker)
+    outcomes = asyncio.run(run())
+    time.sleep(0.2)
+    delta = _delta(_counters(worker), before)
+    codes = Counter(o.code for o in outcomes)
+    print(
+        f"\ndeadlines: {rounds} rounds of 1 running + {expired} queued requests with a 20 ms deadline behind a "
+        f"~{execution * 1000:.0f} ms execution: clients saw {dict(codes)}; worker counters {delta}"
+    )
+    assert codes == {"OK": rounds, "DEADLINE_EXCEEDED": rounds * expired}, codes
+    assert delta["executions"] == rounds, "an expired request was executed"
+    assert delta["deadline"] == rounds * expired == delta["deadline_exceeded"], delta
+
+
+async def test_cancelled_requests_leave_the_queue() -> None:
+    """A queued request whose call is cancelled (gRPC cancels at the deadline) frees its queue slot at once, is
+    never executed, and counts as a deadline drop only when its deadline had passed."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry).for_model("m", 1)
+    gate = threading.Event()
+    executed: list[int] = []
+
+    def run(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        gate.wait(10)
+        executed.append(len(inputs["x"]))
+        return {"y": np.asarray(inputs["x"]) * 2}
+
+    def rejected(reason: str) -> float:
+        labels = {"model": "m", "version": "1", "reason": reason}
+        return registry.get_sample_value("lmaas_inference_rejected_total", labels) or 0.0
+
+    x = {"x": np.ones((1, 4), np.float32)}
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(run, BatchPolicy(max_queue_size=2), executor, metrics)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        blocker = asyncio.create_task(batcher.submit(x, 1, None))
+        await asyncio.sleep(0.05)  # executing, holding the only slot
+        expiring = asyncio.create_task(batcher.submit(x, 1, loop.time() + 0.05))
+        patient = asyncio.create_task(batcher.submit(x, 1, loop.time() + 60))
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 2
+        with pytest.raises(ResourceExhausted):
+            await batcher.submit(x, 1, None)
+        await asyncio.sleep(0.06)
+        expiring.cancel()  # what gRPC does when the deadline passes
+        patient.cancel()  # the client gave up long before its deadline
+        await asyncio.gather(expiring, patient, return_exceptions=True)
+        assert batcher.queued == 0 and metrics.pending._value.get() == 0
+        assert rejected("deadline") == 1 and rejected("queue_full") == 1
+        later = [asyncio.create_task(batcher.submit(x, 1, None)) for _ in range(2)]  # the slots are free again
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(blocker, *later)
+        assert len(results) == 3 and len(executed) == 3  # the cancelled two never ran
+        await batcher.stop()
+
+        # A batching model waiting for its batch to fill: the only queued request goes away meanwhile.
+        batcher = Batcher(run, BatchPolicy(max_batch_size=8, max_delay=0.2), executor, metrics)
+        batcher.start()
+        waiting = asyncio.create_task(batcher.submit(x, 1, None))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0.3)
+        result = await asyncio.wait_for(batcher.submit(x, 1, None), 5)  # the dispatcher survived
+        assert result["y"].shape == (1, 4)
+        await batcher.stop()
+
+
+@pytest.mark.soak
+def test_overload_soak(worker: ServerProcess) -> None:
+    figures = _sustained_overload(worker, clients=128, seconds=60)
+    save_results("overload", figures)
