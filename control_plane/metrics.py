@@ -24,6 +24,8 @@ class ControlMetrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("succeeded", "failed", "rolled_back"):  # at 0 from the start: increase() needs a prior value
+            self.rollouts.labels(outcome)
         self.connected_workers = Gauge(
             "lmaas_control_connected_workers",
             "Workers with a WorkerSync stream open to this replica.",

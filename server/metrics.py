@@ -33,6 +33,8 @@ _LATENCY_BUCKETS = (
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MV = ("model", "version")
+#: Why a request is rejected before execution (``lmaas_inference_rejected_total{reason}``).
+REJECT_REASONS = ("queue_full", "deadline")
 
 
 class WorkerMetrics:
@@ -124,12 +126,15 @@ class ModelMetrics:
         self.batch_size = m.batch_size.labels(model, version)
         self.pending = m.pending.labels(model, version)
         self.loaded = m.loaded.labels(model, version)
+        # Bound now, so the series exist (at 0) before the first rejection: rate() misses a series' first value.
+        self._rejected = {reason: m.rejected.labels(model, version, reason) for reason in REJECT_REASONS}
 
     def failed(self, code: str) -> None:
         self._m.requests.labels(*self._labels, code).inc()
 
     def rejected(self, reason: str) -> None:
-        self._m.rejected.labels(*self._labels, reason).inc()
+        child = self._rejected.get(reason) or self._m.rejected.labels(*self._labels, reason)
+        child.inc()
 
     def forget(self) -> None:
         """Drop the per-version series after an unload (keeps /metrics bounded across deploys)."""
