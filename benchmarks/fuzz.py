@@ -21,11 +21,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import grpc  # noqa: E402
 from fuzz_requests import infer_requests  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from models import build_repository  # noqa: E402
-from processes import start_worker  # noqa: E402
-
 from lmaas.protos.inference import grpc_service_pb2 as pb  # noqa: E402
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from models import build_repository  # noqa: E402
+from processes import start_worker  # noqa: E402
 
 ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"}
 

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.control_plane.audit import AuditLog
 from lmaas.control_plane.auth import AuthInterceptor
-from lmaas.control_plane.bootstrap import import_bootstrap_token
+from lmaas.control_plane.bootstrap import import_bootstrap_token, import_worker_token
 from lmaas.control_plane.deployments import Deployments
 from lmaas.control_plane.metrics import ControlMetrics, InstrumentedStore
 from lmaas.control_plane.registry import Registry
@@ -166,6 +166,8 @@ class ControlPlane:
             return
         secret = s.bootstrap_token.get_secret_value() if s.bootstrap_token else None
         await import_bootstrap_token(self.tokens, token=secret, file=s.bootstrap_token_file)
+        if s.bootstrap_worker_token is not None:
+            await import_worker_token(self.tokens, s.bootstrap_worker_token.get_secret_value())
         admins = [t for t in (await self.tokens.list())[0] if t.role == resources_pb2.ROLE_ADMIN]
         if not admins:
             log.warning("no admin token exists and no bootstrap token was given (--bootstrap-token-file or "

@@ -66,12 +66,15 @@ class AuditLog:
             log.error("could not write audit entry %s: %s", key, exc)
             return
         if n % self._trim_every == self._trim_every - 1 and (self._trimming is None or self._trimming.done()):
-            self._trimming = asyncio.create_task(self.trim(), name="lmaas-audit-trim")
+            self._trimming = asyncio.create_task(self._trim_in_background(), name="lmaas-audit-trim")
 
     async def entries(self) -> list[pb.AuditEntry]:
         """Every stored entry, oldest first."""
         result = await self._store.range(keys.AUDIT)
         return [pb.AuditEntry.FromString(kv.value) for kv in result.kvs]
+
+    async def _trim_in_background(self) -> None:
+        await self.trim()
 
     async def trim(self) -> int:
         """Delete the oldest entries beyond the limit; returns how many went."""

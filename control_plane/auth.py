@@ -38,13 +38,14 @@ variable set for the handler), which servicers record as ``created_by``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import enum
 import fnmatch
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -68,7 +69,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("lmaas.auth")
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Role: TypeAlias = "pb.Role"
 
 
 class Permission(enum.Enum):
@@ -78,7 +80,7 @@ class Permission(enum.Enum):
     ADMIN = "admin"
 
 
-GRANTS: dict[int, frozenset[Permission]] = {
+GRANTS: dict[Role, frozenset[Permission]] = {
     pb.ROLE_READER: frozenset({Permission.READ}),
     pb.ROLE_DEPLOYER: frozenset({Permission.READ, Permission.DEPLOY}),
     pb.ROLE_WORKER: frozenset({Permission.SYNC}),
@@ -128,7 +130,7 @@ class Principal:
     """Who makes a call: ``token:<id>``, ``cert:<CN>`` or ``anonymous``, and the role that grants."""
 
     name: str
-    role: int
+    role: Role
 
     def may(self, permission: Permission) -> bool:
         return permission in GRANTS.get(self.role, frozenset())
@@ -171,8 +173,9 @@ def describe(message: object, limit: int = 512) -> str:
     if not isinstance(message, Message):
         return ""
     if message.DESCRIPTOR.fields_by_name.get("header") is not None and message.HasField("header"):
-        header: Any = type(message.header)()  # type: ignore[attr-defined]
-        header.CopyFrom(message.header)  # type: ignore[attr-defined]
+        original: Any = message
+        header: Any = type(original.header)()
+        header.CopyFrom(original.header)
         if len(getattr(header, "config_json", "")) > 64:
             header.config_json = f"<{len(header.config_json)} characters>"
         message = header
@@ -210,7 +213,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return ANONYMOUS  # --no-auth: a stale LMAAS_TOKEN must not lock anyone out
         cn = _client_cn(context)
         if cn is not None:
-            return Principal(f"cert:{cn}", pb.ROLE_WORKER if fnmatch.fnmatchcase(cn, self._worker_cn) else 0)
+            worker = fnmatch.fnmatchcase(cn, self._worker_cn)
+            return Principal(f"cert:{cn}", pb.ROLE_WORKER if worker else pb.ROLE_UNSPECIFIED)
         if self.enabled:
             raise Unauthenticated("a token is required: send 'authorization: Bearer <token>' (set LMAAS_TOKEN)")
         return ANONYMOUS
@@ -236,6 +240,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             code, message = exc.code.name, exc.message
         elif isinstance(exc, grpc.aio.AbortError):
             code, message = _context_code(context), ""
+        elif isinstance(exc, asyncio.CancelledError):
+            code, message = grpc.StatusCode.CANCELLED.name, "the call was cancelled"
         else:
             code, message = grpc.StatusCode.INTERNAL.name, type(exc).__name__
         entry = pb.AuditEntry(
@@ -287,7 +293,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def call(request: Any, context: Context) -> Any:
                 first: list[object] = []
-                if streaming_in:
+                if streaming_in and audited:
                     request = _capture_first(request, first)
                 principal = await enter(context, None if streaming_in else request)
                 if not audited:
@@ -335,5 +341,5 @@ def _context_code(context: Context) -> str:
     except Exception:  # pragma: no cover - older grpc
         code = None
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     return "ABORTED" if code is None else str(code)

@@ -6,6 +6,9 @@
 * The file does not exist: a new token is generated, written to it with mode
   0600 (created exclusively, never overwriting), and imported; the log says where.
 
+``LMAAS_BOOTSTRAP_WORKER_TOKEN``, if set, is imported the same way with role
+worker: a fleet can start with a token from a Secret, before any admin exists.
+
 Importing is idempotent (:meth:`~lmaas.control_plane.tokens.Tokens.import_token`),
 so every replica and every restart may import the same token. A bootstrap token
 that an admin revoked stays revoked. Rotate it by creating another admin token,
@@ -21,7 +24,7 @@ from pathlib import Path
 from lmaas.control_plane.tokens import TokenConflict, Tokens, generate_token, parse_token
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
-__all__ = ["BootstrapError", "import_bootstrap_token", "read_or_create_token_file"]
+__all__ = ["BootstrapError", "import_bootstrap_token", "import_worker_token", "read_or_create_token_file"]
 
 log = logging.getLogger("lmaas.control.auth")
 
@@ -79,3 +82,17 @@ async def import_bootstrap_token(tokens: Tokens, *, token: str | None, file: Pat
     elif outcome == "revoked":
         log.warning("the bootstrap admin token %s from %s was revoked; it stays revoked", token_id, source)
     return token_id
+
+
+async def import_worker_token(tokens: Tokens, token: str) -> str:
+    """Import ``LMAAS_BOOTSTRAP_WORKER_TOKEN`` with role worker (a fleet's shared token from a Secret); its id."""
+    parsed = parse_token(token)
+    if parsed is None:
+        raise BootstrapError("LMAAS_BOOTSTRAP_WORKER_TOKEN is not an LMaaS token (lmaas_<12 hex>_<43 base64url>)")
+    try:
+        outcome = await tokens.import_token(token, pb.ROLE_WORKER, "bootstrap worker token")
+    except TokenConflict as exc:
+        raise BootstrapError(f"LMAAS_BOOTSTRAP_WORKER_TOKEN: {exc}") from exc
+    if outcome == "revoked":
+        log.warning("the bootstrap worker token %s was revoked; it stays revoked", parsed[0])
+    return parsed[0]

@@ -33,6 +33,9 @@ class ControlPlaneSettings(BaseSettings):
     bootstrap_token: SecretStr | None = Field(
         None, description="admin token imported at start (LMAAS_BOOTSTRAP_TOKEN); takes precedence over the file"
     )
+    bootstrap_worker_token: SecretStr | None = Field(
+        None, description="a worker-role token imported at start (LMAAS_BOOTSTRAP_WORKER_TOKEN), e.g. from a Secret"
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate served on the gRPC port (TLS)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA (mTLS)")

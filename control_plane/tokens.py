@@ -20,6 +20,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable
+from typing import TypeAlias
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.registry import now_ms
@@ -40,12 +41,13 @@ __all__ = [
 ]
 
 MAX_DESCRIPTION = 256
+Role: TypeAlias = "pb.Role"
 _TOKEN = re.compile(r"lmaas_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _ID = re.compile(r"[0-9a-f]{12}")
 _DUMMY_HASH = hashlib.sha256(b"lmaas-no-such-token").digest()
 
 #: Role enum value → the name the CLI and logs use.
-ROLE_NAMES: dict[int, str] = {
+ROLE_NAMES: dict[Role, str] = {
     pb.ROLE_READER: "reader",
     pb.ROLE_DEPLOYER: "deployer",
     pb.ROLE_WORKER: "worker",
@@ -54,7 +56,10 @@ ROLE_NAMES: dict[int, str] = {
 
 
 def role_name(role: int) -> str:
-    return ROLE_NAMES.get(role, "none")
+    for value, name in ROLE_NAMES.items():
+        if value == role:
+            return name
+    return "none"
 
 
 def generate_token() -> str:
@@ -90,7 +95,7 @@ class Tokens:
         self._store = store
         self._clock = clock
 
-    async def create(self, role: int, description: str, *, created_by: str) -> tuple[pb.Token, str, int]:
+    async def create(self, role: Role, description: str, *, created_by: str) -> tuple[pb.Token, str, int]:
         """A new token; returns (record, the whole bearer token, revision). The bearer token exists only here."""
         if role not in ROLE_NAMES:
             raise InvalidArgument(f"invalid role {role}: expected one of {', '.join(ROLE_NAMES.values())}")
@@ -152,7 +157,7 @@ class Tokens:
             return None
         return record
 
-    async def import_token(self, bearer: str, role: int, description: str, *, created_by: str = "bootstrap") -> str:
+    async def import_token(self, bearer: str, role: Role, description: str, *, created_by: str = "bootstrap") -> str:
         """Store a token made elsewhere (a bootstrap file, ``lmaas up``); idempotent.
 
         Returns what happened: ``"created"``, ``"exists"`` (same secret already

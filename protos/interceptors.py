@@ -20,7 +20,6 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
-
 from lmaas.protos.errors import LMaaSError
 
 __all__ = ["ErrorInterceptor", "Translate"]

@@ -100,6 +100,7 @@ class Worker:
                         cache_dir=s.cache_dir,
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
+                        on_ack=self.metrics.snapshot_revision.set,
                     )
                 )
             )

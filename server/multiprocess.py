@@ -71,7 +71,7 @@ def supervise(argv: Sequence[str], *, processes: int, host: str, grpc_port: int,
     for _ in children:
         ready.acquire()
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=prom_dir)
+    MultiProcessCollector(registry, path=prom_dir)  # type: ignore[no-untyped-call]
     httpd, _ = start_http_server(metrics_port, addr=host, registry=registry)
     if all(c.poll() is None for c in children):
         print(

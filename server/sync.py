@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -72,6 +72,7 @@ async def run_sync(
     token: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     max_download_bytes_per_second: float | None = None,
+    on_ack: Callable[[int], None] | None = None,
 ) -> None:
     """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever.
 
@@ -82,7 +83,7 @@ async def run_sync(
     cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second)
     syncer = Syncer(
         host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token,
-        credentials=credentials,
+        credentials=credentials, on_ack=on_ack,
     )
     await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
 
@@ -119,8 +120,10 @@ class Syncer:
         credentials: grpc.ChannelCredentials | None = None,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
+        on_ack: Callable[[int], None] | None = None,
     ) -> None:
         self.host = host
+        self.on_ack = on_ack  # called with each acknowledged snapshot revision (lmaas_worker_snapshot_revision)
         self.worker_id = worker_id
         self.pool = pool
         self.inference_address = inference_address
@@ -132,6 +135,7 @@ class Syncer:
         self.routes: dict[str, Route] = {}
         self.managed: set[tuple[str, int]] = set()  # versions this sync loaded
         self.applied_revision = 0
+        self._delivered = False  # whether the current stream delivered a snapshot
         self._latest: tuple[sync_pb2.Snapshot, _Stream] | None = None
         self._wake = asyncio.Event()
 
@@ -143,12 +147,14 @@ class Syncer:
         try:
             for attempt in itertools.count():
                 address = addresses[attempt % len(addresses)]
+                self._delivered = False
                 try:
-                    if await self._session(address):
-                        backoff = self.initial_backoff
+                    await self._session(address)
                     log.info("control plane %s ended the sync stream; reconnecting", address)
                 except grpc.aio.AioRpcError as exc:
                     log.warning("sync with %s failed: %s %s", address, exc.code().name, exc.details())
+                if self._delivered:  # the stream worked, however it ended: start backing off afresh
+                    backoff = self.initial_backoff
                 delay = backoff * (0.5 + random.random())
                 backoff = min(backoff * 2, self.max_backoff)
                 await asyncio.sleep(delay)
@@ -179,7 +185,7 @@ class Syncer:
                 async for snapshot in call:
                     if not received:
                         log.info("syncing with control plane %s", address)
-                    received = True
+                    received = self._delivered = True
                     self._latest = (snapshot, stream)
                     self._wake.set()
             finally:
@@ -198,7 +204,13 @@ class Syncer:
             try:
                 await self.apply(snapshot, stream)
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the worker is stopping
+                # Not us: a call of the snapshot's stream (an artifact download) was cancelled under us, which
+                # grpc.aio does when the stream ends and its channel closes. Drop the snapshot; the next stream
+                # starts with a complete one. (Re-raising here ended this loop for good.)
+                log.warning("applying snapshot %d stopped: its stream closed", snapshot.revision)
             except Exception:
                 log.exception("applying snapshot %d failed", snapshot.revision)
 
@@ -241,6 +253,8 @@ class Syncer:
             )
         if stream.open:
             stream.outgoing.put_nowait(sync_pb2.WorkerMessage(ack=ack))
+            if self.on_ack is not None:
+                self.on_ack(snapshot.revision)
         await self._unload_unassigned(snapshot)
         return ack
 

@@ -273,13 +273,16 @@ def test_bootstrap_file_is_written_0600_and_imported_idempotently(secured: Serve
 
 
 def test_bootstrap_from_env_and_malformed_bootstrap_files(tmp_path: Path) -> None:
-    token = generate_token()
+    token, fleet = generate_token(), generate_token()
     proc = start_control_plane(tmp_path, "--bootstrap-token-file", str(tmp_path / "unused.token"),
-                               env={"LMAAS_BOOTSTRAP_TOKEN": token})
+                               env={"LMAAS_BOOTSTRAP_TOKEN": token, "LMAAS_BOOTSTRAP_WORKER_TOKEN": fleet})
     try:
         assert not (tmp_path / "unused.token").exists()  # the variable wins; the file is not written
         with ControlPlaneClient(proc.grpc, token=token) as client:
-            assert client.list_tokens()[0].role == pb.ROLE_ADMIN
+            roles = {t.id: t.role for t in client.list_tokens()}
+        assert roles == {parse_token(token)[0]: pb.ROLE_ADMIN, parse_token(fleet)[0]: pb.ROLE_WORKER}  # type: ignore[index]
+        with ControlPlaneClient(proc.grpc, token=fleet) as client, pytest.raises(PermissionDenied):
+            client.list_models()  # a worker token syncs and downloads, nothing else
     finally:
         proc.stop()
     bad = tmp_path / "bad.token"

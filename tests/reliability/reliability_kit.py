@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -297,7 +298,8 @@ class ThrottledProxy:
 
     Put it between a worker and the control plane to make an artifact download take seconds. Counts the bytes it
     relayed back, in total and per connection, so a test can tell how much a (resumed) download transferred.
-    ``rate=None`` relays at full speed. ``close()`` stops accepting and closes every connection.
+    ``rate=None`` relays at full speed. ``drop_connections()`` resets the open connections (the listener stays),
+    ``close()`` stops accepting and closes every connection.
     """
 
     _CHUNK = 64 << 10
@@ -366,6 +368,16 @@ class ThrottledProxy:
             with self._lock:
                 self._sockets.discard(src)
                 self._sockets.discard(dst)
+
+    def drop_connections(self) -> int:
+        """Reset every relayed connection (a network fault); new ones are still accepted. How many were open."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+                s.shutdown(socket.SHUT_RDWR)
+        return len(sockets) // 2
 
     def close(self) -> None:
         self._closed = True

@@ -13,17 +13,24 @@ CI: 20 deploys after 6 warm-up deploys. ``-m soak``: 200 deploys, figures in
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 from lmaas.client.control import ControlPlaneClient
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from processes import ServerProcess
 from reliability_fleet import Fleet
 from reliability_kit import latency_summary, rss_mib, save_results, wait_until, write_matmul_onnx
 
 MODEL = "big"
 WARMUP = 6
+
+
+def loads_of(worker: ServerProcess) -> int:
+    """How many loads of MODEL the worker logged ("loaded model=...", not "unloaded ...")."""
+    return len(re.findall(rf"\bloaded model={MODEL} ", worker.output()))
 
 
 def deploy_cycles(fleet: Fleet, tmp: Path, deploys: int) -> dict[str, object]:
@@ -45,21 +52,21 @@ def deploy_cycles(fleet: Fleet, tmp: Path, deploys: int) -> dict[str, object]:
             deploy(i % 3 + 1)
         baseline = rss_mib(pid)
         peak, latencies = baseline, []
-        loads_before = worker.output().count(f"loaded model={MODEL} ")
+        loads_before = loads_of(worker)
         for i in range(deploys):
             latencies.append(deploy((WARMUP + i) % 3 + 1))
             peak = max(peak, rss_mib(pid))
         time.sleep(0.5)  # the last unload drains
         final = rss_mib(pid)
-        loads = worker.output().count(f"loaded model={MODEL} ") - loads_before
+        loads = loads_of(worker) - loads_before
 
         # Two versions in turn: the previous one is kept warm, so a flip loads nothing.
         current = (WARMUP + deploys - 1) % 3 + 1
         other = current % 3 + 1
         deploy(other)
-        loads_two = worker.output().count(f"loaded model={MODEL} ")
+        loads_two = loads_of(worker)
         flips = [deploy(v) for v in (current, other) * 5]
-        assert worker.output().count(f"loaded model={MODEL} ") == loads_two, "a flip between two warm versions loaded"
+        assert loads_of(worker) == loads_two, "a flip between two warm versions loaded"
     growth = (final - baseline) / baseline * 100
     figures: dict[str, object] = {
         "deploys": deploys, "model_mib": 16, "versions_in_rotation": 3, "loads": loads,

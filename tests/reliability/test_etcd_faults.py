@@ -237,7 +237,10 @@ def fault_round(
     generation = client.deploy(model, last.version).deployment.generation
     rollout = client.wait_rollout(model, generation, timeout=60)
     assert rollout.phase == resources_pb2.ROLLOUT_PHASE_SUCCEEDED, rollout
-    wait_until(lambda: scale_of(worker.grpc, model) == 7.0, what="final version served")
+    try:
+        wait_until(lambda: scale_of(worker.grpc, model) == 7.0, what="final version served")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworker log:\n" + "\n".join(worker.log[-40:])) from None
     final_change_s = time.monotonic() - started
 
     bookends = [
@@ -253,7 +256,7 @@ def fault_round(
     assert not inference.failed, inference.errors()
     allowed = {1.0, 7.0, *writer.factors.values()}
     assert {s.value for s in inference.samples} <= allowed
-    assert counts["acked_deploys"] > 0 and any(w.ok and w.started > restarted for w in writer.writes)
+    assert counts["acked_deploys"] > 0 and any(w.ok and w.started > killed for w in writer.writes)
     return figures
 
 
@@ -263,7 +266,7 @@ def test_member_kill_during_writes(role: str, fleet: Fleet, etcd3: EtcdCluster, 
     victim = leader if role == "leader" else etcd3.follower_indexes()[0]
     setup = start(fleet, etcd3, victim)
     try:
-        fault_round(setup, tmp_path, f"etcd-{role}", victim, role, before=1.5, dead=3.0, after=1.5)
+        fault_round(setup, tmp_path, f"etcd-{role}", victim, role, before=1.5, dead=3.0, after=3.0)
     finally:
         setup.client.close()
 

@@ -13,7 +13,6 @@ CI: 15 cycles. ``-m soak``: 100 cycles, figures in ``benchmarks/results/reliabil
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +118,7 @@ def rollout_soak(
         f"  change → all workers ACKed: "
         + "; ".join(f"{k} p50 {v['p50_ms']:.0f} ms max {v['max_ms']:.0f} ms" for k, v in by_kind.items())
         + f"\n  worker RSS {[f'{r:.0f}' for r in rss_before]} → {[f'{r:.0f}' for r in rss_after]} MiB; time in "
-        f"changes {statistics.fsum(b - a for a, b in windows):.1f} s"
+        f"changes {sum(b - a for a, b in windows):.1f} s"
     )
     assert not figures["changes_failed"], figures["changes_failed"]
     assert not load.failed, load.errors()

@@ -8,10 +8,9 @@ from __future__ import annotations
 import grpc
 from fuzz_requests import infer_requests
 from hypothesis import HealthCheck, given, settings
-from processes import ServerProcess
-
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from processes import ServerProcess
 
 # What a malformed request may get; INTERNAL or UNKNOWN would mean a crash path.
 ACCEPTABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}

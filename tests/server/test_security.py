@@ -67,3 +67,28 @@ def test_tls_and_mutual_tls(mlp_repository: Path, tmp_path: Path) -> None:
         plaintext.close()
     finally:
         assert proc.stop() == 0
+
+
+def test_repository_rpcs_are_disabled_when_a_control_plane_manages_the_worker(mlp_repository: Path) -> None:
+    """With --control-plane, only the control plane loads and unloads: ModelLoad/Unload are refused."""
+    from lmaas.protos.inference import grpc_service_pb2 as pb
+    from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
+
+    # an unreachable control plane: the worker keeps serving its repository and retries in the background
+    proc = start_worker(mlp_repository, "--control-plane", "127.0.0.1:1", env={"LMAAS_TOKEN": ""})
+    try:
+        with grpc.insecure_channel(proc.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for call in (
+                lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"), timeout=10),
+                lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"), timeout=10),
+            ):
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "managed by the control plane" in (info.value.details() or "")
+        client = tc.InferenceServerClient(proc.grpc)
+        assert client.infer("mlp", [_x()]).as_numpy("y").shape == (1, 3)  # still loaded and serving
+        client.close()
+    finally:
+        assert proc.stop() == 0

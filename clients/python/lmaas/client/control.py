@@ -74,7 +74,7 @@ FINAL_PHASES = frozenset(
 )
 
 #: Role names → the ``Role`` enum values of ``lmaas.control.v1``.
-ROLES: dict[str, int] = {
+ROLES: dict[str, resources_pb2.Role] = {
     "reader": resources_pb2.ROLE_READER,
     "deployer": resources_pb2.ROLE_DEPLOYER,
     "worker": resources_pb2.ROLE_WORKER,
@@ -324,7 +324,8 @@ class ControlPlaneClient:
 
     # -- tokens (admin) -------------------------------------------------------------------------------------
 
-    def create_token(self, role: str | int, *, description: str = "") -> tokens_pb2.CreateTokenResponse:
+    def create_token(self, role: str | resources_pb2.Role, *,
+                     description: str = "") -> tokens_pb2.CreateTokenResponse:
         """A new token with ``role`` ("reader", "deployer", "worker", "admin"); ``reply.secret`` is the bearer
         token, returned this once only. Sent once (never retried): a retry could create a second token."""
         value = ROLES.get(role) if isinstance(role, str) else role
