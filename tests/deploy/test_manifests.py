@@ -482,3 +482,20 @@ def test_renderer_applies_namespace_images_and_deletes(tmp_path: Path) -> None:
     docs = render(tmp_path / "over")
     assert [(d["kind"], d["metadata"].get("namespace")) for d in docs] == [("Namespace", None), ("Deployment", "ns")]
     assert [c["image"] for c in docs[1]["spec"]["template"]["spec"]["containers"]] == ["reg/app:2", "other:2"]
+
+
+def test_secret_references_are_the_documented_tokens_secret() -> None:
+    """The manifests reference (never contain) the tokens Secret; deploy/README.md says how to create it."""
+    readme = (Path(__file__).resolve().parents[2] / "deploy" / "README.md").read_text()
+    refs: set[tuple[str, str]] = set()
+    for overlay in ("dev", "prod"):
+        for doc in rendered(OVERLAYS[overlay]):
+            assert doc.get("kind") != "Secret", "secrets must not be committed with the manifests"
+            for c in containers(doc):
+                for var in c.get("env", []):
+                    ref = var.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        refs.add((ref["name"], ref["key"]))
+    assert refs == {("lmaas-tokens", "admin-token"), ("lmaas-tokens", "worker-token")}
+    for name, key in refs:
+        assert f"secret generic {name}" in readme and f"--from-literal={key}=" in readme
