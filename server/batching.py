@@ -109,17 +109,19 @@ class Batcher:
     async def submit(self, inputs: Mapping[str, Array], batch: int, deadline: float | None) -> Outputs:
         if self._closed:
             raise Unavailable("model is unloading")
-        key = tuple(a.shape[1:] for a in inputs.values()) if self.policy.max_batch_size else ()
         loop = asyncio.get_running_loop()
-        p = _Pending(inputs, batch, key, loop.create_future(), deadline)
         if self._free and not self._queue and not self.policy.max_delay:
             # Fast path: a slot is free and nobody waits, so run here without a hand-off.
+            p = _Pending(inputs, batch, (), loop.create_future(), deadline)
             self._free -= 1
             try:
                 await self._execute(loop, [p])
             finally:
                 self._release()
             return p.future.result()
+        # Only requests with equal per-item shapes can share a batch.
+        key = tuple([a.shape[1:] for a in inputs.values()]) if self.policy.max_batch_size else ()
+        p = _Pending(inputs, batch, key, loop.create_future(), deadline)
         limit = self.policy.max_queue_size
         if limit and len(self._queue) >= limit:
             self._metrics.rejected("queue_full")

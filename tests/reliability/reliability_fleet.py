@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from cp_harness import start_control_plane
 from etcd_cluster import free_port
@@ -20,6 +21,7 @@ class Fleet:
 
     tmp: Path
     procs: list[ServerProcess] = field(default_factory=list)
+    REPLICAS: ClassVar[tuple[str, str]] = ("cpA", "cpB")
 
     def control_plane(
         self, store: str, *extra: str, port: int | None = None, replica: str = "", artifacts: Path | None = None
@@ -33,6 +35,11 @@ class Fleet:
         proc = start_control_plane(self.tmp, *args, *extra, store=store)
         self.procs.append(proc)
         return proc
+
+    def replicas(self, store: str, ports: list[int]) -> list[ServerProcess]:
+        """Control-plane replicas named cpA, cpB... on ``store`` at ``ports``, sharing ``tmp/artifacts``."""
+        pairs = zip(self.REPLICAS, ports, strict=True)
+        return [self.control_plane(store, port=port, replica=name) for name, port in pairs]
 
     def worker(
         self, worker_id: str, control_plane: str, *extra: str, port: int | None = None, cache: Path | None = None
@@ -48,6 +55,10 @@ class Fleet:
 
     def cache(self, worker_id: str) -> Path:
         return self.tmp / f"cache-{worker_id}"
+
+    def cached(self, worker_id: str, digest: str, name: str = "model.onnx") -> Path:
+        """Where a worker's cache keeps an ONNX artifact (``<name>.partial`` while it downloads)."""
+        return self.cache(worker_id) / "sha256" / digest[:2] / digest / name
 
     def kill(self, proc: ServerProcess) -> None:
         """SIGKILL: a crash, nothing cleaned up."""

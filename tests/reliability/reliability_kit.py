@@ -39,11 +39,13 @@ __all__ = [
     "infer_request",
     "latency_summary",
     "metric",
+    "model_state",
     "overlaps",
     "rss_mib",
     "save_results",
     "scale_of",
     "scrape",
+    "size_of",
     "wait_until",
     "write_matmul_onnx",
     "write_scale_onnx",
@@ -225,6 +227,21 @@ def overlaps(sample: Sample, windows: Sequence[tuple[float, float]]) -> bool:
 
 
 # -- processes and metrics --------------------------------------------------------------------------------------------
+
+
+def model_state(address: str, model: str) -> str:
+    """The model's state in a worker's repository index (LOADING, READY...), "" when it is not listed."""
+    with grpc.insecure_channel(address) as channel:
+        index = pb_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(pb.RepositoryIndexRequest(), timeout=2)
+    return next((m.state for m in index.models if m.name == model), "")
+
+
+def size_of(path: Path) -> int:
+    """A file's size; 0 when it does not exist (yet)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def rss_mib(pid: int) -> float:

@@ -50,6 +50,7 @@ def deploy_cycles(fleet: Fleet, tmp: Path, deploys: int) -> dict[str, object]:
 
         for i in range(WARMUP):
             deploy(i % 3 + 1)
+        time.sleep(0.5)  # the unload after the last ACK drains: measure like the final figure below
         baseline = rss_mib(pid)
         peak, latencies = baseline, []
         loads_before = loads_of(worker)

@@ -13,7 +13,8 @@ connection is the one that breaks. Then:
 * the **data plane served throughout**: the inference client saw no failure.
 
 Figures: write latency before the fault and its spike during it, failed writes, the longest gap between
-acknowledged writes, and the recovery time (kill → first acknowledged write that started after it).
+acknowledged writes, the recovery time (kill → first acknowledged write that started after it), and how long an
+acknowledged deploy took to be served by the worker (seen by the inference client), overall and during the fault.
 
 CI: one leader kill and one follower kill (one test each). ``-m soak``: 6 faults alternating leader/follower in
 one cluster, figures in ``benchmarks/results/reliability-etcd-faults.json``. Run with ``-s`` to see them.
@@ -44,7 +45,15 @@ from lmaas.protos.lmaas.control.v1 import (
 )
 from processes import ServerProcess
 from reliability_fleet import Fleet
-from reliability_kit import InferenceLoad, latency_summary, save_results, scale_of, wait_until, write_scale_onnx
+from reliability_kit import (
+    InferenceLoad,
+    Sample,
+    latency_summary,
+    save_results,
+    scale_of,
+    wait_until,
+    write_scale_onnx,
+)
 
 PACE = 0.05  # seconds between writes
 
@@ -174,9 +183,35 @@ def fault_figures(writes: list[Write], killed: float, restarted: float) -> dict[
     }
 
 
+def serving_lag(writes: list[Write], factors: dict[int, float], samples: list[Sample], window: tuple[float, float]
+                ) -> dict[str, object]:
+    """Acked deploy → first inference answered by that version (or a later one), from the client's samples.
+
+    Versions get increasing factors, so "that version or later" is an answer >= its factor. Deploys superseded
+    before any request saw them count as served by the next one. Returned for all deploys and for those acked
+    during ``window`` (the fault).
+    """
+    answered = sorted((s.start, s.value) for s in samples if s.code == "OK")
+    lags, lags_fault = [], []
+    for w in writes:
+        if w.kind != "deploy" or not w.ok:
+            continue
+        factor = factors[w.version]
+        seen = next((t for t, v in answered if t >= w.started and v >= factor), None)
+        if seen is None:
+            continue
+        lag = max(seen - w.finished, 0.0)
+        lags.append(lag)
+        if window[0] <= w.finished <= window[1]:
+            lags_fault.append(lag)
+    return {"deploy_to_served": latency_summary(lags), "deploy_to_served_fault": latency_summary(lags_fault)}
+
+
 def fmt_fault(role: str, f: dict[str, object], counts: dict[str, int], inference: InferenceLoad) -> str:
     before, spike = f["write_latency_before"], f["write_latency_fault"]
+    lag, lag_fault = f["deploy_to_served"], f["deploy_to_served_fault"]
     assert isinstance(before, dict) and isinstance(spike, dict)
+    assert isinstance(lag, dict) and isinstance(lag_fault, dict)
     return (
         f"\netcd {role} SIGKILL during writes and rollouts: writes p50 {before['p50_ms']:.0f} ms / p99 "
         f"{before['p99_ms']:.0f} ms before; during the fault max {spike['max_ms']:.0f} ms (p50 {spike['p50_ms']:.0f}); "
@@ -184,7 +219,9 @@ def fmt_fault(role: str, f: dict[str, object], counts: dict[str, int], inference
         f"{f['longest_gap_between_acked_writes_s']} s; recovery (kill → first acked write) {f['recovery_s']} s; "
         f"{counts['acked_pushes']} acked pushes + {counts['acked_deploys']} acked deploys all present; "
         f"failed-but-applied: {counts['failed_but_applied_pushes']} pushes, {counts['failed_but_applied_deploys']} "
-        f"deploys; inference {len(inference.samples)} requests, {len(inference.failed)} failed"
+        f"deploys; acked deploy → served by the worker p50 {lag['p50_ms']:.0f} ms, max {lag['max_ms']:.0f} ms "
+        f"(max {lag_fault['max_ms']:.0f} ms for deploys acked during the fault); inference {len(inference.samples)} "
+        f"requests, {len(inference.failed)} failed"
     )
 
 
@@ -251,6 +288,7 @@ def fault_round(
     counts = verify_acknowledged(client, model, [*writer.writes, *bookends])
     figures = {"victim": role, "member": member.name, "was_store_endpoint": True, **fault_figures(
         writer.writes, killed, restarted), **counts, "final_push_deploy_acked_s": round(final_change_s, 3),
+        **serving_lag(writer.writes, writer.factors, inference.samples, (killed, restarted + 2.0)),
         "inference_requests": len(inference.samples), "inference_failed": len(inference.failed)}
     print(fmt_fault(role, figures, counts, inference) + f"; afterwards push+deploy→ACK {final_change_s:.2f} s")
     assert not inference.failed, inference.errors()
