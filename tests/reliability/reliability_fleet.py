@@ -42,13 +42,14 @@ class Fleet:
         return [self.control_plane(store, port=port, replica=name) for name, port in pairs]
 
     def worker(
-        self, worker_id: str, control_plane: str, *extra: str, port: int | None = None, cache: Path | None = None
+        self, worker_id: str, control_plane: str, *extra: str, port: int | None = None, cache: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> ServerProcess:
         """``lmaas worker`` syncing from ``control_plane`` (HOST:PORT[,HOST:PORT]), cache ``tmp/cache-<id>``."""
         proc = start_worker(
             None, "--control-plane", control_plane, "--worker-id", worker_id,
             "--cache-dir", str(cache or self.cache(worker_id)), "--drain-timeout", "5",
-            "--grpc-port", str(port or free_port()), *extra,
+            "--grpc-port", str(port or free_port()), *extra, env=env,
         )
         self.procs.append(proc)
         return proc
