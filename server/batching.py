@@ -111,14 +111,16 @@ class Batcher:
             raise Unavailable("model is unloading")
         loop = asyncio.get_running_loop()
         if self._free and not self._queue and not self.policy.max_delay:
-            # Fast path: a slot is free and nobody waits, so run here without a hand-off.
-            p = _Pending(inputs, batch, (), loop.create_future(), deadline)
+            # Fast path: a slot is free and nobody waits, so run here without a hand-off or a future.
+            if deadline is not None and loop.time() >= deadline:
+                self._metrics.rejected("deadline")
+                raise DeadlineExceeded("deadline passed before the request could run")
             self._free -= 1
             try:
-                await self._execute(loop, [p])
+                self._metrics.queue_duration.observe(0.0)
+                return await self._compute(loop, inputs, batch)
             finally:
                 self._release()
-            return p.future.result()
         # Only requests with equal per-item shapes can share a batch.
         key = tuple([a.shape[1:] for a in inputs.values()]) if self.policy.max_batch_size else ()
         p = _Pending(inputs, batch, key, loop.create_future(), deadline)
@@ -236,16 +238,28 @@ class Batcher:
         outputs = self._run(inputs)
         return outputs, time.perf_counter() - started
 
+    async def _compute(self, loop: asyncio.AbstractEventLoop, inputs: Mapping[str, Array], items: int) -> Outputs:
+        """One execution of ``items`` inputs, inline or in the executor; records the execution metrics."""
+        if self.inline:
+            outputs, elapsed = self._timed_run(inputs)
+        else:
+            outputs, elapsed = await loop.run_in_executor(self._executor, self._timed_run, inputs)
+        self._ema = 0.8 * self._ema + 0.2 * elapsed
+        self.inline = self._ema < INLINE_SECONDS
+        m = self._metrics
+        m.compute_duration.observe(elapsed)
+        m.executions.inc()
+        m.batch_size.observe(items)
+        m.inferences.inc(items)
+        return outputs
+
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
             inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
         try:
-            if self.inline:
-                outputs, elapsed = self._timed_run(inputs)
-            else:
-                outputs, elapsed = await loop.run_in_executor(self._executor, self._timed_run, inputs)
+            outputs = await self._compute(loop, inputs, sum(p.batch for p in batch))
         except Exception as exc:
             if len(batch) > 1:  # isolate the request that broke the batch
                 for p in batch:
@@ -254,14 +268,6 @@ class Batcher:
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
-        self._ema = 0.8 * self._ema + 0.2 * elapsed
-        self.inline = self._ema < INLINE_SECONDS
-        m = self._metrics
-        m.compute_duration.observe(elapsed)
-        m.executions.inc()
-        total = sum(p.batch for p in batch)
-        m.batch_size.observe(total)
-        m.inferences.inc(total)
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
