@@ -94,7 +94,8 @@ function channelOptions(services, options) {
 class BaseClient {
   constructor(ServiceClient, services, address, options = {}) {
     this.deadlineMs = options.deadlineMs ?? 30000;
-    this.metadata = { ...(options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}), ...options.metadata };
+    const bearer = options.token ?? options.apiKey; // control-plane token or worker API key, same header
+    this.metadata = { ...(bearer ? { authorization: `Bearer ${bearer}` } : {}), ...options.metadata };
     const credentials = options.credentials || grpc.credentials.createInsecure();
     this.stub = new ServiceClient(address, credentials, channelOptions(services, options));
   }
@@ -356,8 +357,10 @@ const REGISTRY_SERVICE = 'lmaas.control.v1.ModelRegistry';
  * calls this small client does not wrap (callback style, as @grpc/grpc-js generates it).
  */
 class ControlPlaneClient extends BaseClient {
+  /** `options.token` (default: the LMAAS_TOKEN variable) is sent as `authorization: Bearer TOKEN`. */
   constructor(address = '127.0.0.1:8090', options = {}) {
     const pkg = loadPackage(['lmaas/control/v1/registry.proto'], options.protosDir);
+    options = { token: process.env.LMAAS_TOKEN, ...options };
     super(pkg.lmaas.control.v1.ModelRegistry, [REGISTRY_SERVICE], address, options);
     this.registry = this.stub;
   }

@@ -1,4 +1,6 @@
 'use strict';
+
+const crypto = require('node:crypto');
 /*
  * Real LMaaS servers for the Node tests, run with the repository's Python:
  *
@@ -145,7 +147,8 @@ from lmaas.control_plane.settings import ControlPlaneSettings
 async def main() -> None:
     tmp = Path(sys.argv[1])
     settings = ControlPlaneSettings(store=f"sqlite:///{tmp / 'control.db'}", artifact_dir=tmp / "artifacts",
-                                    host="127.0.0.1", grpc_port=0, metrics_port=0, grace_seconds=0.5)
+                                    host="127.0.0.1", grpc_port=0, metrics_port=0, grace_seconds=0.5,
+                                    bootstrap_token=sys.argv[2], bootstrap_token_file=None)
     cp = ControlPlane(settings)
     grpc_port, metrics_port = await cp.start()
     print(f"lmaas control-plane listening grpc=127.0.0.1:{grpc_port} metrics=127.0.0.1:{metrics_port}", flush=True)
@@ -157,10 +160,12 @@ async def main() -> None:
 asyncio.run(main())
 `;
 
-/** Start a control plane on a fresh SQLite store. */
+/** Start a control plane on a fresh SQLite store; `.token` is its admin token (auth is on). */
 async function startControlPlane() {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lmaas-node-cp-'));
-  return startServer(['-c', RUN_CONTROL_PLANE, tmp], { tmp });
+  const token = `lmaas_${crypto.randomBytes(6).toString('hex')}_${crypto.randomBytes(32).toString('base64url')}`;
+  const server = await startServer(['-c', RUN_CONTROL_PLANE, tmp, token], { tmp });
+  return Object.assign(server, { token });
 }
 
 module.exports = { PYTHON, REPO_ROOT, startControlPlane, startWorker };

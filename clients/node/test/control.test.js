@@ -11,7 +11,7 @@ let client;
 
 before(async () => {
   controlPlane = await startControlPlane();
-  client = new ControlPlaneClient(controlPlane.grpc);
+  client = new ControlPlaneClient(controlPlane.grpc, { token: controlPlane.token });
 }, { timeout: 120000 });
 
 after(async () => {
@@ -19,10 +19,17 @@ after(async () => {
   if (controlPlane) await controlPlane.stop();
 });
 
+test('a call without a token is UNAUTHENTICATED', async () => {
+  const anonymous = new ControlPlaneClient(controlPlane.grpc, { token: undefined });
+  try {
+    await assert.rejects(anonymous.listModels(), (err) => err.status === 'UNAUTHENTICATED');
+  } finally {
+    anonymous.close();
+  }
+});
+
 function createModel(name, description) {
-  return new Promise((resolve, reject) => {
-    client.registry.CreateModel({ name, description }, (err, response) => (err ? reject(err) : resolve(response)));
-  });
+  return client.call('CreateModel', { name, description }); // the shared call path sends the token
 }
 
 test('lists the models of the control plane', async () => {
