@@ -103,6 +103,7 @@ class Worker:
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                         on_ack=self.metrics.snapshot_revision.set,
+                        max_download_bytes_per_second=s.max_download_rate or None,
                     )
                 )
             )

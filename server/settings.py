@@ -18,6 +18,9 @@ class WorkerSettings(BaseModel):
     worker_id: str = Field("", description="identity reported to the control plane (default: host name + port)")
     pool: str = Field("default", description="worker pool this worker serves")
     cache_dir: Path = Field(Path(".lmaas/cache"), description="where artifacts from the control plane are cached")
+    max_download_rate: float = Field(
+        256 << 20, ge=0, description="artifact download limit in bytes/s (0 = none), so deploys spare serving models"
+    )
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
     max_message_bytes: int = Field(64 << 20, ge=1024, description="largest gRPC message accepted")
     max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")

@@ -53,6 +53,13 @@ def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--worker-id", env="LMAAS_WORKER_ID", default="", help="Identity reported to the control plane.")
 @_opt("--pool", env="LMAAS_POOL", default="default", help="Worker pool this worker serves.")
 @_opt(
+    "--max-download-rate",
+    env="LMAAS_MAX_DOWNLOAD_RATE",
+    type=click.FloatRange(min=0),
+    default=float(256 << 20),
+    help="Artifact download limit, bytes/s (0 = none): deploys must not starve models that serve.",
+)
+@_opt(
     "--cache-dir",
     env="LMAAS_CACHE_DIR",
     type=click.Path(file_okay=False, path_type=Path),
