@@ -11,20 +11,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from lmaas.cli._options import F
+from lmaas.cli._options import option as _opt
 from lmaas.logs import setup_logging
 from lmaas.protos.errors import LMaaSError
 
 __all__ = ["Connection", "control_plane", "deploy", "model", "rollback", "status", "token"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kw)
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
+from lmaas.cli._options import option as _opt
 from lmaas.logs import setup_logging
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
-    """An option that also reads ``env`` and shows it in --help."""
-    return click.option(*names, envvar=env, show_envvar=True, **{"show_default": True, **kw})
 
 
 @click.command()
