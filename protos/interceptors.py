@@ -70,37 +70,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        abort = self._abort
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-        unary = handler.unary_unary or handler.stream_unary
-        if unary is not None:
-
-            async def call(request: Any, context: Context) -> Any:
-                try:
-                    return await unary(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await abort(exc, context, method)
-
-            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-            return make(call, **kwargs)
-        inner = handler.unary_stream or handler.stream_stream
-
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                async for response in inner(request, context):
-                    yield response
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await abort(exc, context, method)
-
-        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-        return make(stream, **kwargs)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_guard(self, method, handler.unary_unary, False), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_guard(self, method, handler.stream_unary, False), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_guard(self, method, handler.unary_stream, True), **kwargs)
+        return grpc.stream_stream_rpc_method_handler(_guard(self, method, handler.stream_stream, True), **kwargs)
 
 
 def guard_servicer(servicer: Any, service: ServiceDescriptor, translate: Translate | None = None) -> Any:
@@ -114,6 +94,7 @@ def guard_servicer(servicer: Any, service: ServiceDescriptor, translate: Transla
 
 
 def _guard(mapper: ErrorInterceptor, method: str, fn: Any, streaming: bool) -> Any:
+    """``fn`` with exceptions mapped to statuses (the one wrapper both installation ways use)."""
     abort = mapper._abort
     if not streaming:
 
