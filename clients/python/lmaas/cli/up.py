@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from lmaas.cli.control import _opt
+from lmaas.cli._options import option as _opt
 from lmaas.logs import setup_logging
 
 __all__ = ["up"]
