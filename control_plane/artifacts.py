@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from lmaas.protos.digests import sha256_file
 from lmaas.protos.errors import (
     Aborted,
     ArtifactNotFound,
@@ -45,14 +45,6 @@ def check_digest(digest: str) -> str:
     if not _DIGEST.fullmatch(digest):
         raise InvalidArgument(f"invalid sha256 digest {digest!r}: expected 64 lowercase hex characters")
     return digest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK_SIZE):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArtifactStore:

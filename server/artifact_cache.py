@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from lmaas.protos.digests import sha256_file as _sha256
 from lmaas.protos.errors import DataLoss, InvalidArgument
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc
 
@@ -33,14 +33,6 @@ log = logging.getLogger("lmaas.worker.cache")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2"}
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _BLOCK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArtifactCache:

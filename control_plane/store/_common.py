@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
-from .base import Compare, Delete, Put
+from .base import Compare, Delete, Lease, Put
 
-__all__ = ["COMPARE_OPS", "COMPARE_TARGETS", "check_key", "decode_key", "encode_key", "prefix_end", "validate_txn"]
+__all__ = [
+    "COMPARE_OPS",
+    "COMPARE_TARGETS",
+    "KeptAliveLease",
+    "check_key",
+    "decode_key",
+    "encode_key",
+    "prefix_end",
+    "validate_txn",
+]
 
 COMPARE_OPS = frozenset({"==", "!=", "<", ">"})
 COMPARE_TARGETS = frozenset({"mod_revision", "create_revision", "version", "value"})
@@ -71,11 +82,29 @@ def _validate_branch(ops: Sequence[Put | Delete]) -> None:
                 raise ValueError(f"transaction branch puts and deletes key {decode_key(key)!r}")
 
 
-def validate_txn(
-    compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete]
-) -> None:
+def validate_txn(compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete]) -> None:
     for c in compares:
         check_key(c.key)
         _validate_compare(c)
     _validate_branch(success)
     _validate_branch(failure)
+
+
+class KeptAliveLease(Lease):
+    """A lease whose store keeps it alive from ``_task`` until :meth:`revoke` (both backends use it)."""
+
+    def __init__(self, store: Any, lease_id: int, ttl: int) -> None:
+        super().__init__(lease_id, ttl)
+        self._store = store  # has ``async _revoke(lease_id)``
+        self._task: asyncio.Task[None] | None = None
+
+    async def revoke(self) -> None:
+        self._stop()
+        if not self.expired:
+            await self._store._revoke(self.id)
+        self._mark_expired()
+
+    def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from ._common import check_key, encode_key, validate_txn
+from ._common import KeptAliveLease, check_key, encode_key, validate_txn
 from ._etcd_wire import (
     REQUIRE_LEADER,
     STREAM_BROKEN,
@@ -65,22 +65,8 @@ __all__ = ["EtcdLease", "EtcdStore"]
 log = logging.getLogger(__name__)
 
 
-class EtcdLease(Lease):
-    def __init__(self, store: EtcdStore, lease_id: int, ttl: int) -> None:
-        super().__init__(lease_id, ttl)
-        self._store = store
-        self._task: asyncio.Task[None] | None = None
-
-    async def revoke(self) -> None:
-        self._stop()
-        if not self.expired:
-            await self._store._revoke(self.id)
-        self._mark_expired()
-
-    def _stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+class EtcdLease(KeptAliveLease):
+    """A EtcdStore lease, refreshed by the store's keepalive task."""
 
 
 class EtcdStore(Store):

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ._common import check_key, encode_key, validate_txn
+from ._common import KeptAliveLease, check_key, encode_key, validate_txn
 from ._sqlite_db import Db
 from .base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, StoreError, TxnResult
 
@@ -38,22 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SqliteLease(Lease):
-    def __init__(self, store: SqliteStore, lease_id: int, ttl: int) -> None:
-        super().__init__(lease_id, ttl)
-        self._store = store
-        self._task: asyncio.Task[None] | None = None
-
-    async def revoke(self) -> None:
-        self._stop()
-        if not self.expired:
-            await self._store._revoke(self.id)
-        self._mark_expired()
-
-    def _stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+class SqliteLease(KeptAliveLease):
+    """A SqliteStore lease, refreshed by the store's keepalive task."""
 
 
 class SqliteStore(Store):

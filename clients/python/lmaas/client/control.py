@@ -21,7 +21,6 @@ that are safe to repeat (reads, uploads, deploys); a rollback is sent once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from lmaas.client._grpc import (
     retry,
     to_error,
 )
+from lmaas.protos.digests import sha256_file as _sha256
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
@@ -112,14 +112,6 @@ def load_config_json(config: str | Path | Mapping[str, Any] | None) -> str:
 def phase_name(phase: int) -> str:
     name: str = resources_pb2.RolloutPhase.Name(phase)
     return name.removeprefix("ROLLOUT_PHASE_").lower()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK_SIZE):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ControlPlaneClient:

@@ -129,9 +129,11 @@ def _load_request(name: str, config: str | Mapping[str, Any] | None) -> pb.Repos
 
 
 class _Base:
-    def __init__(self, url: str, *, tls: bool, root_certificates: bytes | None, private_key: bytes | None,
-                 certificate_chain: bytes | None, server_name: str | None, max_message_bytes: int,
-                 timeout: float | None, retry: RetryPolicy | None, metadata: Metadata, api_key: str | None) -> None:
+    def __init__(self, url: str = "127.0.0.1:8001", *, tls: bool = False, root_certificates: bytes | None = None,
+                 private_key: bytes | None = None, certificate_chain: bytes | None = None,
+                 server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = (),
+                 api_key: str | None = None) -> None:
         self.channel_config = ChannelConfig(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
                                     certificate_chain=certificate_chain, server_name=server_name,
                                     max_message_bytes=max_message_bytes)
@@ -139,6 +141,12 @@ class _Base:
         self.retry_policy = RetryPolicy() if retry is None else retry
         auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.default_metadata: tuple[tuple[str, str], ...] = (*auth, *metadata)
+        self._channel = self._create_channel(self.channel_config)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    @staticmethod
+    def _create_channel(config: ChannelConfig) -> Any:  # each flavour names its channel factory
+        raise NotImplementedError
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.default_timeout if timeout is None else timeout
@@ -159,17 +167,7 @@ class InferenceClient(_Base):
     for mutual TLS). Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", *, tls: bool = False, root_certificates: bytes | None = None,
-                 private_key: bytes | None = None, certificate_chain: bytes | None = None,
-                 server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = (),
-                 api_key: str | None = None) -> None:
-        super().__init__(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
-                         certificate_chain=certificate_chain, server_name=server_name,
-                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata,
-                         api_key=api_key)
-        self._channel = create_channel(self.channel_config)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+    _create_channel = staticmethod(create_channel)
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -260,17 +258,7 @@ class AsyncInferenceClient(_Base):
     Create it inside the event loop that uses it; ``async with`` or ``await close()``.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", *, tls: bool = False, root_certificates: bytes | None = None,
-                 private_key: bytes | None = None, certificate_chain: bytes | None = None,
-                 server_name: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float | None = None, retry: RetryPolicy | None = None, metadata: Metadata = (),
-                 api_key: str | None = None) -> None:
-        super().__init__(url, tls=tls, root_certificates=root_certificates, private_key=private_key,
-                         certificate_chain=certificate_chain, server_name=server_name,
-                         max_message_bytes=max_message_bytes, timeout=timeout, retry=retry, metadata=metadata,
-                         api_key=api_key)
-        self._channel = create_aio_channel(self.channel_config)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+    _create_channel = staticmethod(create_aio_channel)
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self
