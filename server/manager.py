@@ -58,8 +58,8 @@ class ModelManager:
 
     # ---- lookups (request path) ----
 
-    def get(self, name: str, version: str = "") -> ModelVersion:
-        """The version a request names, or the routed one when it names none."""
+    def get(self, name: str, version: str = "", *, key: str = "") -> ModelVersion:
+        """The version a request names, or the routed one when it names none (sticky by conversation ``key``)."""
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(name)
@@ -71,7 +71,7 @@ class ModelManager:
             if mv is None:
                 raise ModelNotFound(name, version)
             return mv
-        chosen = pick_version(self._routes.get(name), versions)  # type: ignore[arg-type]
+        chosen = pick_version(self._routes.get(name), versions, key=key)  # type: ignore[arg-type]
         assert chosen is not None
         return versions[chosen]
 
