@@ -24,6 +24,10 @@ def _register() -> None:
     main.add_command(control.status)
     main.add_command(control.token)
     main.add_command(up.up)
+    from lmaas.cli import llm  # generate, chat
+
+    main.add_command(llm.generate)
+    main.add_command(llm.chat)
 
 
 _register()

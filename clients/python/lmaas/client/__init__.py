@@ -6,6 +6,13 @@ Inference (Open Inference Protocol v2, any compatible server)::
     with InferenceClient("127.0.0.1:8001") as client:
         y = client.infer("mlp", {"x": x})["y"]
 
+Streaming generation (an LLM version, over gRPC ``ModelStreamInfer``)::
+
+    from lmaas.client import LLMClient
+    with LLMClient("127.0.0.1:8001") as client:
+        for text in client.generate("smollm2", "Hello", max_tokens=32):
+            print(text, end="", flush=True)
+
 Control plane (models, versions, deployments)::
 
     from lmaas.client import ControlPlaneClient
@@ -23,6 +30,7 @@ from __future__ import annotations
 from lmaas.client._grpc import ChannelConfig, RetryPolicy
 from lmaas.client.control import ControlPlaneClient
 from lmaas.client.inference import AsyncInferenceClient, InferenceClient, InferResult
+from lmaas.client.llm import AsyncLLMClient, LLMClient, TextChunk
 from lmaas.protos.errors import (
     Aborted,
     AlreadyExists,
@@ -47,6 +55,7 @@ __all__ = [
     "AlreadyExists",
     "ArtifactNotFound",
     "AsyncInferenceClient",
+    "AsyncLLMClient",
     "ChannelConfig",
     "ControlPlaneClient",
     "DataLoss",
@@ -56,12 +65,14 @@ __all__ = [
     "InferenceClient",
     "Internal",
     "InvalidArgument",
+    "LLMClient",
     "LMaaSError",
     "ModelNotFound",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
+    "TextChunk",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
