@@ -18,7 +18,7 @@ What they may do
 
     ========  =====================================================================
     read      ModelRegistry Get*/List*, Deployments Get*/List*/WatchRollout, Workers
-    deploy    ModelRegistry CreateModel/CreateVersion/GetUploadStatus, Deploy, Rollback
+    deploy    ModelRegistry CreateModel/CreateVersion/UploadArtifact/GetUploadStatus, Deploy, Rollback
     sync      WorkerSync.Sync, Artifacts.Download
     admin     Tokens.*
     ========  =====================================================================
@@ -99,6 +99,7 @@ METHODS: dict[str, Permission] = {
     _REG + "GetUploadStatus": Permission.DEPLOY,
     _REG + "CreateModel": Permission.DEPLOY,
     _REG + "CreateVersion": Permission.DEPLOY,
+    _REG + "UploadArtifact": Permission.DEPLOY,
     _DEP + "GetDeployment": Permission.READ,
     _DEP + "ListDeployments": Permission.READ,
     _DEP + "WatchRollout": Permission.READ,

@@ -6,13 +6,21 @@ transaction that holds only if the model key is unchanged since it was read,
 so numbers are strictly increasing per model and never reused, whichever
 replica assigns them. A conflict is retried with a fresh read. Registering a
 version never touches a deployment.
+
+A directory version (format ``llm``) has a manifest as its artifact
+(:mod:`lmaas.protos.manifests`): its files are uploaded first as blobs of their
+own, then :meth:`Registry.receive_manifest` checks the manifest (canonical,
+paths confined to the version root, every file's blob held with its size)
+before storing it, and the version's size is the sum of its files.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from lmaas.control_plane import keys
@@ -22,15 +30,19 @@ from lmaas.control_plane.store.base import Compare, Put, Store
 from lmaas.protos.errors import (
     Aborted,
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     ModelNotFound,
 )
+from lmaas.protos.formats import FORMATS as _FORMAT_TABLE
+from lmaas.protos.formats import get_format
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from lmaas.protos.manifests import MAX_MANIFEST_BYTES, Manifest
 
 __all__ = ["FORMATS", "NewVersion", "Registry", "now_ms"]
 
-FORMATS = ("onnx", "torchscript", "torch_export")
+FORMATS = tuple(_FORMAT_TABLE)
 _CAS_ATTEMPTS = 32
 
 
@@ -103,8 +115,7 @@ class Registry:
         """Check a version's description before any byte is uploaded."""
         keys.check_name(new.model)
         check_digest(new.digest)
-        if new.format not in FORMATS:
-            raise InvalidArgument(f"invalid format {new.format!r}: expected one of {', '.join(FORMATS)}")
+        get_format(new.format)
         check_text(new.description, "version description", MAX_DESCRIPTION)
         if len(new.config_json.encode()) > MAX_CONFIG_BYTES:
             raise InvalidArgument(f"model config of {len(new.config_json.encode())} bytes exceeds {MAX_CONFIG_BYTES}")
@@ -121,6 +132,9 @@ class Registry:
         """
         self.validate(new)
         size = self._artifacts.size(new.digest)  # ArtifactNotFound unless uploaded and verified
+        if get_format(new.format).directory:
+            data = await asyncio.to_thread(self._artifacts.path(new.digest).read_bytes)
+            size = self.check_manifest(data, new).total_size
         key = keys.model(new.model)
         for _ in range(_CAS_ATTEMPTS):
             kv = await self._store.get(key)
@@ -153,6 +167,56 @@ class Registry:
             if result.succeeded:
                 return version, result.revision, False
         raise Aborted(f"too many concurrent version registrations for model '{new.model}'; retry")
+
+    def check_manifest(self, data: bytes, new: NewVersion) -> Manifest:
+        """The manifest of directory version ``new``, if ``data`` is one whose every file is stored.
+
+        DataLoss when ``data`` is not what ``new.digest`` names, InvalidArgument
+        for a malformed manifest (or a path escaping the version root), and
+        FailedPrecondition naming the first file whose blob is not held.
+        """
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != new.digest:
+            raise DataLoss(f"manifest digest mismatch: declared sha256:{new.digest}, received sha256:{actual}")
+        manifest = Manifest.parse(data)
+        if manifest.format != new.format:
+            raise InvalidArgument(f"manifest format {manifest.format!r} differs from the version's {new.format!r}")
+        for f in manifest.files:
+            if not self._artifacts.exists(f.sha256):
+                raise FailedPrecondition(
+                    f"file {f.path!r} of the manifest (sha256:{f.sha256}) is not uploaded; upload it first"
+                )
+            stored = self._artifacts.size(f.sha256)
+            if stored != f.size:
+                raise FailedPrecondition(f"file {f.path!r}: the manifest says {f.size} bytes, the blob has {stored}")
+        return manifest
+
+    async def receive_manifest(self, new: NewVersion, size: int, offset: int, chunks: AsyncIterator[bytes]) -> bool:
+        """Check and store the manifest of directory version ``new``; True if it was stored already.
+
+        Nothing is stored unless the whole manifest arrived and passed
+        :meth:`check_manifest`. A manifest is small: it is sent whole, never resumed.
+        """
+        self.validate(new)
+        if self._artifacts.exists(new.digest):
+            return True
+        if not 0 <= size <= MAX_MANIFEST_BYTES:
+            raise InvalidArgument(f"manifest of {size} bytes: the limit is {MAX_MANIFEST_BYTES}")
+        if offset != 0:
+            raise FailedPrecondition(f"a manifest upload cannot resume at {offset}: send it whole from offset 0")
+        data = bytearray()
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > size:
+                raise InvalidArgument(f"upload of manifest sha256:{new.digest} sent more than {size} bytes")
+        if len(data) < size:
+            raise InvalidArgument(f"upload of manifest sha256:{new.digest} truncated: {len(data)} of {size} bytes")
+        self.check_manifest(bytes(data), new)
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield bytes(data)
+
+        return await self._artifacts.receive(new.digest, size, 0, whole())
 
 
 def _check_config(config_json: str) -> None:

@@ -21,6 +21,7 @@ from lmaas.control_plane.tokens import Tokens, public
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.control_plane.workers import list_workers
 from lmaas.protos.errors import InvalidArgument
+from lmaas.protos.formats import get_format
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
     deployments_pb2_grpc,
@@ -106,18 +107,39 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             parent_version=h.parent_version, description=h.description,
         )
         self._registry.validate(new)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument("only the first CreateVersion message may be a header")
-                yield message.chunk
-
-        deduplicated = await self._artifacts.receive(h.digest, h.size_bytes, h.offset, chunks())
+        chunks = _chunks(request_iterator, "CreateVersion")
+        if get_format(h.format).directory:
+            deduplicated = await self._registry.receive_manifest(new, h.size_bytes, h.offset, chunks)
+        else:
+            deduplicated = await self._artifacts.receive(h.digest, h.size_bytes, h.offset, chunks)
         version, revision, existing = await self._registry.register_version(new, created_by=caller(context))
         return registry_pb2.CreateVersionResponse(
             version=version, revision=revision, deduplicated=deduplicated, existing=existing
         )
+
+    async def UploadArtifact(
+        self, request_iterator: AsyncIterator[registry_pb2.UploadArtifactRequest], context: Context
+    ) -> registry_pb2.UploadArtifactResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("UploadArtifact must start with a header message")
+        h = first.header
+        chunks = _chunks(request_iterator, "UploadArtifact")
+        deduplicated = await self._artifacts.receive(h.digest, h.size_bytes, h.offset, chunks)
+        return registry_pb2.UploadArtifactResponse(
+            digest=h.digest, size_bytes=self._artifacts.size(h.digest), deduplicated=deduplicated
+        )
+
+
+async def _chunks(
+    messages: AsyncIterator[registry_pb2.CreateVersionRequest] | AsyncIterator[registry_pb2.UploadArtifactRequest],
+    method: str,
+) -> AsyncIterator[bytes]:
+    """The chunks after an upload's header."""
+    async for message in messages:
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidArgument(f"only the first {method} message may be a header")
+        yield message.chunk
 
 
 class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):

@@ -19,6 +19,7 @@ from lmaas.cli._options import F
 from lmaas.cli._options import option as _opt
 from lmaas.logs import setup_logging
 from lmaas.protos.errors import LMaaSError
+from lmaas.protos.formats import FORMATS as _FORMATS
 
 __all__ = ["Connection", "control_plane", "deploy", "model", "rollback", "status", "token"]
 
@@ -104,6 +105,8 @@ def _errors(fn: F) -> F:
 @_opt("--host", env="LMAAS_HOST", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
 @_opt("--grpc-port", env="LMAAS_GRPC_PORT", type=int, default=8090, help="gRPC port (0 = any free port).")
 @_opt("--metrics-port", env="LMAAS_METRICS_PORT", type=int, default=8091, help="Prometheus /metrics port (0 = any).")
+@_opt("--http-port", env="LMAAS_HTTP_PORT", type=click.IntRange(min=-1, max=65535), default=8080,
+      help="REST API port: /api/v1, OpenAPI at /openapi.json (0 = any free port, -1 = none).")
 @_opt("--max-artifact-bytes", env="LMAAS_MAX_ARTIFACT_BYTES", type=int, default=16 << 30,
       help="Largest artifact accepted.")
 @_opt("--worker-lease-ttl", env="LMAAS_WORKER_LEASE_TTL", type=int, default=10,
@@ -157,9 +160,10 @@ async def serve(settings: Any, ready: Callable[[int, int], None] | None = None) 
     except BootstrapError as exc:
         await plane.stop(0)
         raise click.ClickException(str(exc)) from None
-    # Tests and scripts read the bound ports from this line (port 0 = any free port).
-    print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
-          flush=True)
+    # Tests and scripts read the bound ports from this line (port 0 = any free port); http= is appended last.
+    http = f" http={settings.host}:{plane.http_port}" if plane.http_port >= 0 else ""
+    print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}"
+          f"{http}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(plane.stop()))
@@ -185,11 +189,11 @@ def model() -> None:
 
 @model.command("push")
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
 @_opt("--config", env="LMAAS_CONFIG", type=click.Path(exists=True, dir_okay=False, path_type=Path),
       help="Model configuration, JSON or YAML (see lmaas.server.config).")
-@_opt("--format", "fmt", env="LMAAS_FORMAT", type=click.Choice(["onnx", "torchscript", "torch_export"]),
-      help="Artifact format (default: from the file name: .onnx, .pt, .pt2).")
+@_opt("--format", "fmt", env="LMAAS_FORMAT", type=click.Choice(list(_FORMATS)),
+      help="Artifact format (default: from the file name: .onnx, .pt, .pt2; a directory is llm).")
 @_opt("--description", env="LMAAS_DESCRIPTION", default="", help="Free text for the version.")
 @_opt("--parent", "parent_version", env="LMAAS_PARENT", type=int, default=0, help="The version this one derives from.")
 @_opt("--quiet", "-q", env="LMAAS_QUIET", is_flag=True, help="No progress bar.")
@@ -199,7 +203,9 @@ def push(name: str, file: Path, config: Path | None, fmt: str | None, descriptio
          quiet: bool, conn: Connection) -> None:
     """Upload FILE as the next version of model NAME; prints the new version number.
 
-    Routing does not change: deploy the version with `lmaas deploy`.
+    FILE may be a directory (an LLM version: config.json, tokenizer files, weights): its files are uploaded
+    once each (those the control plane holds are skipped, a cut upload resumes) and registered as one version
+    whose digest is that of its manifest. Routing does not change: deploy the version with `lmaas deploy`.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -209,7 +215,7 @@ def push(name: str, file: Path, config: Path | None, fmt: str | None, descriptio
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=err, disable=quiet, transient=True,
     ) as bar:
-        task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
+        task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size if file.is_file() else None)
         reply = client.upload(
             name, file, format=fmt, config=config, description=description, parent_version=parent_version,
             progress=lambda sent, total: bar.update(task, completed=sent, total=total),

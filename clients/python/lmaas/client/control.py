@@ -5,6 +5,7 @@
     from lmaas.client.control import ControlPlaneClient
     with ControlPlaneClient() as cp:                       # LMAAS_CONTROL_PLANE or 127.0.0.1:8090
         v = cp.push("mlp", "model.onnx")                   # uploads (resumable), returns the new version
+        llm = cp.push("smollm2", "smollm2-dir/")           # a directory is one version (format "llm")
         cp.deploy("mlp", v.version)
         rollout = cp.wait_rollout("mlp")                   # until every worker ACKed, or one NACKed
 
@@ -43,6 +44,8 @@ from lmaas.client._grpc import (
 )
 from lmaas.protos.digests import sha256_file as _sha256
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument
+from lmaas.protos.formats import FORMATS as _FORMAT_TABLE
+from lmaas.protos.formats import format_for_path, get_format
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
     deployments_pb2_grpc,
@@ -54,6 +57,7 @@ from lmaas.protos.lmaas.control.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
+from lmaas.protos.manifests import scan_directory
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -68,7 +72,8 @@ __all__ = [
 
 DEFAULT_ADDRESS = "127.0.0.1:8090"
 CHUNK_SIZE = 1 << 20
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "torch_export"}
+#: File suffix → the format it implies (from :data:`lmaas.protos.formats.FORMATS`).
+FORMATS = {suffix: f.name for f in _FORMAT_TABLE.values() for suffix in f.suffixes}
 FINAL_PHASES = frozenset(
     {resources_pb2.ROLLOUT_PHASE_SUCCEEDED, resources_pb2.ROLLOUT_PHASE_FAILED, resources_pb2.ROLLOUT_PHASE_SUPERSEDED}
 )
@@ -86,11 +91,9 @@ Progress = Callable[[int, int], None]
 
 
 def format_for(path: Path) -> str:
-    """The artifact format a file name implies: model.onnx, model.pt (TorchScript), model.pt2 (torch.export)."""
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InvalidArgument(f"cannot tell the format of {path.name}: name it *.onnx, *.pt or *.pt2, or give one")
-    return fmt
+    """The artifact format a path implies: model.onnx, model.pt (TorchScript), model.pt2 (torch.export), a
+    directory (llm)."""
+    return format_for_path(path).name
 
 
 def load_config_json(config: str | Path | Mapping[str, Any] | None) -> str:
@@ -112,6 +115,14 @@ def load_config_json(config: str | Path | Mapping[str, Any] | None) -> str:
 def phase_name(phase: int) -> str:
     name: str = resources_pb2.RolloutPhase.Name(phase)
     return name.removeprefix("ROLLOUT_PHASE_").lower()
+
+
+def _offset(progress: Progress | None, base: int, total: int) -> Progress | None:
+    """The progress of one file of a directory, reported as progress of the whole directory."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda sent, _size: report(base + sent, total)
 
 
 class ControlPlaneClient:
@@ -201,7 +212,7 @@ class ControlPlaneClient:
     def push(self, name: str, file: str | Path, *, format: str | None = None,
              config: str | Path | Mapping[str, Any] | None = None, description: str = "", parent_version: int = 0,
              progress: Progress | None = None, timeout: float | None = None) -> resources_pb2.ModelVersion:
-        """Upload ``file`` as the next version of ``name`` and return it (see :meth:`upload`)."""
+        """Upload ``file`` (or a directory) as the next version of ``name`` and return it (see :meth:`upload`)."""
         return self.upload(name, file, format=format, config=config, description=description,
                            parent_version=parent_version, progress=progress, timeout=timeout).version
 
@@ -215,8 +226,17 @@ class ControlPlaneClient:
         registered, and an interrupted upload resumes where it stopped. If the
         latest version is identical (artifact, format, config, parent), it is
         returned instead of a new one, so a retried or repeated push is harmless.
+
+        A directory is one version of a directory format (``llm`` unless
+        given): every file is hashed and uploaded as a blob of its own (skipped
+        when the control plane holds it, resumed when an earlier upload was cut),
+        then its manifest is registered. Symbolic links and special files are
+        refused before anything is sent; ``progress`` counts the bytes of all files.
         """
         path = Path(file)
+        if path.is_dir():
+            return self._upload_directory(name, path, format=format, config=config, description=description,
+                                          parent_version=parent_version, progress=progress, timeout=timeout)
         if not path.is_file():
             raise InvalidArgument(f"no such file: {path}")
         header = registry_pb2.CreateVersionHeader(
@@ -236,6 +256,75 @@ class ControlPlaneClient:
             return reply
 
         return retry(attempt, timeout=timeout, policy=self.retry_policy)
+
+    def _upload_directory(self, name: str, path: Path, *, format: str | None,
+                          config: str | Path | Mapping[str, Any] | None, description: str, parent_version: int,
+                          progress: Progress | None, timeout: float | None) -> registry_pb2.CreateVersionResponse:
+        fmt = format or "llm"
+        if not get_format(fmt).directory:
+            raise InvalidArgument(f"{path} is a directory: format {fmt!r} is a single file")
+        config_json = load_config_json(config)
+        manifest, local = scan_directory(path, fmt)
+        blobs = {f.sha256: (local[f.path], f.size) for f in manifest.files}  # a file twice is sent once
+        total, done = sum(size for _, size in blobs.values()), 0
+        for digest, (file, size) in blobs.items():
+            self._upload_blob(digest, file, size, timeout=timeout, progress=_offset(progress, done, total))
+            done += size
+        data = manifest.to_bytes()
+        header = registry_pb2.CreateVersionHeader(
+            model=name, format=fmt, config_json=config_json, digest=manifest.digest, size_bytes=len(data),
+            parent_version=parent_version, description=description,
+        )
+
+        def attempt(left: float | None) -> registry_pb2.CreateVersionResponse:
+            status: registry_pb2.GetUploadStatusResponse = self._registry.GetUploadStatus(
+                registry_pb2.GetUploadStatusRequest(digest=header.digest), timeout=left, metadata=self.metadata or None
+            )
+            header.offset = len(data) if status.exists else 0
+            messages = [registry_pb2.CreateVersionRequest(header=header)]
+            if not status.exists:
+                messages.append(registry_pb2.CreateVersionRequest(chunk=data))
+            reply: registry_pb2.CreateVersionResponse = self._registry.CreateVersion(
+                iter(messages), timeout=left, metadata=self.metadata or None
+            )
+            return reply
+
+        return retry(attempt, timeout=timeout, policy=self.retry_policy)
+
+    def _upload_blob(self, digest: str, path: Path, size: int, *, progress: Progress | None,
+                     timeout: float | None) -> None:
+        """Upload one file as a blob unless the control plane holds it; resume what an earlier upload kept."""
+        header = registry_pb2.UploadArtifactHeader(digest=digest, size_bytes=size)
+
+        def attempt(left: float | None) -> None:
+            status: registry_pb2.GetUploadStatusResponse = self._registry.GetUploadStatus(
+                registry_pb2.GetUploadStatusRequest(digest=digest), timeout=left, metadata=self.metadata or None
+            )
+            if status.exists:
+                if progress:
+                    progress(size, size)
+                return
+            header.offset = status.offset
+            self._registry.UploadArtifact(
+                self._blob_chunks(path, header, progress), timeout=left, metadata=self.metadata or None
+            )
+
+        retry(attempt, timeout=timeout, policy=self.retry_policy)
+
+    @staticmethod
+    def _blob_chunks(path: Path, header: registry_pb2.UploadArtifactHeader,
+                     progress: Progress | None) -> Iterator[registry_pb2.UploadArtifactRequest]:
+        yield registry_pb2.UploadArtifactRequest(header=header)
+        sent = header.offset
+        if progress:
+            progress(sent, header.size_bytes)
+        with path.open("rb") as f:
+            f.seek(sent)
+            while sent < header.size_bytes and (block := f.read(min(CHUNK_SIZE, header.size_bytes - sent))):
+                yield registry_pb2.UploadArtifactRequest(chunk=block)
+                sent += len(block)
+                if progress:
+                    progress(sent, header.size_bytes)
 
     @staticmethod
     def _chunks(path: Path, header: registry_pb2.CreateVersionHeader,

@@ -141,3 +141,31 @@ class CreateVersionResponse(_message.Message):
     deduplicated: bool
     existing: bool
     def __init__(self, version: _Optional[_Union[_resources_pb2.ModelVersion, _Mapping]] = ..., revision: _Optional[int] = ..., deduplicated: _Optional[bool] = ..., existing: _Optional[bool] = ...) -> None: ...
+
+class UploadArtifactHeader(_message.Message):
+    __slots__ = ("digest", "size_bytes", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size_bytes: int
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UploadArtifactRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadArtifactHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadArtifactHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadArtifactResponse(_message.Message):
+    __slots__ = ("digest", "size_bytes", "deduplicated")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size_bytes: int
+    deduplicated: bool
+    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., deduplicated: _Optional[bool] = ...) -> None: ...

@@ -71,6 +71,11 @@ class ModelRegistryStub:
                 request_serializer=lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionRequest.SerializeToString,
                 response_deserializer=lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionResponse.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/lmaas.control.v1.ModelRegistry/UploadArtifact',
+                request_serializer=lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -127,6 +132,21 @@ class ModelRegistryServicer:
         mismatch, INVALID_ARGUMENT when fewer bytes than declared arrive; the
         bytes received so far are kept for a resumed upload). When the control
         plane already holds the artifact, the header alone registers the version.
+        For a directory format ("llm") the artifact is the version's manifest
+        (canonical JSON, see lmaas.protos.manifests) and every file it lists must
+        have been uploaded with UploadArtifact first: FAILED_PRECONDITION names
+        the first one missing, INVALID_ARGUMENT a malformed manifest or a path that
+        escapes the version root; nothing is stored then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadArtifact(self, request_iterator, context):
+        """Upload one artifact without registering a version: the files of a
+        directory version, before CreateVersion registers their manifest. The first
+        message is a header, every later one a chunk; verified, resumable
+        (GetUploadStatus) and stored once per digest exactly like CreateVersion's artifact.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +189,11 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.CreateVersion,
                     request_deserializer=lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionRequest.FromString,
                     response_serializer=lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionResponse.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +387,33 @@ class ModelRegistry:
             '/lmaas.control.v1.ModelRegistry/CreateVersion',
             lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionRequest.SerializeToString,
             lmaas_dot_control_dot_v1_dot_registry__pb2.CreateVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/lmaas.control.v1.ModelRegistry/UploadArtifact',
+            lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+            lmaas_dot_control_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,
