@@ -45,6 +45,7 @@ class TextChunk:
     finish_reason: str = ""
     model_version: str = ""
     final: bool = False
+    num_output_tokens: int = 0  # tokens in this response (the server may send it on the last one only)
 
 
 def generate_request(model: str, prompt: str, sampling: Mapping[str, Any], *, version: str | int = "",
@@ -76,7 +77,10 @@ def _chunk(message: pb.ModelStreamInferResponse) -> TextChunk:
     if not finish and "finish_reason" in params:
         finish = params["finish_reason"].string_param
     text = _text(outputs["text_output"]) if "text_output" in outputs else ""
-    return TextChunk(text, finish, response.model_version, bool(final))
+    tokens = int(outputs["num_output_tokens"].reshape(-1)[0]) if "num_output_tokens" in outputs else 0
+    if not tokens and "num_output_tokens" in params:
+        tokens = int(params["num_output_tokens"].int64_param)
+    return TextChunk(text, finish, response.model_version, bool(final), tokens)
 
 
 class LLMClient(InferenceClient):

