@@ -1,4 +1,4 @@
-"""Wires a worker together: settings → manager → data plane → gRPC server + metrics."""
+"""Wires a worker together: settings → manager → data plane → gRPC and HTTP servers + metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.protos.interceptors import guard_servicer
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
+from lmaas.server.http.app import build_app
+from lmaas.server.http.serve import HttpServer
 from lmaas.server.manager import ModelManager
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer
@@ -43,10 +45,11 @@ class Worker:
         self.health = health.aio.HealthServicer()
         self.manager.on_change.append(self._model_changed)
         self._server: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
         self._metrics_http: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
-        self.grpc_port = self.metrics_port = 0
+        self.grpc_port = self.metrics_port = self.http_port = 0
 
     def _model_changed(self, name: str) -> None:
         status = (
@@ -57,6 +60,7 @@ class Worker:
         self._tasks.append(asyncio.ensure_future(self.health.set(name, status)))
 
     async def start(self) -> tuple[int, int]:
+        """Bind and serve; returns (gRPC port, metrics port); the HTTP port is ``http_port``."""
         s = self.settings
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -82,9 +86,24 @@ class Worker:
         if s.serve_metrics:
             self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
             self.metrics_port = self._metrics_http.server_port
+        http = HttpServer(
+            build_app(
+                self.dataplane,
+                metrics=self.metrics,
+                api_keys=s.api_keys if s.require_api_key else None,
+                max_body=s.max_message_bytes,
+            ),
+            s.host,
+            s.http_port,
+            reuse_port=s.reuse_port,
+            drain_timeout=s.drain_timeout,
+        )
+        http.bind()
         await self.manager.load_repository()
         await server.start()
         self._server = server
+        self.http_port = await http.start()
+        self._http = http
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         if s.control_plane:
@@ -119,7 +138,10 @@ class Worker:
         self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("draining: up to %.1fs for in-flight requests", self.settings.drain_timeout)
-        await self._server.stop(self.settings.drain_timeout)
+        # Both transports drain at once: each stops accepting, then waits for its in-flight requests.
+        await asyncio.gather(
+            self._server.stop(self.settings.drain_timeout), self._http.stop() if self._http else asyncio.sleep(0)
+        )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,20 +1,22 @@
 """API-key check for the worker's inference port (``--require-api-key``).
 
-Clients send ``authorization: Bearer <key>`` (or ``x-api-key: <key>``). Keys are
-kept as sha256 digests and compared in constant time. Health checks and
-reflection stay open: Kubernetes' gRPC probes cannot send headers.
+Clients send ``authorization: Bearer <key>`` (or ``x-api-key: <key>``), as gRPC
+metadata or HTTP headers. Keys are kept as sha256 digests and compared in
+constant time. Health checks and reflection stay open (HTTP: the
+``/v2/health/*`` routes): Kubernetes' probes cannot send headers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
+from lmaas.protos.errors import Unauthenticated
 
-__all__ = ["ApiKeyInterceptor", "read_api_keys"]
+__all__ = ["ApiKeyInterceptor", "ApiKeys", "read_api_keys"]
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
@@ -62,7 +64,9 @@ def _reject(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str)
     return grpc.stream_stream_rpc_method_handler(abort_stream, **args)
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+class ApiKeys:
+    """The accepted keys, as digests; one check for both transports."""
+
     def __init__(self, keys: Iterable[str]) -> None:
         self._digests = [_digest(k) for k in keys]
         if not self._digests:
@@ -73,6 +77,22 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return False
         presented = _digest(key)
         return any(hmac.compare_digest(presented, d) for d in self._digests)
+
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """HTTP: raise :class:`Unauthenticated` unless lower-case ``headers`` carry an accepted key."""
+        key = _presented_key(headers.items())
+        if key is None:
+            raise Unauthenticated("an API key is required (Authorization: Bearer KEY)")
+        if not self.allowed(key):
+            raise Unauthenticated("the API key is not valid")
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = ApiKeys(keys)
+
+    def allowed(self, key: str | None) -> bool:
+        return self.keys.allowed(key)
 
     async def intercept_service(
         self,

@@ -101,6 +101,14 @@ class WorkerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        # The HTTP transport's answers by route pattern: with lmaas_inference_requests_total (both transports)
+        # a dashboard splits inference traffic into HTTP and gRPC.
+        self.http_requests = Counter(
+            "lmaas_http_requests",
+            "HTTP requests answered, by route pattern, method and status.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
         self.snapshot_revision = Gauge(
             "lmaas_worker_snapshot_revision",
             "Last control-plane snapshot revision this worker ACKed.",

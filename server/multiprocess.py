@@ -1,6 +1,6 @@
-"""Several worker processes behind one gRPC port (``lmaas worker --processes N``).
+"""Several worker processes behind one gRPC port and one HTTP port (``lmaas worker --processes N``).
 
-The supervisor picks the port, starts N children that bind it with
+The supervisor picks the ports, starts N children that bind them with
 SO_REUSEPORT (the kernel spreads connections over them), and serves one
 /metrics endpoint that aggregates the children through prometheus_client's
 multiprocess mode. SIGTERM/SIGINT are forwarded; each child drains as a single
@@ -35,12 +35,17 @@ def _reserve_port(host: str) -> int:
         return port
 
 
-def supervise(argv: Sequence[str], *, processes: int, host: str, grpc_port: int, metrics_port: int) -> int:
-    """Run ``processes`` children of ``lmaas worker ARGV`` on one port; returns the exit code."""
+def supervise(
+    argv: Sequence[str], *, processes: int, host: str, grpc_port: int, metrics_port: int, http_port: int = 0
+) -> int:
+    """Run ``processes`` children of ``lmaas worker ARGV`` on one gRPC and one HTTP port; returns the exit code."""
     prom_dir = tempfile.mkdtemp(prefix="lmaas-metrics-")
     port = grpc_port or _reserve_port(host)
+    http = http_port or _reserve_port(host)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": prom_dir, "PYTHONUNBUFFERED": "1"}
-    child_args = [*argv, "--processes", "1", "--reuse-port", "--no-metrics", "--grpc-port", str(port)]
+    child_args = [
+        *argv, "--processes", "1", "--reuse-port", "--no-metrics", "--grpc-port", str(port), "--http-port", str(http)
+    ]
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "lmaas.cli", "worker", *child_args], env=env, stdout=subprocess.PIPE, text=True
@@ -75,7 +80,8 @@ def supervise(argv: Sequence[str], *, processes: int, host: str, grpc_port: int,
     httpd, _ = start_http_server(metrics_port, addr=host, registry=registry)
     if all(c.poll() is None for c in children):
         print(
-            f"lmaas worker listening grpc={host}:{port} metrics={host}:{httpd.server_port} processes={processes}",
+            f"lmaas worker listening grpc={host}:{port} metrics={host}:{httpd.server_port} processes={processes}"
+            f" http={host}:{http}",
             flush=True,
         )
     else:

@@ -10,8 +10,9 @@ __all__ = ["WorkerSettings"]
 
 
 class WorkerSettings(BaseModel):
-    host: str = Field("127.0.0.1", description="address to bind the gRPC and metrics ports to")
+    host: str = Field("127.0.0.1", description="address to bind the gRPC, HTTP and metrics ports to")
     grpc_port: int = Field(8001, ge=0, le=65535, description="OIP v2 gRPC port; 0 = any free port")
+    http_port: int = Field(8000, ge=0, le=65535, description="OIP v2 HTTP/REST port (as Triton); 0 = any free port")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port")
     model_repository: Path | None = Field(None, description="serve every model in this directory")
     control_plane: str | None = Field(None, description="HOST:PORT[,HOST:PORT] of control-plane replicas")
@@ -22,9 +23,11 @@ class WorkerSettings(BaseModel):
         256 << 20, ge=0, description="artifact download limit in bytes/s (0 = none), so deploys spare serving models"
     )
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
-    max_message_bytes: int = Field(64 << 20, ge=1024, description="largest gRPC message accepted")
+    max_message_bytes: int = Field(
+        64 << 20, ge=1024, description="largest gRPC message and HTTP request body (after decompression) accepted"
+    )
     max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")
-    reuse_port: bool = Field(False, description="bind the gRPC port with SO_REUSEPORT (set for --processes children)")
+    reuse_port: bool = Field(False, description="bind the gRPC and HTTP ports with SO_REUSEPORT (--processes children)")
     serve_metrics: bool = Field(True, description="serve /metrics (a --processes supervisor serves it instead)")
     token: str | None = Field(None, description="bearer token presented to the control plane")
     require_api_key: bool = Field(False, description="inference calls must carry one of api_keys")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)")
+_HTTP = re.compile(r"\shttp=(?P<http>\S+)")
 
 
 @dataclass
@@ -22,6 +23,11 @@ class ServerProcess:
     grpc: str
     metrics: str
     log: list[str] = field(default_factory=list)
+    http: str = ""  # HOST:PORT of the HTTP port, when the server printed one
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http}"
 
     @property
     def metrics_url(self) -> str:
@@ -64,6 +70,9 @@ def start_server(
             m = _LISTENING.search(line)
             if m and not ready.is_set():
                 found.update(m.groupdict())
+                h = _HTTP.search(line)
+                if h:
+                    found.update(h.groupdict())
                 ready.set()
         ready.set()
 
@@ -76,11 +85,11 @@ def start_server(
     if not found:
         proc.wait(5)
         raise RuntimeError(f"server exited with {proc.returncode}:\n" + "\n".join(log))
-    return ServerProcess(proc, found["grpc"], found["metrics"], log)
+    return ServerProcess(proc, found["grpc"], found["metrics"], log, found.get("http", ""))
 
 
 def start_worker(repository: Path | None = None, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
-    args = ["worker", "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", *extra]
+    args = ["worker", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0", "--host", "127.0.0.1", *extra]
     if repository is not None:
         args += ["--model-repository", str(repository)]
     return start_server(args, env=env)

@@ -27,6 +27,13 @@ from lmaas.logs import setup_logging
 )
 @_opt("--host", env="LMAAS_HOST", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
 @_opt("--grpc-port", env="LMAAS_GRPC_PORT", type=int, default=8001, help="OIP v2 gRPC port (0 = any free port).")
+@_opt(
+    "--http-port",
+    env="LMAAS_HTTP_PORT",
+    type=int,
+    default=8000,
+    help="OIP v2 HTTP/REST port, with Triton's binary tensor extension (0 = any free port).",
+)
 @_opt("--metrics-port", env="LMAAS_METRICS_PORT", type=int, default=8002, help="Prometheus /metrics port (0 = any).")
 @_opt(
     "--drain-timeout",
@@ -40,7 +47,7 @@ from lmaas.logs import setup_logging
     env="LMAAS_MAX_MESSAGE_BYTES",
     type=int,
     default=64 << 20,
-    help="Largest gRPC message accepted (larger: RESOURCE_EXHAUSTED).",
+    help="Largest gRPC message / HTTP request body accepted (larger: RESOURCE_EXHAUSTED / 413).",
 )
 @_opt("--worker-id", env="LMAAS_WORKER_ID", default="", help="Identity reported to the control plane.")
 @_opt("--pool", env="LMAAS_POOL", default="default", help="Worker pool this worker serves.")
@@ -102,14 +109,14 @@ from lmaas.logs import setup_logging
     env="LMAAS_PROCESSES",
     type=click.IntRange(1, 256),
     default=1,
-    help="Worker processes sharing the gRPC port (SO_REUSEPORT) with one aggregated /metrics.",
+    help="Worker processes sharing the gRPC and HTTP ports (SO_REUSEPORT) with one aggregated /metrics.",
 )
 @_opt("--reuse-port/--no-reuse-port", env="LMAAS_REUSE_PORT", default=False, hidden=True)
 @_opt("--metrics/--no-metrics", "serve_metrics", env="LMAAS_SERVE_METRICS", default=True, hidden=True)
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def worker(log_level: str, log_format: str, **options: object) -> None:
-    """Run a worker: the stateless data plane (Open Inference Protocol v2 over gRPC).
+    """Run a worker: the stateless data plane (Open Inference Protocol v2 over gRPC and HTTP).
 
     Serve a local model repository, or models the control plane deploys, or both.
     """
@@ -128,6 +135,7 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
                 processes=processes,
                 host=str(options["host"]),
                 grpc_port=int(str(options["grpc_port"])),
+                http_port=int(str(options["http_port"])),
                 metrics_port=int(str(options["metrics_port"])),
             )
         )
@@ -146,9 +154,10 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
     async def run() -> None:
         w = Worker(settings)
         grpc_port, metrics_port = await w.start()
-        # Tests and scripts read the bound ports from this line (port 0 = any free port).
+        # Tests and scripts read the bound ports from this line (port 0 = any free port); new fields go last.
         print(
-            f"lmaas worker listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
+            f"lmaas worker listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}"
+            f" http={settings.host}:{w.http_port}",
             flush=True,
         )
         loop = asyncio.get_running_loop()
