@@ -1,10 +1,12 @@
-"""Wires a control-plane replica: settings → store → core objects → gRPC server + metrics.
+"""Wires a control-plane replica: settings → store → core objects → gRPC server, REST API + metrics.
 
 ``start()`` imports the bootstrap admin token, binds (port 0 allowed; TLS with
 ``tls_cert``/``tls_key``, mutual TLS with ``tls_client_ca``) and returns the
 ports, ``wait()`` runs until ``stop()``; ``stop()`` turns health to
 NOT_SERVING, ends the worker streams (workers reconnect to another replica),
-and drains other RPCs. Interceptors, outermost first: errors → statuses
+and drains other RPCs and HTTP requests. With ``http_port`` >= 0 the REST API
+(:mod:`lmaas.control_plane.rest`) serves the same core objects in the same
+event loop, with the same auth (TLS with the same certificate). Interceptors, outermost first: errors → statuses
 (:mod:`lmaas.protos.interceptors`), then authentication, roles and audit
 (:mod:`lmaas.control_plane.auth`). The metrics port is plain HTTP.
 """
@@ -101,7 +103,9 @@ class ControlPlane:
         self._metrics_http: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._rest: Any = None
         self.grpc_port = self.metrics_port = 0
+        self.http_port = -1  # -1 = no REST API (settings.http_port -1)
 
     async def start(self) -> tuple[int, int]:
         s = self.settings
@@ -151,12 +155,22 @@ class ControlPlane:
             self.metrics_port = self._metrics_http.server_port
         await server.start()
         self._server = server
+        if s.http_port >= 0:
+            await self._start_rest()
         self._tasks.append(asyncio.create_task(self.deployments.monitor(self.watcher), name="lmaas-rollout-monitor"))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("control plane up: store=%s artifacts=%s auth=%s tls=%s", s.store, s.artifact_dir,
                  "on" if s.auth else "OFF", "mtls" if s.tls_client_ca else "on" if s.tls_cert else "off")
         return self.grpc_port, self.metrics_port
+
+    async def _start_rest(self) -> None:
+        from lmaas.control_plane.rest import RestServer, create_app  # FastAPI only when the REST API is on
+
+        s = self.settings
+        self._rest = RestServer(create_app(self), s.host, s.http_port, grace=s.grace_seconds, tls_cert=s.tls_cert,
+                                tls_key=s.tls_key)
+        self.http_port = await self._rest.start()
 
     async def _prepare_auth(self) -> None:
         s = self.settings
@@ -181,8 +195,10 @@ class ControlPlane:
             return
         await self.health.enter_graceful_shutdown()
         self.sync.close()
+        stopping = [self._rest.stop()] if self._rest is not None else []
         if self._server is not None:
-            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+            stopping.append(self._server.stop(self.settings.grace_seconds if grace is None else grace))
+        await asyncio.gather(*stopping)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

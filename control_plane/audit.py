@@ -22,6 +22,7 @@ from lmaas.control_plane import keys
 from lmaas.control_plane.registry import now_ms
 from lmaas.control_plane.store.base import Delete, Store
 from lmaas.control_plane.tokens import role_name
+from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
 __all__ = ["AuditLog"]
@@ -72,6 +73,23 @@ class AuditLog:
         """Every stored entry, oldest first."""
         result = await self._store.range(keys.AUDIT)
         return [pb.AuditEntry.FromString(kv.value) for kv in result.kvs]
+
+    async def page(self, *, limit: int = 100, before: str = "") -> tuple[list[tuple[str, pb.AuditEntry]], str, int]:
+        """Up to ``limit`` entries, newest first, older than the entry keyed ``before`` ("" = from the newest).
+
+        Returns ``(key, entry)`` pairs, the cursor of the next (older) page ("" = no more) and the store
+        revision. Keys sort by time, so the cursor stays valid while entries are added or trimmed.
+        """
+        if limit <= 0:
+            raise InvalidArgument(f"invalid page size {limit}: expected at least 1")
+        if before and not before.startswith(keys.AUDIT):
+            raise InvalidArgument(f"invalid audit cursor {before!r}")
+        result = await self._store.range(keys.AUDIT)
+        kvs = [kv for kv in result.kvs if not before or kv.key < before]
+        chosen = kvs[::-1][:limit]
+        out = [(kv.key, pb.AuditEntry.FromString(kv.value)) for kv in chosen]
+        more = len(kvs) > limit
+        return out, (chosen[-1].key if more and chosen else ""), result.revision
 
     async def _trim_in_background(self) -> None:
         await self.trim()

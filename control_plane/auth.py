@@ -20,8 +20,13 @@ What they may do
     read      ModelRegistry Get*/List*, Deployments Get*/List*/WatchRollout, Workers
     deploy    ModelRegistry CreateModel/CreateVersion/UploadArtifact/GetUploadStatus, Deploy, Rollback
     sync      WorkerSync.Sync, Artifacts.Download
-    admin     Tokens.*
+    admin     Tokens.*, the audit trail (REST ``GET /api/v1/audit``)
     ========  =====================================================================
+
+    The REST API (:mod:`lmaas.control_plane.rest`) uses the same table: each
+    route names the RPC whose row it shares (``PUT /api/v1/deployments/{name}``
+    → ``Deployments/Deploy``), and the few routes without an RPC twin have
+    ``"VERB /path"`` rows (an artifact download by version needs deploy).
 
     reader: read · deployer: read, deploy · worker: sync · admin: all four.
 
@@ -111,6 +116,9 @@ METHODS: dict[str, Permission] = {
     _TOK + "CreateToken": Permission.ADMIN,
     _TOK + "ListTokens": Permission.ADMIN,
     _TOK + "RevokeToken": Permission.ADMIN,
+    # REST routes with no RPC twin, keyed "VERB /path" (every other REST route names the RPC it shares a row with)
+    "GET /api/v1/models/{name}/versions/{version}/artifact": Permission.DEPLOY,
+    "GET /api/v1/audit": Permission.ADMIN,
 }
 
 #: The mutations: each call (and each denied attempt) is audited.
@@ -204,7 +212,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def authenticate(self, context: Context) -> Principal:
         """Who makes the call; UNAUTHENTICATED when auth is on and nobody valid does."""
-        bearer = _bearer(context.invocation_metadata())
+        return await self.principal_of(_bearer(context.invocation_metadata()), lambda: _client_cn(context))
+
+    async def principal_of(self, bearer: str | None, client_cn: Callable[[], str | None] = lambda: None) -> Principal:
+        """The principal of a bearer token (None: none sent, "": malformed) or else a client certificate's CN.
+
+        Shared by both transports: gRPC passes its metadata's token, HTTP its ``Authorization`` header's.
+        """
         if bearer is not None:
             record = await self._tokens.verify(bearer) if bearer else None
             if record is not None:
@@ -212,7 +226,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if self.enabled:
                 raise Unauthenticated("the token is not valid: unknown, revoked, or not 'Bearer lmaas_<id>_<secret>'")
             return ANONYMOUS  # --no-auth: a stale LMAAS_TOKEN must not lock anyone out
-        cn = _client_cn(context)
+        cn = client_cn()
         if cn is not None:
             worker = fnmatch.fnmatchcase(cn, self._worker_cn)
             return Principal(f"cert:{cn}", pb.ROLE_WORKER if worker else pb.ROLE_UNSPECIFIED)
@@ -222,6 +236,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, method: str, permission: Permission | None, context: Context) -> Principal:
         principal = await self.authenticate(context)
+        self.authorize(method, permission, principal)
+        return principal
+
+    def authorize(self, method: str, permission: Permission | None, principal: Principal) -> None:
+        """PERMISSION_DENIED unless ``principal`` holds ``permission`` (None: the method is not in the table)."""
         if permission is None:
             log.error("refused %s: the method is not in the access table (lmaas.control_plane.auth.METHODS)", method)
             raise PermissionDenied(f"{method} is not open to any role")
@@ -230,7 +249,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{principal.name} (role {role_name(principal.role)}) may not call {method.rsplit('/', 1)[-1]}: "
                 f"it needs the {permission.value} permission"
             )
-        return principal
 
     async def _record(
         self, method: str, principal: Principal, request: object, context: Context, exc: BaseException | None
@@ -245,9 +263,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             code, message = grpc.StatusCode.CANCELLED.name, "the call was cancelled"
         else:
             code, message = grpc.StatusCode.INTERNAL.name, type(exc).__name__
+        await self.audit(method, principal, request, code, message, context.peer() or "")
+
+    async def audit(
+        self, method: str, principal: Principal, request: object, code: str, message: str, peer: str
+    ) -> None:
+        """Write one audit entry (both transports: ``request`` is the gRPC request message, or the one a REST
+        route built to describe its call)."""
+        text = request if isinstance(request, str) else describe(request)
         entry = pb.AuditEntry(
-            principal=principal.name, role=principal.role, method=method, request=describe(request), code=code,
-            message=message[:512], peer=context.peer() or "",
+            principal=principal.name, role=principal.role, method=method, request=text, code=code,
+            message=message[:512], peer=peer,
         )
         await self._audit.record(entry)
 

@@ -16,8 +16,11 @@ class ControlPlaneSettings(BaseSettings):
 
     store: str = Field("sqlite:///lmaas-control.db", description="etcd://HOST:PORT[,HOST:PORT] or sqlite:///PATH")
     artifact_dir: Path = Field(Path("lmaas-artifacts"), description="directory of the content-addressed artifacts")
-    host: str = Field("127.0.0.1", description="address the gRPC and metrics servers bind to")
+    host: str = Field("127.0.0.1", description="address the gRPC, REST and metrics servers bind to")
     grpc_port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = any free port")
+    http_port: int = Field(
+        -1, ge=-1, le=65535, description="REST API port (/api/v1, /openapi.json); 0 = any free port, -1 = none"
+    )
     metrics_port: int = Field(8091, ge=-1, le=65535, description="Prometheus port; 0 = any free port, -1 = none")
     max_artifact_bytes: int = Field(16 << 30, gt=0, description="largest artifact accepted, in bytes")
     max_message_bytes: int = Field(8 << 20, ge=1 << 20, description="largest gRPC message accepted, in bytes")

@@ -105,6 +105,8 @@ def _errors(fn: F) -> F:
 @_opt("--host", env="LMAAS_HOST", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
 @_opt("--grpc-port", env="LMAAS_GRPC_PORT", type=int, default=8090, help="gRPC port (0 = any free port).")
 @_opt("--metrics-port", env="LMAAS_METRICS_PORT", type=int, default=8091, help="Prometheus /metrics port (0 = any).")
+@_opt("--http-port", env="LMAAS_HTTP_PORT", type=click.IntRange(min=-1, max=65535), default=8080,
+      help="REST API port: /api/v1, OpenAPI at /openapi.json (0 = any free port, -1 = none).")
 @_opt("--max-artifact-bytes", env="LMAAS_MAX_ARTIFACT_BYTES", type=int, default=16 << 30,
       help="Largest artifact accepted.")
 @_opt("--worker-lease-ttl", env="LMAAS_WORKER_LEASE_TTL", type=int, default=10,
@@ -158,9 +160,10 @@ async def serve(settings: Any, ready: Callable[[int, int], None] | None = None) 
     except BootstrapError as exc:
         await plane.stop(0)
         raise click.ClickException(str(exc)) from None
-    # Tests and scripts read the bound ports from this line (port 0 = any free port).
-    print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}",
-          flush=True)
+    # Tests and scripts read the bound ports from this line (port 0 = any free port); http= is appended last.
+    http = f" http={settings.host}:{plane.http_port}" if plane.http_port >= 0 else ""
+    print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}"
+          f"{http}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(plane.stop()))
