@@ -1,9 +1,9 @@
 """What the HTTP LLM routes share (OpenAI ``/v1`` and OIP ``generate``): typed field reads, sampling parameters
 from a JSON object, the model lookup and the version identity a client sees.
 
-Field errors are :class:`FieldError` (an ``InvalidArgument`` that also names the field, OpenAI's ``param``).
-Range checks that depend on the model (``max_tokens`` against its limit, the prompt against its context) are
-done here or by the engine, always with a message that names the limit.
+Here JSON types are checked (a wrong type is a :class:`FieldError`: an ``InvalidArgument`` that also names the
+field, OpenAI's ``param``). Ranges and the model's limits (``max_tokens`` against its cap, the prompt against its
+context) are checked once, by the engine, before its first chunk, with messages that name the limit.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ __all__ = [
     "opt_int",
     "opt_number",
     "opt_str",
+    "param_of",
     "sampling_params",
 ]
 
 _HEX = re.compile(r"[0-9a-f]{12,}")
+_LEADING_FIELD = re.compile(r"'?([a-z_]+)'?[ :]")
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-MAX_STOP_STRINGS = 16
 
 #: JSON names read by :func:`sampling_params` (besides ``max_tokens``, whose default is per route).
 SAMPLING_FIELDS = frozenset(
@@ -65,17 +66,13 @@ def opt_int(body: Mapping[str, Any], key: str, *, minimum: int | None = None, wh
     return value
 
 
-def opt_number(body: Mapping[str, Any], key: str, low: float, high: float, *, low_open: bool = False,
-               where: str = "") -> float | None:
+def opt_number(body: Mapping[str, Any], key: str, *, where: str = "") -> float | None:
     value = body.get(key)
     if value is None:
         return None
     name = f"{where}{key}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FieldError(name, f"'{name}' must be a number, got {_kind(value)}")
-    if value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise FieldError(name, f"'{name}' must be in {bracket}{low:g}, {high:g}], got {value:g}")
     return float(value)
 
 
@@ -105,42 +102,39 @@ def _stop(body: Mapping[str, Any], where: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise FieldError(name, f"'{name}' must be a string or an array of strings, got {_kind(value)}")
-    if len(items) > MAX_STOP_STRINGS:
-        raise FieldError(name, f"'{name}' has {len(items)} strings; at most {MAX_STOP_STRINGS} are allowed")
     if any(not s for s in items):
         raise FieldError(name, f"'{name}' strings must not be empty")
     return tuple(items)
 
 
-def sampling_params(body: Mapping[str, Any], model: LLMModel, max_tokens: int | None, *,
-                    default_max_tokens: int, where: str = "") -> SamplingParams:
-    """Sampling parameters from OpenAI / vLLM field names; ``max_tokens`` is read by the caller (names differ)."""
-    limit = model.max_new_tokens
-    if max_tokens is None:
-        max_tokens = min(default_max_tokens, limit)
-    elif max_tokens > limit:
-        raise FieldError(f"{where}max_tokens", f"'{where}max_tokens' is {max_tokens}; this model generates at most "
-                                               f"{limit} tokens per request")
-    temperature = opt_number(body, "temperature", 0.0, 2.0, where=where)
-    top_p = opt_number(body, "top_p", 0.0, 1.0, low_open=True, where=where)
-    top_k = opt_int(body, "top_k", minimum=-1, where=where)
-    seed = opt_int(body, "seed", where=where)
-    repetition_penalty = opt_number(body, "repetition_penalty", 0.0, 10.0, low_open=True, where=where)
-    frequency_penalty = opt_number(body, "frequency_penalty", -2.0, 2.0, where=where)
-    presence_penalty = opt_number(body, "presence_penalty", -2.0, 2.0, where=where)
-    ignore_eos = opt_bool(body, "ignore_eos", where=where)
+def sampling_params(body: Mapping[str, Any], max_tokens: int | None, *, default_max_tokens: int,
+                    where: str = "") -> SamplingParams:
+    """Sampling parameters from OpenAI / vLLM field names, type-checked; ``max_tokens`` is read by the caller
+    (its names differ by route). Ranges and the model's limits are checked once, by the engine."""
+    temperature = opt_number(body, "temperature", where=where)
+    top_p = opt_number(body, "top_p", where=where)
+    top_k = opt_int(body, "top_k", where=where)
+    repetition_penalty = opt_number(body, "repetition_penalty", where=where)
     return SamplingParams(
-        max_tokens=max_tokens,
+        max_tokens=default_max_tokens if max_tokens is None else max_tokens,
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
-        top_k=max(0, top_k or 0),  # vLLM spells "no cut" -1, we spell it 0
-        seed=seed,
+        top_k=0 if top_k == -1 else (top_k or 0),  # vLLM spells "no cut" -1, we spell it 0
+        seed=opt_int(body, "seed", where=where),
         stop=_stop(body, where),
         repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
-        frequency_penalty=frequency_penalty or 0.0,
-        presence_penalty=presence_penalty or 0.0,
-        ignore_eos=bool(ignore_eos),
+        frequency_penalty=opt_number(body, "frequency_penalty", where=where) or 0.0,
+        presence_penalty=opt_number(body, "presence_penalty", where=where) or 0.0,
+        ignore_eos=bool(opt_bool(body, "ignore_eos", where=where)),
     )
+
+
+def param_of(exc: LMaaSError) -> str | None:
+    """The request field an error is about: a :class:`FieldError`'s, or the field an engine message starts with."""
+    if isinstance(exc, FieldError):
+        return exc.param
+    m = _LEADING_FIELD.match(exc.message)
+    return m.group(1) if m and m.group(1) in (*SAMPLING_FIELDS, "max_tokens") else None
 
 
 def lookup(dp: DataPlane, name: str, version: str = "", key: str = "") -> LLMModel:

@@ -73,7 +73,7 @@ class _Generate:
         exclude = opt_bool(merged, "exclude_input_in_output")
         llm = lookup(self.dp, request.params["model"], request.params.get("version", ""),
                      request.headers.get("x-lmaas-session", ""))
-        params = sampling_params(merged, llm, max_tokens, default_max_tokens=_DEFAULT_MAX_TOKENS)
+        params = sampling_params(merged, max_tokens, default_max_tokens=min(_DEFAULT_MAX_TOKENS, llm.max_new_tokens))
         chunks = llm.generate(prompt, params, request.headers.get("x-request-id") or uuid.uuid4().hex)
         try:
             first = await anext(chunks, None)  # errors before any byte: they set the HTTP status

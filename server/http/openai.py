@@ -36,6 +36,7 @@ from lmaas.server.http._llm import (
     opt_bool,
     opt_int,
     opt_str,
+    param_of,
     sampling_params,
 )
 from lmaas.server.http.asgi import Request, Response, Route, StreamingResponse, json_response, sse_event
@@ -55,7 +56,7 @@ _ERROR_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
-_COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_COMPLETIONS_DEFAULT = 16  # OpenAI's default for /v1/completions
 _SESSION_HEADER = "x-lmaas-session"
 
 
@@ -63,7 +64,7 @@ def openai_error(exc: LMaaSError) -> dict[str, Any]:
     """OpenAI's error object for an LMaaS error."""
     status = exc.http_status
     code = "model_not_found" if isinstance(exc, ModelNotFound) else status
-    param = exc.param if isinstance(exc, FieldError) else ("model" if isinstance(exc, ModelNotFound) else None)
+    param = "model" if isinstance(exc, ModelNotFound) else param_of(exc)
     return {
         "error": {
             "message": exc.message,
@@ -320,7 +321,7 @@ class _Routes:
         llm = lookup(self.dp, name, "", _conversation_key(body, request))
         prompt = prompt_of(llm)
         default = default_max_tokens(llm, prompt) if max_tokens is None else 0
-        params = sampling_params(body, llm, max_tokens, default_max_tokens=default)
+        params = sampling_params(body, max_tokens, default_max_tokens=default)
         c = _Completion(llm, kind, include_usage)
         chunks = llm.generate(prompt, params, c.id)
         first = await _first(chunks)
@@ -349,7 +350,7 @@ class _Routes:
         prompt = _prompt(body)
         echo = bool(opt_bool(body, "echo"))
         c, stream, first, chunks, _ = await self._start(
-            body, request, lambda llm: prompt, lambda llm, p: _COMPLETIONS_DEFAULT_MAX_TOKENS, "text")
+            body, request, lambda llm: prompt, lambda llm, p: min(_COMPLETIONS_DEFAULT, llm.max_new_tokens), "text")
         if stream:
             return StreamingResponse(_events(c, first, chunks, prompt if echo else ""), headers=c.headers)
         text, finish = await _collect(c, first, chunks)
