@@ -23,7 +23,9 @@ __all__ = ["HttpServer", "bind_socket"]
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A listening TCP socket on host:port (0 = any free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
+    # Nagle holds the response body back until the client's delayed ACK (40 ms per request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
