@@ -1,7 +1,8 @@
 """``lmaas up``: everything on one machine with one command.
 
-A control plane on the embedded SQLite store runs in this process; one worker
-runs as a subprocess (``lmaas worker``) synced to it; a demo model is pushed
+A control plane on the embedded SQLite store runs in this process (gRPC and its
+REST API); one worker runs as a subprocess (``lmaas worker``, gRPC and OIP v2
+HTTP) synced to it; a demo model is pushed
 and deployed through the public API, exactly as a user would. State lives in
 ``--state-dir``, so a second ``lmaas up`` finds its models and deployments again.
 
@@ -30,6 +31,7 @@ from lmaas.logs import setup_logging
 __all__ = ["up"]
 
 _LISTENING = re.compile(r"listening grpc=(\S+) metrics=(\S+)")
+_HTTP = re.compile(r"\shttp=(\S+)")
 
 
 @click.command()
@@ -40,22 +42,28 @@ _LISTENING = re.compile(r"listening grpc=(\S+) metrics=(\S+)")
       help="Control-plane gRPC port (0 = any free port).")
 @_opt("--control-plane-metrics-port", env="LMAAS_CONTROL_PLANE_METRICS_PORT", type=int, default=8091,
       help="Control-plane /metrics port.")
+@_opt("--control-plane-http-port", env="LMAAS_CONTROL_PLANE_HTTP_PORT", type=int, default=8080,
+      help="Control-plane REST API port (/api/v1, /openapi.json; 0 = any free port).")
 @_opt("--worker-port", env="LMAAS_WORKER_PORT", type=int, default=8001, help="Worker OIP v2 gRPC port.")
 @_opt("--worker-metrics-port", env="LMAAS_WORKER_METRICS_PORT", type=int, default=8002, help="Worker /metrics port.")
+@_opt("--worker-http-port", env="LMAAS_WORKER_HTTP_PORT", type=int, default=8000,
+      help="Worker OIP v2 HTTP/REST port (0 = any free port).")
 @_opt("--demo/--no-demo", env="LMAAS_DEMO", default=True, help="Push and deploy the demo model 'demo' (y = 2x + 1).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="warning",
       type=click.Choice(["debug", "info", "warning", "error"]))
-def up(state_dir: Path, host: str, control_plane_port: int, control_plane_metrics_port: int, worker_port: int,
-       worker_metrics_port: int, demo: bool, log_level: str) -> None:
+def up(state_dir: Path, host: str, control_plane_port: int, control_plane_metrics_port: int,
+       control_plane_http_port: int, worker_port: int, worker_metrics_port: int, worker_http_port: int, demo: bool,
+       log_level: str) -> None:
     """Run LMaaS locally: a control plane (embedded store), one worker, and a demo model; Ctrl-C stops it all."""
     setup_logging(log_level)
     code = asyncio.run(_up(state_dir, host, control_plane_port, control_plane_metrics_port, worker_port,
-                           worker_metrics_port, demo, log_level))
+                           worker_metrics_port, demo, log_level, cp_http=control_plane_http_port,
+                           w_http=worker_http_port))
     sys.exit(code)
 
 
 async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int, w_metrics: int, demo: bool,
-              log_level: str) -> int:
+              log_level: str, *, cp_http: int = 8080, w_http: int = 8000) -> int:
     from lmaas.control_plane.app import ControlPlane
     from lmaas.control_plane.settings import ControlPlaneSettings
 
@@ -64,8 +72,8 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
     admin_file = state / "admin.token"
     settings = ControlPlaneSettings(
         store=f"sqlite:///{state / 'control.db'}", artifact_dir=state / "artifacts", host=host, grpc_port=cp_port,
-        metrics_port=cp_metrics, replica_id="up", auth=True, bootstrap_token_file=admin_file, bootstrap_token=None,
-        tls_cert=None, tls_key=None, tls_client_ca=None,
+        metrics_port=cp_metrics, http_port=cp_http, replica_id="up", auth=True, bootstrap_token_file=admin_file,
+        bootstrap_token=None, tls_cert=None, tls_key=None, tls_client_ca=None,
     )
     plane = ControlPlane(settings)
     cp_grpc, cp_metrics_bound = await plane.start()
@@ -78,12 +86,13 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
         loop.add_signal_handler(sig, stop.set)
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lmaas.cli", "worker", "--control-plane", cp_address, "--host", host,
-        "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--cache-dir", str(state / "cache"),
+        "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--http-port", str(w_http),
+        "--cache-dir", str(state / "cache"),
         "--worker-id", "up-worker", "--log-level", log_level,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         env={**_worker_env(), "LMAAS_TOKEN": worker_token},
     )
-    listening: asyncio.Future[tuple[str, str]] = loop.create_future()
+    listening: asyncio.Future[tuple[str, str, str]] = loop.create_future()
     pump = asyncio.create_task(_pump(worker, listening))
     code = 0
     try:
@@ -92,12 +101,15 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
         if not listening.done():
             click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
             return 1
-        w_grpc, w_metrics_address = listening.result()
+        w_grpc, w_metrics_address, w_http_address = listening.result()
         if demo:
             await asyncio.to_thread(_deploy_demo, cp_address, state, admin_token)
-        click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc}")
+        cp_http_address = f"{host}:{plane.http_port}"
+        # Scripts read this line; fields are only ever appended.
+        click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc} control-plane-http={cp_http_address}"
+                   f" worker-http={w_http_address}")
         click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo,
-                                 admin_file))
+                                 admin_file, cp_http=cp_http_address, w_http=w_http_address))
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
         if first_exit.done() and not stop.is_set():
@@ -122,13 +134,14 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
     return code
 
 
-async def _pump(proc: asyncio.subprocess.Process, listening: asyncio.Future[tuple[str, str]]) -> None:
+async def _pump(proc: asyncio.subprocess.Process, listening: asyncio.Future[tuple[str, str, str]]) -> None:
     assert proc.stdout is not None
     async for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip()
         match = _LISTENING.search(line)
         if match and not listening.done():
-            listening.set_result((match.group(1), match.group(2)))
+            http = _HTTP.search(line)
+            listening.set_result((match.group(1), match.group(2), http.group(1) if http else ""))
         else:
             click.echo(f"[worker] {line}", err=True)
 
@@ -178,13 +191,17 @@ def _deploy_demo(cp_address: str, state: Path, token: str) -> Any:
 
 
 def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: Path, demo: bool,
-                  admin_file: Path) -> str:
+                  admin_file: Path, *, cp_http: str = "", w_http: str = "") -> str:
     lines = [
         "",
         "LMaaS is up.",
         f"  control plane  {cp}   metrics http://{cp_metrics}/metrics   state {state}",
         f"  worker         {worker}   metrics http://{w_metrics}/metrics",
     ]
+    if cp_http:
+        lines.append(f"  REST API       http://{cp_http}/api/v1   OpenAPI http://{cp_http}/openapi.json")
+    if w_http:
+        lines.append(f"  worker HTTP    http://{w_http}/v2   (OIP v2 REST: tritonclient.http, curl)")
     if demo:
         lines += [
             "  model          demo (ONNX, y = 2x + 1, input x FP32 [-1, 4])",
@@ -195,6 +212,10 @@ def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: 
             "{'x': np.arange(4, dtype=np.float32).reshape(1, 4)})['y'])\"",
             f"  grpcurl -plaintext {worker} list",
         ]
+        if w_http:
+            lines.append(f"  curl -s http://{w_http}/v2/models/demo/infer -H 'Content-Type: application/json' "
+                         "-d '{\"inputs\": [{\"name\": \"x\", \"shape\": [1, 4], \"datatype\": \"FP32\", "
+                         "\"data\": [0, 1, 2, 3]}]}'")
     lines += [
         "",
         "Manage it:",
@@ -205,6 +226,8 @@ def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: 
         "  lmaas deploy NAME VERSION --wait          # --canary V --weight 30 for a canary",
         "  lmaas rollback NAME --wait",
         "  lmaas token create --role deployer        # tokens for others: reader, deployer, worker, admin",
+        *([f"  curl -s -H \"Authorization: Bearer $LMAAS_TOKEN\" http://{cp_http}/api/v1/deployments/demo"]
+          if cp_http else []),
         "",
         "Ctrl-C stops everything.",
     ]
