@@ -75,6 +75,9 @@ def scrape(server: str, process: ServerProcess) -> Scrape:
         text = response.read().decode()
     samples: dict[str, dict[Labels, float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
+        if not family.samples:
+            # Declared with labels but no child yet (lmaas_llm_* before an LLM is loaded): the name is exported.
+            samples.setdefault(family.name + ("_total" if family.type == "counter" else ""), {})
         for sample in family.samples:
             samples[sample.name][frozenset(sample.labels.items())] = sample.value
     return Scrape(server, dict(samples))

@@ -45,6 +45,18 @@ EXPORTED_METRICS: dict[str, frozenset[str]] = {
     "lmaas_model_loaded": frozenset({"model", "version"}),
     "lmaas_model_load_duration_seconds": frozenset({"model"}),
     "lmaas_worker_snapshot_revision": frozenset(),
+    # worker, generative models
+    "lmaas_llm_time_to_first_token_seconds": frozenset({"model", "version"}),
+    "lmaas_llm_inter_token_latency_seconds": frozenset({"model", "version"}),
+    "lmaas_llm_request_duration_seconds": frozenset({"model", "version"}),
+    "lmaas_llm_queue_duration_seconds": frozenset({"model", "version"}),
+    "lmaas_llm_prompt_tokens_total": frozenset({"model", "version"}),
+    "lmaas_llm_generation_tokens_total": frozenset({"model", "version"}),
+    "lmaas_llm_running_sequences": frozenset({"model", "version"}),
+    "lmaas_llm_waiting_sequences": frozenset({"model", "version"}),
+    "lmaas_llm_kv_cache_usage_ratio": frozenset({"model", "version"}),
+    "lmaas_llm_requests_finished_total": frozenset({"model", "version", "reason"}),
+    "lmaas_llm_streams_cut_total": frozenset({"model", "version"}),
     # control plane
     "lmaas_control_rollouts_total": frozenset({"outcome"}),
     "lmaas_control_connected_workers": frozenset(),
@@ -59,6 +71,10 @@ HISTOGRAMS = frozenset(
         "lmaas_inference_batch_size",
         "lmaas_model_load_duration_seconds",
         "lmaas_control_store_duration_seconds",
+        "lmaas_llm_time_to_first_token_seconds",
+        "lmaas_llm_inter_token_latency_seconds",
+        "lmaas_llm_request_duration_seconds",
+        "lmaas_llm_queue_duration_seconds",
     }
 )
 # Labels Prometheus adds when scraping (job/instance, Prometheus Operator's namespace/pod) and `le`.
@@ -163,9 +179,11 @@ def test_required_alerts_exist() -> None:
         "LMaaSPendingRequestsHigh",
         "LMaaSWorkerDisconnected",
         "LMaaSRolloutFailed",
+        "LMaaSLLMTimeToFirstTokenHigh",
     } <= rules.keys()
     assert "histogram_quantile(0.99" in rules["LMaaSHighLatencyP99"]["expr"]
     assert "lmaas_inference_request_duration_seconds_bucket" in rules["LMaaSHighLatencyP99"]["expr"]
+    assert "lmaas_llm_time_to_first_token_seconds_bucket" in rules["LMaaSLLMTimeToFirstTokenHigh"]["expr"]
 
 
 def _write_rules(directory: Path) -> Path:
@@ -263,6 +281,13 @@ def test_dashboard_queries_use_the_datasource_variable() -> None:
         r"sum by \(instance\) \(lmaas_model_loaded\)",
         r"lmaas_control_rollouts_total",
         r"sum\(lmaas_control_connected_workers\)",
+        r"histogram_quantile\(0\.95, .*lmaas_llm_time_to_first_token_seconds_bucket",
+        r"histogram_quantile\(0\.99, .*lmaas_llm_inter_token_latency_seconds_bucket",
+        r"rate\(lmaas_llm_generation_tokens_total",
+        r"lmaas_llm_running_sequences",
+        r"lmaas_llm_waiting_sequences",
+        r"lmaas_llm_kv_cache_usage_ratio",
+        r"sum by \(model, reason\) \(rate\(lmaas_llm_requests_finished_total",
     ],
 )
 def test_dashboard_shows(pattern: str) -> None:
