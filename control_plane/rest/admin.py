@@ -35,6 +35,7 @@ async def list_tokens(
     request: Request,
     include_revoked: Annotated[bool, Query(description="Also list revoked tokens (tombstones).")] = False,
 ) -> s.TokenList:
+    """Every token's id, role, description, creator and revocation (never a secret)."""
     tokens, revision = await request.app.state.plane.tokens.list(include_revoked=include_revoked)
     return s.TokenList(tokens=[s.token(t) for t in tokens], revision=revision)
 

@@ -31,6 +31,7 @@ def _state(deployment: pb.Deployment, rollout: pb.Rollout, revision: int) -> s.D
 @router.get("/deployments", summary="List deployments", response_model=s.DeploymentList,
             openapi_extra=route_options(_DEP + "ListDeployments"))
 async def list_deployments(request: Request) -> s.DeploymentList:
+    """Every deployed model with its desired state and latest rollout."""
     deployments, rollouts, revision = await request.app.state.plane.deployments.list()
     return s.DeploymentList(deployments=[_state(d, r, revision) for d, r in zip(deployments, rollouts, strict=True)],
                             revision=revision)

@@ -61,6 +61,7 @@ async def create_model(body: s.CreateModel, request: Request) -> s.Model:
 @router.get("/models/{name}", summary="Get a model", response_model=s.Model,
             openapi_extra=route_options(_REG + "GetModel"))
 async def get_model(name: ModelName, request: Request) -> s.Model:
+    """The model's description, metadata, creator and latest version number."""
     model, _ = await _plane(request).models.get_model(name)
     return s.model(model)
 
@@ -76,6 +77,7 @@ async def list_versions(name: ModelName, request: Request) -> s.VersionList:
 @router.get("/models/{name}/versions/{version}", summary="Get a version", response_model=s.ModelVersion,
             openapi_extra=route_options(_REG + "GetVersion"))
 async def get_version(name: ModelName, version: VersionNumber, request: Request) -> s.ModelVersion:
+    """One version: digest, size, format, configuration, creator, time and parent."""
     v, _ = await _plane(request).models.get_version(name, version)
     return s.version(v)
 
@@ -109,7 +111,7 @@ async def create_version(
                                               "{digest} offset to resume.")] = 0,
     size: Annotated[int | None, Header(alias="X-LMaaS-Size", ge=0, le=(1 << 63) - 1,
                                        description="The whole artifact's size (default: offset + Content-Length).",
-                                       )] = None,
+                                       examples=[1048576])] = None,
     parent: Annotated[int, Header(alias="X-LMaaS-Parent-Version", ge=0, le=(1 << 63) - 1,
                                   description="The version this one derives from; 0 = none.")] = 0,
     description: Annotated[str, Header(alias="X-LMaaS-Description", max_length=4096,

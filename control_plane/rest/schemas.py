@@ -53,7 +53,8 @@ __all__ = [
 RoleName = Literal["reader", "deployer", "worker", "admin"]
 Phase = Literal["unspecified", "progressing", "succeeded", "failed", "superseded"]
 WorkerState = Literal["unspecified", "pending", "acked", "nacked"]
-Revision = Annotated[int, Field(description="Store revision this answer reflects (orders answers and events).")]
+Revision = Annotated[int, Field(description="Store revision this answer reflects (orders answers and events).",
+                                 examples=[42])]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", description="Model name.",
                             examples=["demo"])]
 TimeMs = Annotated[int, Field(description="Unix epoch milliseconds; 0 = never.", examples=[1764586800000])]
@@ -101,6 +102,8 @@ class Model(_Out):
 
 
 class ModelList(_Out):
+    """Every model."""
+
     models: list[Model] = Field(description="Every model, sorted by name.")
     revision: Revision
 
@@ -130,6 +133,8 @@ class ModelVersion(_Out):
 
 
 class VersionList(_Out):
+    """A model's version history."""
+
     versions: list[ModelVersion] = Field(description="The model's history: every version, oldest first.")
     revision: Revision
 
@@ -178,6 +183,8 @@ def version_created(v: pb.ModelVersion, revision: int, deduplicated: bool, exist
 
 
 class Canary(_In):
+    """A second version taking a share of the traffic."""
+
     version: int = Field(ge=1, description="The canary version.", examples=[3])
     weight: int = Field(ge=0, le=100, description="Percent of the requests naming no version it takes.",
                         examples=[20])
@@ -212,6 +219,8 @@ class Rollback(_In):
 
 
 class DeploymentSpec(_Out):
+    """Which versions serve, and how traffic splits between them."""
+
     stable_version: int = Field(description="Version taking requests naming no version (0: not served).",
                                 examples=[2])
     canary_version: int = Field(description="Canary version; 0 = none.", examples=[3])
@@ -221,8 +230,10 @@ class DeploymentSpec(_Out):
 
 
 class DeploymentRecord(_Out):
+    """One entry of a deployment's history."""
+
     generation: int = Field(description="The generation this record created.", examples=[4])
-    spec: DeploymentSpec
+    spec: DeploymentSpec = Field(description="The desired state it set.")
     reason: str = Field(description="deploy, rollback or auto-rollback.", examples=["deploy"])
     message: str = Field(description="The rollback target, or the error behind an automatic rollback.",
                          examples=[""])
@@ -233,16 +244,20 @@ class DeploymentRecord(_Out):
 
 
 class Deployment(_Out):
+    """The desired state of a model's serving, and its history."""
+
     model: Name
-    spec: DeploymentSpec
+    spec: DeploymentSpec = Field(description="The current desired state.")
     generation: int = Field(description="Increases by one with every change.", examples=[4])
     history: list[DeploymentRecord] = Field(description="Records, oldest first; the last is the current spec.")
     updated_at_ms: TimeMs
 
 
 class WorkerRollout(_Out):
-    worker_id: str = Field(examples=["up-worker"])
-    state: WorkerState = Field(description="pending, acked (loaded, warmed, routed) or nacked.")
+    """One worker's part in a rollout."""
+
+    worker_id: str = Field(description="The worker's id.", examples=["up-worker"])
+    state: WorkerState = Field(description="pending, acked (loaded, warmed, routed) or nacked.", examples=["acked"])
     error: str = Field(description="The worker's error for a nack.", examples=[""])
 
 
@@ -251,10 +266,11 @@ class Rollout(_Out):
 
     model: Name
     generation: int = Field(description="The deployment generation being rolled out.", examples=[4])
-    spec: DeploymentSpec
+    spec: DeploymentSpec = Field(description="The spec of that generation.")
     phase: Phase = Field(description="progressing until every worker acks (succeeded) or one nacks (failed); "
-                                     "superseded when a newer change replaced it.")
-    message: str = Field(examples=["acknowledged by 1 worker"])
+                                     "superseded when a newer change replaced it.", examples=["succeeded"])
+    message: str = Field(description="Why it ended this way (the nack's error for failed).",
+                         examples=["acknowledged by 1 worker"])
     reason: str = Field(description="deploy, rollback or auto-rollback.", examples=["deploy"])
     started_at_ms: TimeMs
     finished_at_ms: TimeMs
@@ -266,12 +282,14 @@ class Rollout(_Out):
 class DeploymentState(_Out):
     """A deployment with its latest rollout."""
 
-    deployment: Deployment
-    rollout: Rollout
+    deployment: Deployment = Field(description="The desired state and its history.")
+    rollout: Rollout = Field(description="The latest rollout, with per-worker progress.")
     revision: Revision
 
 
 class DeploymentList(_Out):
+    """Every deployment."""
+
     deployments: list[DeploymentState] = Field(description="Every deployed model, sorted by name.")
     revision: Revision
 
@@ -314,13 +332,17 @@ def rollout(r: pb.Rollout) -> Rollout:
 
 
 class HeldVersion(_Out):
-    model: str = Field(examples=["demo"])
-    version: int = Field(examples=[2])
+    """A version a worker holds loaded."""
+
+    model: str = Field(description="The model.", examples=["demo"])
+    version: int = Field(description="The version.", examples=[2])
     digest: Digest
 
 
 class ObservedModel(_Out):
-    model: str = Field(examples=["demo"])
+    """What a worker reported for one model in its latest acknowledgement."""
+
+    model: str = Field(description="The model.", examples=["demo"])
     generation: int = Field(description="Deployment generation of the acknowledged snapshot.", examples=[4])
     snapshot_revision: int = Field(description="The snapshot revision acknowledged.", examples=[17])
     ok: bool = Field(description="True for an ack, false for a nack.")
@@ -332,8 +354,8 @@ class ObservedModel(_Out):
 class Worker(_Out):
     """A connected worker, as the control plane holding its stream sees it."""
 
-    worker_id: str = Field(examples=["up-worker"])
-    pool: str = Field(examples=["default"])
+    worker_id: str = Field(description="The worker's id.", examples=["up-worker"])
+    pool: str = Field(description="Its pool.", examples=["default"])
     inference_address: str = Field(description="host:port of its OIP v2 gRPC server.", examples=["127.0.0.1:8001"])
     control_plane: str = Field(description="The control-plane replica holding its stream.", examples=["up"])
     connected_at_ms: TimeMs
@@ -344,6 +366,8 @@ class Worker(_Out):
 
 
 class WorkerList(_Out):
+    """Connected workers."""
+
     workers: list[Worker] = Field(description="Connected workers, sorted by id.")
     revision: Revision
 
@@ -369,25 +393,31 @@ class Token(_Out):
 
     id: str = Field(description="Public id: 12 lowercase hex characters.", examples=["0123456789ab"])
     role: RoleName | Literal["none"] = Field(description="What it may do.", examples=["deployer"])
-    description: str = Field(examples=["CI pipeline"])
+    description: str = Field(description="Whose token it is, what for.", examples=["CI pipeline"])
     created_at_ms: TimeMs
-    created_by: str = Field(examples=["bootstrap"])
+    created_by: str = Field(description="Who created it (bootstrap: imported at start).", examples=["bootstrap"])
     revoked_at_ms: TimeMs
-    revoked_by: str = Field(examples=[""])
+    revoked_by: str = Field(description="Who revoked it.", examples=[""])
 
 
 class TokenList(_Out):
-    tokens: list[Token]
+    """Tokens (never their secrets)."""
+
+    tokens: list[Token] = Field(description="Tokens, sorted by id.")
     revision: Revision
 
 
 class CreateToken(_In):
+    """A token to create."""
+
     role: RoleName = Field(description="reader, deployer, worker or admin.", examples=["deployer"])
     description: str = Field("", max_length=256, description="Whose token it is, what for.", examples=["CI pipeline"])
 
 
 class TokenCreated(_Out):
-    token: Token
+    """A new token and its secret."""
+
+    token: Token = Field(description="The token's record.")
     secret: str = Field(description="The bearer token, shown only here: send it as 'Authorization: Bearer ...'.",
                         examples=["lmaas_0123456789ab_" + "x" * 43])
     revision: Revision
@@ -409,7 +439,7 @@ class AuditEntry(_Out):
     time_ms: TimeMs
     principal: str = Field(description="token:<id>, cert:<CN>, anonymous or unauthenticated.",
                            examples=["token:0123456789ab"])
-    role: RoleName | Literal["none"] = Field(examples=["admin"])
+    role: RoleName | Literal["none"] = Field(description="The principal's role.", examples=["admin"])
     method: str = Field(description="The gRPC method the call is (REST routes name theirs).",
                         examples=["/lmaas.control.v1.Deployments/Deploy"])
     request: str = Field(description="Short text of the request (no secrets).",
@@ -421,6 +451,8 @@ class AuditEntry(_Out):
 
 
 class AuditPage(_Out):
+    """A page of the audit trail."""
+
     entries: list[AuditEntry] = Field(description="Newest first.")
     next: str | None = Field(description="Cursor of the next (older) page: pass it as ?before=; null = no more.",
                              examples=[None])
