@@ -323,13 +323,13 @@ def _wait_http_ok(url: str, timeout: float) -> None:
 # ---------------------------------------------------------------------------------------------- in-process
 def inprocess(model_dir: Path, new_tokens: int, rounds: int) -> Phase:
     """The engine alone: one stream, no server, no transport (the ceiling for one stream)."""
-    from lmaas.server.llm import load_llm  # type: ignore[attr-defined]  # C1's loader
+    from lmaas.server.llm.engine import LLMEngine
     from lmaas.server.llm.types import SamplingParams
 
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
 
     async def main() -> Phase:
-        llm = load_llm(model_dir, name=MODEL, version=1)
+        llm = LLMEngine(model_dir, name=MODEL, version=1)  # the worker's defaults (no config parameters)
         try:
             async def one(i: int) -> Sample:
                 started = time.perf_counter()
@@ -344,11 +344,7 @@ def inprocess(model_dir: Path, new_tokens: int, rounds: int) -> Phase:
             await one(0)  # warm-up
             samples, wall, errors = await run_phase(one, 1, rounds)
         finally:
-            close = getattr(llm, "close", None)
-            if close is not None:
-                result = close()
-                if asyncio.iscoroutine(result):
-                    await result
+            llm.close()
         rss, peak = _rss(os.getpid())
         return Phase("in-process", "-", 1, samples, wall, rss, peak, errors)
 
