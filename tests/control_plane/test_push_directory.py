@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from cp_harness import (
     worker,
 )
 from lmaas.client.control import ControlPlaneClient
+from lmaas.control_plane import keys
 from lmaas.control_plane.app import ControlPlane
+from lmaas.control_plane.store.base import Put
 from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.lmaas.control.v1 import registry_pb2
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
@@ -386,3 +389,29 @@ async def test_corrupt_blob_on_the_control_plane_is_nacked(stubs: Stubs, cp: Con
         assert w.host.versions("llm") == [1]
     dirs = tmp_path / "cache-w1" / "dirs"
     assert [p.name for p in dirs.glob("*/*")] == [scan_directory(v1)[0].digest]  # no half directory of v2
+
+
+async def test_worker_refuses_an_escaping_manifest_the_control_plane_should_never_serve(
+    stubs: Stubs, cp: ControlPlane, tmp_path: Path
+) -> None:
+    """Defence in depth: a manifest planted past the registry's checks (a tampered store) never writes outside
+    the worker's cache."""
+    payload = b"owned"
+    await cp.artifacts.receive(hashlib.sha256(payload).hexdigest(), len(payload), 0, _once(payload))
+    bad = Manifest("llm", (ManifestFile("../../../escaped.txt", hashlib.sha256(payload).hexdigest(), 5),))
+    data = bad.to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    await cp.artifacts.receive(digest, len(data), 0, _once(data))
+    model = pb.Model(name="evil", latest_version=1)
+    version = pb.ModelVersion(model="evil", version=1, digest=digest, format="llm", size_bytes=5)
+    await cp.store.txn([], [Put(keys.model("evil"), model.SerializeToString()),
+                            Put(keys.version("evil", 1), version.SerializeToString())])
+    async with worker(address(cp), tmp_path, host=DirHost()) as w:
+        rollout = await final_rollout(stubs, "evil", (await deploy(stubs, "evil", 1)).deployment.generation)
+        assert rollout.phase == pb.ROLLOUT_PHASE_FAILED and "'..'" in rollout.message, rollout.message
+        assert w.host.versions("evil") == []
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
