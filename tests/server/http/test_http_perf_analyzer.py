@@ -1,0 +1,42 @@
+"""Triton's perf_analyzer drives a short load over HTTP (binary tensors, as it sends them) without errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from processes import ServerProcess
+
+from benchmarks.perf_analyzer import perf_analyzer_path, run_perf_analyzer
+
+
+@pytest.fixture(scope="module")
+def binary() -> str:
+    path = perf_analyzer_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("perf_analyzer is not installed; .ci/install-perf-analyzer.sh should have installed it")
+        pytest.skip("perf_analyzer is not installed (run .ci/install-perf-analyzer.sh .venv)")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "concurrency", "extra"),
+    [
+        ("mlp", 1, []),
+        ("mlp", 4, ["-b", "2"]),
+        ("mlp_ts", 2, []),
+        ("identity", 2, ["--string-length", "8"]),
+        ("fixed", 2, []),
+    ],
+)
+def test_perf_analyzer_http_short_load(
+    worker: ServerProcess, binary: str, model: str, concurrency: int, extra: list[str]
+) -> None:
+    result = run_perf_analyzer(
+        worker.http, model, concurrency=concurrency, measurement_ms=500, extra=["-i", "http", *extra],
+        binary=binary, timeout=120,
+    )
+    assert result["throughput"] > 0
+    assert result["p99_us"] >= result["p50_us"] > 0
+    assert "-i http" in " ".join(result["command"])
