@@ -11,7 +11,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ModelMetrics", "WorkerMetrics"]
+__all__ = ["FINISH_REASONS", "LLMMetrics", "ModelMetrics", "WorkerMetrics"]
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -35,6 +35,53 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MV = ("model", "version")
 #: Why a request is rejected before execution (``lmaas_inference_rejected_total{reason}``).
 REJECT_REASONS = ("queue_full", "deadline")
+#: Why a generation ended (``lmaas_llm_requests_finished_total{reason}``), as OpenAI's finish_reason plus ours.
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+# Token-suited buckets: a first token takes 1 ms (cached) to a minute (long queue); a token gap 5 ms to 10 s.
+_TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    60.0,
+)
+_ITL_BUCKETS = (
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 
 
 class WorkerMetrics:
@@ -116,8 +163,76 @@ class WorkerMetrics:
             multiprocess_mode="livemin",
         )
 
+        self._llm(registry)
+
+    def _llm(self, registry: CollectorRegistry) -> None:
+        """Generative models (``lmaas_llm_*``), recorded by the engine thread (prometheus_client is thread-safe)."""
+        self.llm_ttft = Histogram(
+            "lmaas_llm_time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            _MV,
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.llm_itl = Histogram(
+            "lmaas_llm_inter_token_latency_seconds",
+            "Time between two generated tokens of one sequence.",
+            _MV,
+            buckets=_ITL_BUCKETS,
+            registry=registry,
+        )
+        self.llm_e2e = Histogram(
+            "lmaas_llm_request_duration_seconds",
+            "Arrival to last token of a generation.",
+            _MV,
+            buckets=_E2E_BUCKETS,
+            registry=registry,
+        )
+        self.llm_queue = Histogram(
+            "lmaas_llm_queue_duration_seconds",
+            "Time a generation waited for KV-cache room.",
+            _MV,
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.llm_prompt_tokens = Counter("lmaas_llm_prompt_tokens", "Prompt tokens prefilled.", _MV, registry=registry)
+        self.llm_generation_tokens = Counter("lmaas_llm_generation_tokens", "Tokens generated.", _MV, registry=registry)
+        self.llm_running = Gauge(
+            "lmaas_llm_running_sequences",
+            "Sequences in the running batch.",
+            _MV,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.llm_waiting = Gauge(
+            "lmaas_llm_waiting_sequences",
+            "Sequences waiting for KV-cache room.",
+            _MV,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.llm_kv_usage = Gauge(
+            "lmaas_llm_kv_cache_usage_ratio",
+            "Reserved share of the KV-cache budget (0-1).",
+            _MV,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.llm_finished = Counter(
+            "lmaas_llm_requests_finished", "Generations by how they ended.", (*_MV, "reason"), registry=registry
+        )
+        self.llm_streams_cut = Counter(
+            "lmaas_llm_streams_cut",
+            "Streams still open when an unloading version's drain timeout ran out.",
+            _MV,
+            registry=registry,
+        )
+
     def for_model(self, name: str, version: int) -> ModelMetrics:
         return ModelMetrics(self, name, str(version))
+
+    def for_llm(self, name: str, version: int) -> LLMMetrics:
+        return LLMMetrics(self, name, str(version))
 
 
 class ModelMetrics:
@@ -155,6 +270,37 @@ class ModelMetrics:
             self._m.compute_duration,
             self._m.batch_size,
             self._m.pending,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*self._labels)
+
+
+class LLMMetrics:
+    """The ``lmaas_llm_*`` label children of one generative version (bound once: the engine loop does no lookups)."""
+
+    def __init__(self, m: WorkerMetrics, model: str, version: str) -> None:
+        self._m, self._labels = m, (model, version)
+        self.ttft = m.llm_ttft.labels(model, version)
+        self.itl = m.llm_itl.labels(model, version)
+        self.e2e = m.llm_e2e.labels(model, version)
+        self.queue = m.llm_queue.labels(model, version)
+        self.prompt_tokens = m.llm_prompt_tokens.labels(model, version)
+        self.generation_tokens = m.llm_generation_tokens.labels(model, version)
+        self.running = m.llm_running.labels(model, version)
+        self.waiting = m.llm_waiting.labels(model, version)
+        self.kv_usage = m.llm_kv_usage.labels(model, version)
+        self.streams_cut = m.llm_streams_cut.labels(model, version)
+        self.finished = {reason: m.llm_finished.labels(model, version, reason) for reason in FINISH_REASONS}
+
+    def forget(self) -> None:
+        for metric in (
+            self._m.llm_ttft,
+            self._m.llm_itl,
+            self._m.llm_e2e,
+            self._m.llm_queue,
+            self._m.llm_running,
+            self._m.llm_waiting,
+            self._m.llm_kv_usage,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(*self._labels)
