@@ -415,3 +415,13 @@ async def test_worker_refuses_an_escaping_manifest_the_control_plane_should_neve
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_directory_format_needs_a_directory(cp: ControlPlane, tmp_path: Path) -> None:
+    single = tmp_path / "model.onnx"
+    single.write_bytes(b"onnx bytes")
+    with pytest.raises(InvalidArgument, match="give a directory"):
+        await sdk_push(cp, "m", single, format="llm")
+    with pytest.raises(InvalidArgument, match="is a single file"):
+        await sdk_push(cp, "m", write_version(tmp_path / "v", {}), format="onnx")
+    assert blobs(cp) == set()

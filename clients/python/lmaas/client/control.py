@@ -239,6 +239,8 @@ class ControlPlaneClient:
                                           parent_version=parent_version, progress=progress, timeout=timeout)
         if not path.is_file():
             raise InvalidArgument(f"no such file: {path}")
+        if format and get_format(format).directory:
+            raise InvalidArgument(f"format {format!r} is a directory version: give a directory, not {path.name}")
         header = registry_pb2.CreateVersionHeader(
             model=name, format=format or format_for(path), config_json=load_config_json(config),
             digest=_sha256(path), size_bytes=path.stat().st_size, parent_version=parent_version,
