@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import signal
 import sys
 from collections.abc import Callable
@@ -185,6 +186,9 @@ def _prepare_sqlite(url: str) -> None:
 @click.group()
 def model() -> None:
     """Models and their immutable versions."""
+
+
+model.add_command(importlib.import_module("lmaas.cli.convert").convert)  # `lmaas model convert` (offline)
 
 
 @model.command("push")
