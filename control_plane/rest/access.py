@@ -7,7 +7,8 @@ the caller before the body is read, so a caller without a token gets 401 whateve
 audit trail as gRPC calls, under the RPC's name; a route describes its call by setting
 ``request.state.audit`` to the gRPC request message it is equivalent to.
 
-A route that takes a JSON body also refuses other media types (415) before parsing.
+A route that takes a JSON body also refuses other media types (415) before parsing, and every route refuses
+query parameters it does not declare (422), so a misspelt one is not silently ignored.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class AuthorizedRoute(APIRoute):
         permission = METHODS[rpc]
         audited = rpc in AUDITED
         takes_json = self.body_field is not None
+        known_query = frozenset(p.alias for p in self.dependant.query_params)
 
         async def handler(request: Request) -> Response:
             auth: AuthInterceptor = request.app.state.auth
@@ -89,6 +91,12 @@ class AuthorizedRoute(APIRoute):
                                      exc.message, _peer(request))
                 raise
             request.state.principal = who
+            unknown = [key for key in request.query_params if key not in known_query]
+            if unknown:  # a misspelt parameter must not be silently ignored
+                raise RequestValidationError([
+                    {"loc": ("query", key), "msg": "unknown query parameter", "type": "extra_forbidden"}
+                    for key in unknown
+                ])
             content_type = request.headers.get("content-type")
             if takes_json and content_type and not _is_json(content_type):
                 raise UnsupportedMediaType(f"the body must be application/json, not {content_type}")
