@@ -12,7 +12,7 @@ Layout under ``root``::
 A download goes to ``<file>.partial`` and resumes from that file's size after
 an interruption; the whole file is verified against its sha256 before an
 atomic rename makes it visible. A directory version is built in a staging
-folder private to this process (``dirs/ab/.<digest>.partial-<pid>``) once every
+folder private to this process (``dirs/ab/.<digest>.partial-<pid>-<random>``) once every
 file is verified, and renamed into place in one step, so a crash never leaves
 a half directory under its digest. Manifest paths are checked again here and
 must stay inside the version folder. A cached file or directory is verified
@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,8 +51,8 @@ log = logging.getLogger("lmaas.worker.cache")
 EXTENSIONS = {f.name: Path(f.file_name).suffix for f in FORMATS.values() if not f.directory}
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _BLOCK = 1 << 20
-# Private folders: a directory being built (.<digest>.partial-<pid>) or being deleted (.<name>.deleting-<pid>-<ns>).
-_STAGING = re.compile(r"\.([0-9a-f]{64})\.(?:partial|deleting)-(\d+)(?:-\d+)?")
+# Private folders: a directory being built (.<digest>.partial-<pid>-<random>) or deleted (...deleting-<pid>-<ns>).
+_STAGING = re.compile(r"\.([0-9a-f]{64})\.(?:partial|deleting)-(\d+)-\w+")
 
 
 class ArtifactCache:
@@ -256,9 +257,7 @@ def _materialise(target: Path, manifest: Manifest, blobs: dict[str, Path]) -> No
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(parent)
-    staging = parent / f".{target.name}.partial-{os.getpid()}"
-    _remove_tree(staging)
-    staging.mkdir()
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=parent))
     inside = staging.resolve()
     for f in manifest.files:
         dest = staging / check_path(f.path)
@@ -306,12 +305,12 @@ def _remove_tree(path: Path) -> None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         _sync(f)
-    tmp.chmod(0o444)
-    os.replace(tmp, path)
+    os.chmod(name, 0o444)
+    os.replace(name, path)
 
 
 def _lock(path: Path) -> BinaryIO:

@@ -346,7 +346,7 @@ async def test_cached_directory_is_checked_and_crash_leftovers_are_invisible(
     cache = ArtifactCache(tmp_path / "cache")
     target = cache.path(version.digest, "llm")
     # a process that died while building the directory left its staging folder (pid 2**22 + 1 is never alive)
-    stale = target.with_name(f".{version.digest}.partial-{2**22 + 1}")
+    stale = target.with_name(f".{version.digest}.partial-{2**22 + 1}-x1y2z3")
     (stale / "weights").mkdir(parents=True)
     (stale / "config.json").write_text("half")
     async with channel(cp) as ch:
@@ -425,3 +425,16 @@ async def test_directory_format_needs_a_directory(cp: ControlPlane, tmp_path: Pa
     with pytest.raises(InvalidArgument, match="is a single file"):
         await sdk_push(cp, "m", write_version(tmp_path / "v", {}), format="onnx")
     assert blobs(cp) == set()
+
+
+async def test_two_caches_on_one_folder_build_one_directory(cp: ControlPlane, tmp_path: Path) -> None:
+    """Worker processes sharing a cache: downloads are locked per file, the directory is published once."""
+    root = write_version(tmp_path / "v", {})
+    version = (await sdk_push(cp, "llm", root)).version
+    async with channel(cp) as ch:
+        stub = artifacts_pb2_grpc.ArtifactsStub(ch)
+        caches = [ArtifactCache(tmp_path / "shared") for _ in range(3)]
+        paths = await asyncio.gather(*(c.fetch(stub, version.digest, "llm", version.size_bytes) for c in caches))
+    assert len(set(paths)) == 1 and scan_directory(paths[0])[0].digest == version.digest
+    assert [p.name for p in paths[0].parent.iterdir()] == [version.digest]  # no staging folder left behind
+    assert not list((tmp_path / "shared" / "blobs").glob("*/*.partial"))
