@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from lmaas.server.auth import ApiKeys
 from lmaas.server.dataplane import DataPlane
-from lmaas.server.http import oip
+from lmaas.server.http import generate, oip, openai
 from lmaas.server.http.asgi import App, Route
 from lmaas.server.metrics import WorkerMetrics
 from prometheus_client import Counter
@@ -23,7 +23,7 @@ RouteBuilder = Callable[[DataPlane], list[Route]]
 
 def route_modules() -> list[RouteBuilder]:
     """The ``build_routes`` of each HTTP transport module served by the worker."""
-    return [oip.build_routes]
+    return [oip.build_routes, openai.build_routes, generate.build_routes]
 
 
 def build_app(
