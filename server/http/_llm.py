@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument, LMaaSError, ModelNotFound, Unavailable
@@ -20,6 +20,7 @@ from lmaas.server.llm.types import LLMModel, SamplingParams
 __all__ = [
     "SAMPLING_FIELDS",
     "FieldError",
+    "close_stream",
     "fingerprint",
     "list_llms",
     "lookup",
@@ -161,3 +162,10 @@ def fingerprint(model: LLMModel) -> str:
     """OpenAI's ``system_fingerprint``: which model, version and artifact digest answered."""
     digest = model.digest if _HEX.fullmatch(model.digest or "") else hashlib.sha256(model.digest.encode()).hexdigest()
     return f"lmaas-{model.name}-v{model.version}-{digest[:12]}"
+
+
+async def close_stream(chunks: AsyncIterator[Any]) -> None:
+    """Close the engine's iterator: that cancels the sequence if it is still running (the contract's abort)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

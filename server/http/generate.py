@@ -22,7 +22,7 @@ from typing import Any
 
 from lmaas.protos.errors import Internal, InvalidArgument, Unavailable
 from lmaas.server.dataplane import DataPlane
-from lmaas.server.http._llm import SAMPLING_FIELDS, FieldError, lookup, opt_bool, opt_int, sampling_params
+from lmaas.server.http._llm import SAMPLING_FIELDS, FieldError, close_stream, lookup, opt_bool, opt_int, sampling_params
 from lmaas.server.http.asgi import Request, Response, Route, StreamingResponse, json_response, sse_event
 from lmaas.server.llm.types import GenerationChunk, LLMModel
 
@@ -78,7 +78,7 @@ class _Generate:
         try:
             first = await anext(chunks, None)  # errors before any byte: they set the HTTP status
         except BaseException:
-            await chunks.aclose()
+            await close_stream(chunks)
             raise
         return llm, (prompt if exclude is False else ""), first, chunks
 
@@ -115,7 +115,7 @@ class _Generate:
                     break
                 chunk = await anext(chunks, None)
         finally:
-            await chunks.aclose()
+            await close_stream(chunks)
         event = self._event(llm, "".join(parts), last)
         event.setdefault("finish_reason", "stop")
         return json_response(event, headers=[("x-lmaas-model-version", str(llm.version))])
@@ -139,7 +139,7 @@ class _Generate:
                     chunk = await anext(chunks, None)
                 yield sse_event(self._event(llm, "", None) | {"finish_reason": "stop"})
             finally:
-                await chunks.aclose()
+                await close_stream(chunks)
 
         return StreamingResponse(events(), headers=[("x-lmaas-model-version", str(llm.version))])
 

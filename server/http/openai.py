@@ -30,6 +30,7 @@ from lmaas.protos.errors import Internal, InvalidArgument, LMaaSError, ModelNotF
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http._llm import (
     FieldError,
+    close_stream,
     fingerprint,
     list_llms,
     lookup,
@@ -193,7 +194,7 @@ async def _first(chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk | No
     except StopAsyncIteration:
         return None
     except BaseException:
-        await chunks.aclose()
+        await close_stream(chunks)
         raise
 
 
@@ -282,7 +283,7 @@ async def _events(c: _Completion, first: GenerationChunk | None, chunks: AsyncIt
             yield c.usage_chunk()
         yield _DONE
     finally:
-        await chunks.aclose()
+        await close_stream(chunks)
 
 
 async def _collect(c: _Completion, first: GenerationChunk | None,
@@ -303,7 +304,7 @@ async def _collect(c: _Completion, first: GenerationChunk | None,
                 break
             chunk = await anext(chunks, None)
     finally:
-        await chunks.aclose()
+        await close_stream(chunks)
     return "".join(parts), _finish(finish)
 
 

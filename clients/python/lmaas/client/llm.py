@@ -86,6 +86,9 @@ def _chunk(message: pb.ModelStreamInferResponse) -> TextChunk:
 class LLMClient(InferenceClient):
     """:class:`~lmaas.client.InferenceClient` plus streaming generation (same arguments)."""
 
+    def __enter__(self) -> LLMClient:
+        return self
+
     def stream(self, model: str, prompt: str, *, version: str | int = "", timeout: float | None = None,
                request_id: str = "", metadata: Metadata = (), **sampling: Any) -> Iterator[TextChunk]:
         """Stream the completion of ``prompt`` as :class:`TextChunk` objects, ending at the final response."""
@@ -118,6 +121,9 @@ class LLMClient(InferenceClient):
 
 class AsyncLLMClient(AsyncInferenceClient):
     """The asyncio twin of :class:`LLMClient`."""
+
+    async def __aenter__(self) -> AsyncLLMClient:
+        return self
 
     async def stream(self, model: str, prompt: str, *, version: str | int = "", timeout: float | None = None,
                      request_id: str = "", metadata: Metadata = (), **sampling: Any) -> AsyncIterator[TextChunk]:
