@@ -1,0 +1,106 @@
+"""The README's curl examples, each run as a subprocess against a live ``lmaas up`` on its default ports.
+
+:data:`EXAMPLES` is the README block, verbatim (after ``lmaas up`` and the quick tour's
+``export LMAAS_TOKEN=$(cat .lmaas/up/admin.token)``; ``model.onnx`` and ``model-v2.onnx`` stand for the
+user's files, which the test writes). :data:`EXPECT` holds what each answer must contain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cp_harness import write_scale_onnx
+
+EXAMPLES = [
+    # infer on the worker (OIP v2 REST)
+    """curl -s 127.0.0.1:8000/v2/models/demo/infer -H 'Content-Type: application/json' -d '{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}]}'""",  # noqa: E501
+    # push two versions (the answer carries "version": N)
+    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN" -H 'X-LMaaS-Format: onnx' -H "X-LMaaS-Sha256: $(sha256sum model.onnx | cut -d' ' -f1)" --data-binary @model.onnx""",  # noqa: E501
+    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN" -H 'X-LMaaS-Format: onnx' -H "X-LMaaS-Sha256: $(sha256sum model-v2.onnx | cut -d' ' -f1)" --data-binary @model-v2.onnx""",  # noqa: E501
+    # deploy, and follow the rollout (server-sent events until it succeeds or fails)
+    """curl -s -X PUT 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN" -H 'Content-Type: application/json' -d '{"version": 1}'""",  # noqa: E501
+    """curl -sN 127.0.0.1:8080/api/v1/deployments/mlp/rollout/events -H "Authorization: Bearer $LMAAS_TOKEN\"""",
+    # canary: 30 % of the requests that name no version go to v2
+    """curl -s -X PUT 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN" -H 'Content-Type: application/json' -d '{"version": 1, "canary": {"version": 2, "weight": 30}}'""",  # noqa: E501
+    # roll back to the previous deployment (or -d '{"to": 1}')
+    """curl -s -X POST 127.0.0.1:8080/api/v1/deployments/mlp/rollback -H "Authorization: Bearer $LMAAS_TOKEN\"""",
+    # current state and history; version history
+    """curl -s 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN\"""",
+    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN\"""",
+]
+
+EXPECT = [
+    '"data":[1.0,3.0,5.0,7.0]',
+    '"version":1,',
+    '"version":2,',
+    '"stable_version":1',
+    '"phase":"succeeded"',
+    '"canary_version":2,"canary_weight":30',
+    '"reason":"rollback"',
+    '"history":[',
+    '"parent_version":0',
+]
+PORTS = (8000, 8001, 8002, 8080, 8090, 8091)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture()
+def up(tmp_path: Path) -> Iterator[Path]:
+    """``lmaas up`` with its defaults, in ``tmp_path`` (state in .lmaas/up, as for a user in a fresh clone)."""
+    busy = [p for p in PORTS if not _free(p)]
+    if busy:
+        pytest.skip(f"lmaas up's default ports are in use: {busy}")
+    proc = subprocess.Popen([sys.executable, "-m", "lmaas.cli", "up"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("lmaas up ready"):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(120) and proc.poll() is None, "".join(lines)
+        ready_line = next(x for x in lines if x.startswith("lmaas up ready"))
+        assert "control-plane-http=127.0.0.1:8080" in ready_line and "worker-http=127.0.0.1:8000" in ready_line
+        yield tmp_path
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines)
+
+
+def test_readme_curl_examples(up: Path) -> None:
+    write_scale_onnx(up / "model.onnx", 2.0)
+    write_scale_onnx(up / "model-v2.onnx", 3.0)
+    token = (up / ".lmaas" / "up" / "admin.token").read_text().strip()
+    env = {**os.environ, "LMAAS_TOKEN": token}
+    assert len(EXAMPLES) == len(EXPECT)
+    for command, expected in zip(EXAMPLES, EXPECT, strict=True):
+        done = subprocess.run(["bash", "-c", command], cwd=up, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stderr)
+        assert expected in done.stdout, (command, done.stdout)
+        if "rollout/events" not in command:
+            json.loads(done.stdout)  # one JSON document per answer
