@@ -45,6 +45,7 @@ EXPORTED_METRICS: dict[str, frozenset[str]] = {
     "lmaas_model_loaded": frozenset({"model", "version"}),
     "lmaas_model_load_duration_seconds": frozenset({"model"}),
     "lmaas_worker_snapshot_revision": frozenset(),
+    "lmaas_http_requests_total": frozenset({"route", "method", "status"}),
     # worker, generative models
     "lmaas_llm_time_to_first_token_seconds": frozenset({"model", "version"}),
     "lmaas_llm_inter_token_latency_seconds": frozenset({"model", "version"}),
