@@ -71,7 +71,7 @@ class BatchingConfig(_Strict):
 class ModelConfig(_Strict):
     """What the worker needs to know about a model besides its file."""
 
-    backend: Literal["onnxruntime", "pytorch"] | None = None
+    backend: Literal["onnxruntime", "pytorch", "llm"] | None = None  # llm: a generative version directory
     max_batch_size: int | None = Field(None, ge=0, description="None = derive from the model (ONNX)")
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()

@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from lmaas import __version__
-from lmaas.protos.errors import FailedPrecondition, LMaaSError, ModelNotFound, Unavailable
+from lmaas.protos.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LMaaSError,
+    ModelNotFound,
+    NotFound,
+    Unavailable,
+)
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.server.batching import expired
 from lmaas.server.inference import decode_request, encode_response
+from lmaas.server.llm import oip
+from lmaas.server.llm.types import GenerationChunk, LLMModel
 from lmaas.server.manager import ModelManager
-from lmaas.server.models import ModelVersion
+from lmaas.server.models import LLMVersion, ModelVersion
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
@@ -64,6 +75,15 @@ class DataPlane:
             raise Unavailable("worker is shutting down")
         mv = self.manager.get(request.model_name, request.model_version)
         started = time.perf_counter()
+        if isinstance(mv, LLMVersion):
+            try:
+                response = await self._infer_llm(mv, request)
+            except LMaaSError as exc:
+                mv.metrics.failed(exc.code.name)
+                raise
+            mv.metrics.ok.inc()
+            mv.metrics.request_duration.observe(time.perf_counter() - started)
+            return response
         mv.enter()
         try:
             decoded = decode_request(mv, request, self.max_elements)
@@ -84,6 +104,65 @@ class DataPlane:
         mv.metrics.ok.inc()
         mv.metrics.request_duration.observe(time.perf_counter() - started)
         return response
+
+    # ---- generative models ----
+
+    def llm(self, name: str, version: str = "", *, key: str = "") -> LLMModel:
+        """The generative version that answers (named, or routed; sticky by conversation ``key`` in a canary).
+
+        Every ``generate()`` stream of it holds the version's in-flight count until it ends, so a rollout or an
+        unload drains it rather than cutting it.
+        """
+        if self.draining:
+            raise Unavailable("worker is shutting down")
+        mv = self.manager.get(name, version, key=key)
+        if not isinstance(mv, LLMVersion):
+            raise InvalidArgument(f"model '{name}' is not a generative model")
+        return mv
+
+    def is_llm(self, request: pb.ModelInferRequest) -> bool:
+        try:
+            return isinstance(self.manager.get(request.model_name, request.model_version), LLMVersion)
+        except (NotFound, InvalidArgument):
+            return False
+
+    async def stream_llm(self, request: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+        """A decoupled generation: one response per text chunk (``stream`` true) or one in all; then final."""
+        llm = self.llm(request.model_name, request.model_version)
+        req = oip.parse_request(request)
+        name, version = llm.name, llm.version
+        stream = llm.generate(req.prompt, req.params, req.id)
+        try:
+            if not req.stream:
+                text, last = await _complete(stream)
+                yield oip.response(
+                    name, version, req, _whole(req, text), last.completion_tokens, last, not req.empty_final
+                )
+            else:
+                async for chunk in stream:
+                    if chunk.finish_reason == "error":
+                        raise Internal(chunk.error or "generation failed")
+                    end = chunk if chunk.finish_reason is not None else None
+                    if chunk.text or end is not None:
+                        yield oip.response(
+                            name,
+                            version,
+                            req,
+                            chunk.text,
+                            len(chunk.token_ids),
+                            end,
+                            end is not None and not req.empty_final,
+                        )
+            if req.empty_final:
+                yield oip.final_response(name, version, req)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _infer_llm(self, mv: LLMVersion, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Unary ModelInfer on a generative model: the whole completion in one response."""
+        req = oip.parse_request(request)
+        text, last = await _complete(mv.generate(req.prompt, req.params, req.id))
+        return oip.response(mv.name, mv.version, req, _whole(req, text), last.completion_tokens, last, True)
 
     # ---- statistics ----
 
@@ -173,3 +252,22 @@ class DataPlane:
         if not any(mv.name == name for mv in self.manager.loaded()):
             raise ModelNotFound(name)
         await self.manager.unload(name)
+
+
+async def _complete(stream: AsyncIterator[GenerationChunk]) -> tuple[str, GenerationChunk]:
+    parts: list[str] = []
+    try:
+        async for chunk in stream:
+            if chunk.finish_reason == "error":
+                raise Internal(chunk.error or "generation failed")
+            parts.append(chunk.text)
+            if chunk.finish_reason is not None:
+                return "".join(parts), chunk
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    raise Internal("the generation ended without a final chunk")
+
+
+def _whole(req: oip.LLMRequest, text: str) -> str:
+    """A non-streamed answer repeats the prompt unless exclude_input_in_output (the vLLM backend's default)."""
+    return text if req.exclude_input else req.prompt + text

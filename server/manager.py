@@ -21,9 +21,10 @@ from pathlib import Path
 
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound
 from lmaas.server.backends import BackendError, find_model_file, load_backend
+from lmaas.server.backends.llm import is_llm_dir, local_digest
 from lmaas.server.config import ModelConfig, dump_config, load_config, parse_config
 from lmaas.server.metrics import WorkerMetrics
-from lmaas.server.models import ModelVersion
+from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
 
 __all__ = ["ModelManager", "ModelState"]
@@ -120,12 +121,32 @@ class ModelManager:
         return mv
 
     def _build(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
+        if path.is_dir():  # a multi-file version: from the repository or the artifact cache
+            if config.backend == "llm" or is_llm_dir(path):
+                return self._build_llm(name, version, path, config, digest)  # type: ignore[return-value]
+            file = find_model_file(path)
+            if file is None:
+                raise BackendError(f"version directory {path.name}/ holds neither a model file nor an LLM")
+            path = file
         backend = load_backend(path, config)
         mv = ModelVersion(name, version, backend, config, self.metrics.for_model(name, version), digest)
         try:
             mv.warm()
         except Exception as exc:
             backend.close()
+            raise BackendError(f"warm-up failed: {exc}") from exc
+        return mv
+
+    def _build_llm(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> LLMVersion:
+        from lmaas.server.backends.llm import load_llm
+
+        llm_metrics = self.metrics.for_llm(name, version)
+        engine = load_llm(path, config, name=name, version=version, digest=digest, metrics=llm_metrics)
+        mv = LLMVersion(name, version, engine, config, self.metrics.for_model(name, version), llm_metrics, digest)
+        try:
+            mv.warm()
+        except Exception as exc:
+            engine.close()
             raise BackendError(f"warm-up failed: {exc}") from exc
         return mv
 
@@ -174,15 +195,23 @@ class ModelManager:
         config = parse_config(config_override, source="parameter") if config_override else load_config(model_dir)
         found = {}
         for child in model_dir.iterdir():
-            if child.is_dir() and child.name.isdigit() and (file := find_model_file(child)) is not None:
+            if not (child.is_dir() and child.name.isdigit()):
+                continue
+            if (file := find_model_file(child)) is not None:
                 found[int(child.name)] = file
+            elif is_llm_dir(child):  # an LLM version is recognised by its files: config.json + *.safetensors
+                found[int(child.name)] = child
         if not found:
             raise FailedPrecondition(f"model '{name}' has no version directory with a model file")
         errors = []
         for version, file in sorted(found.items()):
             try:
                 # A local "digest": a reload is a no-op unless the file or the config changed.
-                digest = f"{file}:{file.stat().st_mtime_ns}:{dump_config(config)}"
+                digest = (
+                    local_digest(file, dump_config(config))
+                    if file.is_dir()
+                    else f"{file}:{file.stat().st_mtime_ns}:{dump_config(config)}"
+                )
                 await self.load(name, version, file, config, digest=digest)
             except FailedPrecondition as exc:
                 errors.append(exc.message)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lmaas.protos.inference import model_config_pb2 as mc
@@ -14,9 +15,13 @@ from lmaas.protos.tensors import DTYPES
 from lmaas.server.backends import Backend, Signature
 from lmaas.server.batching import Batcher, BatchPolicy
 from lmaas.server.config import ModelConfig
-from lmaas.server.metrics import ModelMetrics
+from lmaas.server.llm.types import ChatMessage, GenerationChunk, SamplingParams
+from lmaas.server.metrics import LLMMetrics, ModelMetrics
 
-__all__ = ["ModelVersion", "effective_max_batch_size"]
+if TYPE_CHECKING:  # the engine imports torch: only a worker that loads an LLM pays for it
+    from lmaas.server.llm.engine import LLMEngine
+
+__all__ = ["LLMVersion", "ModelVersion", "effective_max_batch_size"]
 
 DEFAULT_MAX_BATCH_SIZE = 64
 _CONFIG_TYPES = {name: getattr(mc, "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DTYPES}
@@ -139,4 +144,160 @@ class ModelVersion:
             )
         for key, value in self.config.parameters.items():
             cfg.parameters[key].string_value = str(value)
+        return cfg
+
+
+class _LLMBackend:
+    """What the manager and the metadata RPCs read of a backend (``platform``, signatures, ``close``)."""
+
+    platform = "lmaas_llm"
+
+    def __init__(self, engine: LLMEngine) -> None:
+        from lmaas.server.llm.oip import INPUTS, OUTPUTS
+
+        self.engine, self.inputs, self.outputs = engine, INPUTS, OUTPUTS
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _Held:
+    """A generation that holds its version's in-flight count from creation until it ends, fails or is closed.
+
+    Held from the call (not the first ``__anext__``), so a version looked up just before a rollout flip cannot
+    be drained and closed under a stream that was already handed out.
+    """
+
+    def __init__(self, mv: LLMVersion, inner: AsyncIterator[GenerationChunk]) -> None:
+        self._mv, self._inner, self._held = mv, inner, True
+        mv.enter()
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        try:
+            return await self._inner.__anext__()
+        except BaseException:  # end, error or cancellation: the stream is over
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._mv.leave()
+
+    def __del__(self) -> None:  # handed out but never iterated nor closed
+        self._release()
+
+
+class LLMVersion:
+    """A loaded generative version: the manager's bookkeeping around an engine; what ``DataPlane.llm`` returns.
+
+    Implements :class:`lmaas.server.llm.types.LLMModel`; every stream holds the in-flight count, so an unload
+    or a rollout drains streams to their end (or to the drain timeout, counted in ``lmaas_llm_streams_cut_total``).
+    """
+
+    max_batch_size = 0
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        engine: LLMEngine,
+        config: ModelConfig,
+        metrics: ModelMetrics,
+        llm_metrics: LLMMetrics,
+        digest: str = "",
+    ) -> None:
+        self.name, self.version, self.engine, self.config, self.digest = name, version, engine, config, digest
+        self.metrics, self.llm_metrics = metrics, llm_metrics
+        self.backend = _LLMBackend(engine)
+        self.inputs: dict[str, Signature] = {s.name: s for s in self.backend.inputs}
+        self.outputs: dict[str, Signature] = {s.name: s for s in self.backend.outputs}
+        self.output_names = tuple(self.outputs)
+        self.context_length = engine.context_length
+        self.max_new_tokens = engine.max_new_tokens
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.last_inference_ms = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    # ---- LLMModel ----
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self.engine.chat_prompt(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def generate(self, prompt: str, params: SamplingParams, request_id: str = "") -> AsyncIterator[GenerationChunk]:
+        return _Held(self, self.engine.generate(prompt, params, request_id))
+
+    # ---- the manager's side ----
+
+    def warm(self) -> None:
+        """One forward on a single token (load thread): lazy initialisation paid now, and weights checked finite."""
+        import torch
+        from lmaas.server.llm.model import SeqInput
+
+        model = self.engine.model
+        (logits,) = model.forward([SeqInput([0], model.new_cache(1), True)])
+        if logits is None or not bool(torch.isfinite(logits).all()):
+            raise ValueError("the weights produce non-finite logits")
+
+    def start(self) -> None:
+        self.metrics.loaded.set(1)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.last_inference_ms = int(time.time() * 1000)
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Let open streams finish (up to ``timeout``); streams still open then are cut (counted), then free it."""
+        self.metrics.loaded.set(0)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            self.llm_metrics.streams_cut.inc(self.inflight)
+        await asyncio.to_thread(self.engine.close)
+        self.metrics.forget()
+
+    def config_pb(self) -> mc.ModelConfig:
+        cfg = mc.ModelConfig(
+            name=self.name,
+            platform=self.backend.platform,
+            backend="llm",
+            max_batch_size=0,
+            input=[
+                mc.ModelInput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape)
+                for s in self.inputs.values()
+            ],
+            output=[
+                mc.ModelOutput(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=s.shape)
+                for s in self.outputs.values()
+            ],
+            instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        )
+        cfg.model_transaction_policy.decoupled = True
+        for key, value in self.config.parameters.items():
+            cfg.parameters[key].string_value = str(value)
+        cfg.parameters["context_length"].string_value = str(self.context_length)
+        cfg.parameters["max_new_tokens"].string_value = str(self.max_new_tokens)
         return cfg

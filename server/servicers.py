@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -14,12 +15,21 @@ from lmaas.server.dataplane import DataPlane
 
 __all__ = ["InferenceServicer"]
 
+log = logging.getLogger("lmaas.worker")
+
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def _deadline(context: Ctx) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    """An error for one request of a stream: ``error_message`` (the stream stays open), with its id and final flag."""
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    response.parameters["triton_final_response"].bool_param = True
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -50,14 +60,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Tensor requests run in order, one response each; generative ones run concurrently (Triton decoupled).
+
+        Responses of several generations interleave on the stream, matched by ``id``. An error is an
+        ``error_message`` and the stream stays open. The call ends once the client half-closed and every
+        generation finished; a cancelled call (``stop_stream(cancel_requests=True)``) cancels them all, and the
+        engine frees their sequences at its next step.
+        """
         deadline = _deadline(context)
-        async for request in request_iterator:
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        generations: set[asyncio.Task[None]] = set()
+
+        async def generate(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self.dp.infer(request, deadline)
+                async for response in self.dp.stream_llm(request):
+                    out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except LMaaSError as exc:
-                yield pb.ModelStreamInferResponse(error_message=exc.message)
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+                out.put_nowait(_stream_error(request, exc.message))
+            except Exception as exc:  # a bug must not leave the client waiting for a final response
+                log.exception("generation failed model=%s", request.model_name)
+                out.put_nowait(_stream_error(request, f"internal error: {exc}"))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    if self.dp.is_llm(request):
+                        task = asyncio.create_task(generate(request))
+                        generations.add(task)
+                        task.add_done_callback(generations.discard)
+                        continue
+                    try:
+                        response = await self.dp.infer(request, deadline)
+                    except LMaaSError as exc:
+                        out.put_nowait(pb.ModelStreamInferResponse(error_message=exc.message))
+                        continue
+                    out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                while generations:
+                    await asyncio.wait(list(generations))
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await reader  # surfaces a failure of the request iterator itself
+        finally:
+            reader.cancel()
+            for task in list(generations):
+                task.cancel()
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Ctx) -> pb.ModelStatisticsResponse:
         return self.dp.statistics(request.name, request.version)

@@ -31,7 +31,11 @@ def convert_model(output: Path, *, gguf: Path | None = None, hf: Path | None = N
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download: the source is local
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     started = time.perf_counter()
-    log = (lambda _m: None) if quiet else (lambda m: _log(m, started))
+
+    def log(message: str) -> None:
+        if not quiet:
+            _log(message, started)
+
     try:
         import torch
         from safetensors.torch import save_file
