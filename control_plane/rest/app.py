@@ -23,7 +23,8 @@ __all__ = ["API_PREFIX", "MAX_JSON_BYTES", "TITLE", "create_app", "openapi_docum
 API_PREFIX = "/api/v1"
 TITLE = "LMaaS control plane"
 MAX_JSON_BYTES = 2 << 20  # a JSON body (model configs are at most 1 MiB); uploads are bounded by --max-artifact-bytes
-_UPLOAD = re.compile(rf"^{API_PREFIX}/models/[^/]+/versions/?$")
+_UPLOADS = ((("POST",), re.compile(rf"^{API_PREFIX}/models/[^/]+/versions/?$")),
+            (("PUT",), re.compile(rf"^{API_PREFIX}/artifacts/[^/]+/?$")))
 
 _STATUSES = {
     400: "Invalid request (INVALID_ARGUMENT), a body that is not JSON, or an artifact digest mismatch (DATA_LOSS).",
@@ -61,14 +62,15 @@ Model storage, versions and deployments of LMaaS over HTTP: the same core object
 
 
 class BodyLimit:
-    """Refuses JSON bodies over ``limit`` bytes with 413 (the upload route streams, bounded by its own limit)."""
+    """Refuses JSON bodies over ``limit`` bytes with 413 (the upload routes stream, bounded by their own limit)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BYTES) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "POST" and _UPLOAD.match(scope["path"])):
+        if scope["type"] != "http" or any(scope["method"] in verbs and path.match(scope["path"])
+                                          for verbs, path in _UPLOADS):
             await self.app(scope, receive, send)
             return
         for key, value in scope["headers"]:

@@ -5,7 +5,8 @@ An upload is the request body itself (``application/octet-stream``), streamed to
 which verifies the sha256 before the blob appears. Resuming is the gRPC protocol too: ``GET
 /api/v1/uploads/{digest}`` (GetUploadStatus) says how many bytes are kept, and the next POST sends the rest
 with ``X-LMaaS-Offset`` (and ``X-LMaaS-Size``, the whole size). A client that disconnects mid-body leaves
-what arrived for a resume.
+what arrived for a resume. A directory version (format ``llm``) is pushed as gRPC does it: each file with
+``PUT /api/v1/artifacts/{digest}`` (UploadArtifact), then its manifest as the version's body.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lmaas.control_plane.rest import schemas as s
 from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
 from lmaas.control_plane.rest.problems import RangeNotSatisfiable
 from lmaas.protos.errors import InvalidArgument, PayloadTooLarge
+from lmaas.protos.formats import get_format
 from lmaas.protos.lmaas.control.v1 import registry_pb2
 from starlette.requests import ClientDisconnect
 
@@ -132,14 +134,11 @@ async def create_version(
         description=description, config_json=config,
     )
     plane.models.validate(new)
-    length = request.headers.get("content-length")
-    if size is None:
-        if length is None or not length.isdigit():
-            raise InvalidArgument("send Content-Length, or X-LMaaS-Size with a chunked body")
-        size = offset + int(length)
-    if size > plane.artifacts.max_bytes:
-        raise PayloadTooLarge(f"artifact of {size} bytes exceeds the limit of {plane.artifacts.max_bytes} bytes")
-    deduplicated = await plane.artifacts.receive(digest, size, offset, _pieces(request))
+    size = _whole_size(request, offset, size, plane.artifacts.max_bytes)
+    if get_format(fmt).directory:  # the body is the manifest of files uploaded with PUT /api/v1/artifacts/...
+        deduplicated = await plane.models.receive_manifest(new, size, offset, _pieces(request))
+    else:
+        deduplicated = await plane.artifacts.receive(digest, size, offset, _pieces(request))
     version, revision, existing = await plane.models.register_version(new, created_by=principal(request).name)
     if existing:
         response.status_code = 200
@@ -159,6 +158,42 @@ async def _pieces(request: Request) -> AsyncIterator[bytes]:
         pass
     if buffer:
         yield bytes(buffer)
+
+
+@router.put(
+    "/artifacts/{digest}", summary="Upload a file of a directory version (an LLM's weights, tokenizer...)",
+    response_model=s.ArtifactStored, openapi_extra={**route_options(_REG + "UploadArtifact"), **_UPLOAD_BODY},
+)
+async def upload_artifact(
+    digest: Annotated[str, Path(description="Lowercase hex sha256 of the file.", examples=["ab" * 32])],
+    request: Request,
+    offset: Annotated[int, Header(alias="X-LMaaS-Offset", ge=0, le=(1 << 63) - 1,
+                                  description="Where the body starts in the file: 0, or GET /api/v1/uploads/"
+                                              "{digest} offset to resume.")] = 0,
+    size: Annotated[int | None, Header(alias="X-LMaaS-Size", ge=0, le=(1 << 63) - 1,
+                                       description="The whole file's size (default: offset + Content-Length).",
+                                       examples=[1048576])] = None,
+) -> s.ArtifactStored:
+    """Store one verified, content-addressed file (no version yet): the files of a directory version go up
+    one by one, then its manifest is pushed as the version (`X-LMaaS-Format: llm`). Stored once, however often
+    it is sent; resumable like a version upload."""
+    plane = _plane(request)
+    request.state.audit = registry_pb2.UploadArtifactHeader(digest=digest, size_bytes=size or 0, offset=offset)
+    size = _whole_size(request, offset, size, plane.artifacts.max_bytes)
+    deduplicated = await plane.artifacts.receive(digest, size, offset, _pieces(request))
+    return s.ArtifactStored(digest=digest, size_bytes=plane.artifacts.size(digest), deduplicated=deduplicated)
+
+
+def _whole_size(request: Request, offset: int, size: int | None, limit: int) -> int:
+    """The artifact's whole size: X-LMaaS-Size, else offset + Content-Length; 413 beyond ``limit``."""
+    if size is None:
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise InvalidArgument("send Content-Length, or X-LMaaS-Size with a chunked body")
+        size = offset + int(length)
+    if size > limit:
+        raise PayloadTooLarge(f"artifact of {size} bytes exceeds the limit of {limit} bytes")
+    return size
 
 
 @router.get("/uploads/{digest}", summary="Upload status (resume)", response_model=s.UploadStatus,

@@ -13,6 +13,7 @@ from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ArtifactStored",
     "AuditEntry",
     "AuditPage",
     "Canary",
@@ -123,7 +124,8 @@ class ModelVersion(_Out):
     model: Name
     version: int = Field(description="Version number, assigned by the control plane from 1.", examples=[2])
     digest: Digest
-    format: str = Field(description="Artifact format: onnx, torchscript or torch_export.", examples=["onnx"])
+    format: str = Field(description="Artifact format: onnx, torchscript, torch_export or llm (a directory).",
+                        examples=["onnx"])
     config_json: str = Field(description="Model configuration as JSON text; empty = defaults.", examples=[""])
     size_bytes: int = Field(description="Artifact size in bytes.", examples=[1234])
     created_at_ms: TimeMs
@@ -145,6 +147,14 @@ class VersionCreated(ModelVersion):
     revision: Revision
     deduplicated: bool = Field(description="The artifact was stored already: no byte was written.")
     existing: bool = Field(description="The latest version had the same artifact and settings: no new version.")
+
+
+class ArtifactStored(_Out):
+    """A stored, verified file of a directory version."""
+
+    digest: Digest
+    size_bytes: int = Field(description="Its size in bytes.", examples=[1048576])
+    deduplicated: bool = Field(description="It was stored already: no byte was written.")
 
 
 class UploadStatus(_Out):

@@ -41,7 +41,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_the_api_keeps_its_document(case: schemathesis.Case, control_plane: ServerProcess) -> None:
     case.call_and_validate(base_url=control_plane.http_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                            checks=CHECKS, timeout=30)
