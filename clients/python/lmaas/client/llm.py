@@ -13,8 +13,8 @@ Sampling keywords travel as the ``sampling_parameters`` JSON string (the name Tr
 them. :meth:`LLMClient.stream` yields :class:`TextChunk` objects instead, with the finish reason and the
 version that answered. Leaving the loop early (``break``, closing the generator, cancelling the task)
 cancels the RPC, and the server frees the sequence at its next step. An error the server reports in-band
-(``error_message``) raises :class:`~lmaas.protos.errors.LMaaSError`; a failed RPC raises the class of its
-status (``NotFound`` for an unknown model, ...).
+(``error_message``) raises :class:`~lmaas.protos.errors.LMaaSError` (the class of its status when the server
+names it in the response parameter ``error_code``); a failed RPC raises the class of its status.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from lmaas.client._grpc import Metadata, to_error
 from lmaas.client._tensors import decode_output
 from lmaas.client.inference import AsyncInferenceClient, InferenceClient, infer_request
-from lmaas.protos.errors import LMaaSError
+from lmaas.protos.errors import LMaaSError, from_status
 from lmaas.protos.inference import grpc_service_pb2 as pb
 
 __all__ = ["AsyncLLMClient", "LLMClient", "TextChunk", "generate_request"]
@@ -66,9 +66,12 @@ def _text(value: Any) -> str:
 
 
 def _chunk(message: pb.ModelStreamInferResponse) -> TextChunk:
-    if message.error_message:
-        raise LMaaSError(message.error_message)
     response = message.infer_response
+    if message.error_message:
+        # Triton's in-band error carries a message only; a server may name the status in ``error_code``.
+        code = response.parameters["error_code"].string_param if "error_code" in response.parameters else ""
+        status = getattr(grpc.StatusCode, code, None)
+        raise from_status(status, message.error_message) if status else LMaaSError(message.error_message)
     raw = list(response.raw_output_contents)
     outputs = {t.name: decode_output(t, raw[i] if i < len(raw) else None) for i, t in enumerate(response.outputs)}
     params = response.parameters
