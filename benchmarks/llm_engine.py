@@ -1,0 +1,97 @@
+"""The LLM engine in-process (no server): single-stream tok/s and TTFT, aggregate tok/s under concurrency.
+
+    python -m benchmarks.llm_engine                       # SmolLM2 (converted once, cached), fp32, 1/4/16 streams
+    python -m benchmarks.llm_engine --concurrency 1 --max-tokens 32 --dtype bfloat16
+
+Prompt: 32 tokens, greedy, ``ignore_eos``, ``--max-tokens`` (default 128) new tokens per stream. TTFT is arrival to
+the first chunk; ITL = (e2e - TTFT) / (tokens - 1), as aiperf defines it; aggregate tok/s = all generated tokens
+over the wall time of the whole level. One warm-up generation first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+_TEXT = (
+    "Paris, the capital of France, has a history that spans more than two thousand years, from a Celtic "
+    "settlement on the banks of the Seine to the Roman town of Lutetia and the seat of the kings of France."
+)
+
+
+async def _one(engine: object, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    from lmaas.server.llm.types import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    started = time.perf_counter()
+    ttft = 0.0
+    tokens = 0
+    async for chunk in engine.generate(prompt, params):  # type: ignore[attr-defined]
+        if not ttft:
+            ttft = time.perf_counter() - started
+        tokens = chunk.completion_tokens
+    return ttft, time.perf_counter() - started, tokens
+
+
+async def _level(engine: object, prompt: str, streams: int, max_tokens: int) -> dict[str, float]:
+    started = time.perf_counter()
+    results = await asyncio.gather(*(_one(engine, prompt, max_tokens) for _ in range(streams)))
+    wall = time.perf_counter() - started
+    ttfts = [r[0] for r in results]
+    itls = [(e2e - ttft) / max(n - 1, 1) for ttft, e2e, n in results]
+    return {
+        "streams": streams,
+        "agg_tok_s": sum(r[2] for r in results) / wall,
+        "per_stream_tok_s": statistics.mean(r[2] / r[1] for r in results),
+        "ttft_ms_p50": statistics.median(ttfts) * 1000,
+        "ttft_ms_max": max(ttfts) * 1000,
+        "itl_ms_p50": statistics.median(itls) * 1000,
+    }
+
+
+async def _run(args: argparse.Namespace) -> list[dict[str, float]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from llm_support import smollm2_dir
+    from lmaas.server.llm.engine import EngineSettings, LLMEngine
+
+    directory = Path(args.model) if args.model else smollm2_dir()
+    settings = EngineSettings(torch_threads=args.threads, dtype=args.dtype, kv_cache_mb=args.kv_cache_mb)
+    engine = LLMEngine(directory, name="bench", settings=settings)
+    try:
+        ids = engine.codec.encode(_TEXT)[:32]
+        prompt = engine.codec.decode(ids)
+        await _one(engine, prompt, 8)  # warm-up
+        rows = []
+        for streams in args.concurrency:
+            row = await _level(engine, prompt, streams, args.max_tokens)
+            rows.append(row)
+            print(
+                f"streams={streams:>3}  aggregate {row['agg_tok_s']:7.1f} tok/s  per stream "
+                f"{row['per_stream_tok_s']:6.1f} tok/s  TTFT p50 {row['ttft_ms_p50']:7.1f} ms "
+                f"(max {row['ttft_ms_max']:7.1f})  ITL p50 {row['itl_ms_p50']:6.1f} ms",
+                flush=True,
+            )
+        return rows
+    finally:
+        engine.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="an LLM version directory (default: SmolLM2, converted once)")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--kv-cache-mb", type=int, default=256)
+    asyncio.run(_run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
