@@ -15,7 +15,7 @@ this instead of a framework. The whole interface:
   → 413; gzip/deflate ``Content-Encoding`` decoded), ``await request.json()``
   parses it (malformed → 400).
 * Return ``Response(bytes)`` or ``json_response(obj)`` (compressed when the
-  client's ``Accept-Encoding`` asks for gzip/deflate), or
+  client's ``Accept-Encoding`` asks for gzip/deflate and the body is not tiny), or
   ``StreamingResponse(async_iterator)`` for server-sent events; format each
   event with :func:`sse_event`. When the client goes away mid-stream the
   response stops pulling, and ``aclose()``s the iterator (an async generator
@@ -64,6 +64,8 @@ Handler = Callable[["Request"], Awaitable["Response"]]
 Headers = Iterable[tuple[str, str]]
 
 DEFAULT_MAX_BODY = 64 << 20
+#: Smaller bodies go out uncompressed even when the client accepts gzip: it would cost CPU and save nothing.
+MIN_COMPRESS_BYTES = 512
 _JSON = "application/json"
 
 
@@ -189,7 +191,7 @@ class Response:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
         if self.media_type is not None:
             headers.append((b"content-type", self.media_type.encode("latin-1")))
-        encoding = _accepted_encoding(accept_encoding) if body else None
+        encoding = _accepted_encoding(accept_encoding) if len(body) >= MIN_COMPRESS_BYTES else None
         if encoding is not None:
             body = _compress(body, encoding)
             headers.append((b"content-encoding", encoding.encode()))

@@ -189,6 +189,13 @@ async def test_responses_compressed_as_the_client_asks(served: Any, accept: str,
         assert len(raw) < 1000 and int(r.headers["content-length"]) == len(raw)
 
 
+async def test_tiny_responses_are_not_compressed(served: Any) -> None:
+    url, *_ = served
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.get("/models/m", headers={"accept-encoding": "gzip"})
+    assert r.status_code == 404 and "content-encoding" not in r.headers
+
+
 async def test_sse_stream_ends_cleanly(served: Any) -> None:
     url, *_ = served
     async with httpx.AsyncClient(base_url=url) as client:

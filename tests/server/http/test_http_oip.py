@@ -118,6 +118,16 @@ def test_compressed_requests_and_responses(clients: Any, request_compression: st
             _equal(got[dt], expected[dt], dt)
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_infer_answers_are_compressed_when_asked(worker: ServerProcess, encoding: str) -> None:
+    import httpx
+
+    body = {"inputs": [{"name": "x", "shape": [16, 4], "datatype": "FP32", "data": [0.5] * 64}]}
+    r = httpx.post(f"{worker.http_url}/v2/models/mlp/infer", json=body, headers={"accept-encoding": encoding})
+    assert r.status_code == 200 and r.headers["content-encoding"] == encoding
+    assert len(r.json()["outputs"][0]["data"]) == 48  # httpx decoded it
+
+
 def test_requested_outputs_and_default_outputs(clients: Any) -> None:
     http, _ = clients
     inputs = []
