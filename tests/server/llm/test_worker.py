@@ -36,6 +36,12 @@ def llm_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     broken.mkdir(parents=True)
     for f in ("config.json", "model.safetensors"):
         os.link(repo / MODEL / "1" / f, broken / f)
+    # A version whose KV budget cannot fit in this machine's memory: refused before its weights are read.
+    huge = repo / "huge" / "1"
+    huge.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        os.link(repo / MODEL / "1" / f, huge / f)
+    (repo / "huge" / "config.yaml").write_text("parameters: {kv_cache_mb: 100000000}\n")
     proc = start_worker(repo, env={"HF_HUB_OFFLINE": "1"})
     yield proc
     proc.stop()
@@ -247,3 +253,9 @@ def test_version_directory_without_tokenizer_fails_to_load_with_the_reason(clien
     assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
     assert "lacks tokenizer.json" in err.value.message()
     assert client.is_model_ready(MODEL)
+
+
+def test_version_that_does_not_fit_in_memory_fails_to_load(client: tc.InferenceServerClient) -> None:
+    index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+    assert index["huge"]["state"] == "UNAVAILABLE"
+    assert "does not fit in memory" in index["huge"]["reason"] and "kv_cache_mb=100000000" in index["huge"]["reason"]
