@@ -95,7 +95,7 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def create_app(plane: Any) -> FastAPI:
+def create_app(plane: Any, *, sse_keepalive: float = 15.0) -> FastAPI:
     app = FastAPI(
         title=TITLE, version="1", description=_DESCRIPTION, openapi_url="/openapi.json", docs_url="/docs",
         redoc_url=None, swagger_ui_oauth2_redirect_url=None,
@@ -103,6 +103,7 @@ def create_app(plane: Any) -> FastAPI:
     )
     app.state.plane = plane
     app.state.auth = plane.auth
+    app.state.sse_keepalive = sse_keepalive  # seconds between keep-alive comments of an idle event stream
     for router in (models.router, deployments.router, admin.router):
         app.include_router(router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     problems.install(app)

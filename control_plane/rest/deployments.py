@@ -2,12 +2,14 @@
 
 Rollout progress is a server-sent event stream over the same core watch as gRPC's WatchRollout
 (:meth:`Deployments.watch_rollout`): one ``rollout`` event now and one per change, the store revision as
-the event id, closed after a final phase (succeeded, failed, superseded).
+the event id, closed after a final phase (succeeded, failed, superseded). While nothing changes, a comment
+line (``: keep-alive``) goes out every ``sse_keepalive`` seconds (15 by default) so proxies keep the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -96,15 +98,35 @@ async def rollout_events(
 ) -> StreamingResponse:
     """The rollout's state now and after each change, until it succeeds, fails or is superseded."""
     plane = request.app.state.plane
+    updates: AsyncGenerator[tuple[pb.Rollout, int]]
     updates = plane.deployments.watch_rollout(name, generation, plane.watcher)
     first = await anext(updates)  # errors (unknown model, no rollout) answer a problem, not a broken stream
 
+    keepalive: float = request.app.state.sse_keepalive
+
     async def events() -> AsyncIterator[bytes]:
+        yield _event(*first)
+        # the next update is awaited in a task, so a keep-alive comment can go out while it is pending
+        # (proxies close idle streams) without cancelling the watch
+        pending: asyncio.Task[tuple[pb.Rollout, int]] | None = None
         try:
-            yield _event(*first)
-            async for rollout, revision in updates:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(updates))
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                try:
+                    rollout, revision = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
                 yield _event(rollout, revision)
         finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
             await updates.aclose()
 
     return StreamingResponse(events(), media_type="text/event-stream",

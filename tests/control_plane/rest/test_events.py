@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cp_harness import FakeHost, address, worker
+from cp_harness import ADMIN_TOKEN, FakeHost, address, worker
 from lmaas.control_plane.app import ControlPlane
 
 DATA = b"an artifact for the events tests"
@@ -103,3 +103,29 @@ async def test_errors_before_the_stream_are_problems(admin: httpx.AsyncClient) -
     await admin.put("/api/v1/deployments/demo", json={"version": 1})
     reply = await admin.get("/api/v1/deployments/demo/rollout/events", params={"generation": 7})
     assert reply.status_code == 404 and "generation 7" in reply.json()["detail"]
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(plane: ControlPlane, tmp_path: Path) -> None:
+    from lmaas.control_plane.rest import RestServer, create_app
+
+    server = RestServer(create_app(plane, sse_keepalive=0.05), "127.0.0.1", 0, grace=1)
+    port = await server.start()
+    host = GatedHost()
+    try:
+        async with worker(address(plane), tmp_path, "w1", host=host), \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                  headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
+            await api.post("/api/v1/models/demo/versions", content=DATA, headers=UPLOAD)
+            await api.put("/api/v1/deployments/demo", json={"version": 1})
+            lines: list[str] = []
+            async with api.stream("GET", "/api/v1/deployments/demo/rollout/events") as stream:
+                async with asyncio.timeout(20):
+                    async for line in stream.aiter_lines():
+                        lines.append(line)
+                        if lines.count(": keep-alive") == 3:  # idle while the load waits: open the gate
+                            host.gate.set()
+            assert lines.count(": keep-alive") >= 3
+            data = [json.loads(x[len("data: "):]) for x in lines if x.startswith("data: ")]
+            assert data[0]["phase"] == "progressing" and data[-1]["phase"] == "succeeded"
+    finally:
+        await server.stop()
