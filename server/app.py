@@ -97,6 +97,9 @@ class Worker:
             s.http_port,
             reuse_port=s.reuse_port,
             drain_timeout=s.drain_timeout,
+            tls_cert=s.tls_cert if s.tls_cert and s.tls_key else None,
+            tls_key=s.tls_key if s.tls_cert and s.tls_key else None,
+            tls_client_ca=s.tls_client_ca if s.tls_cert and s.tls_key else None,
         )
         http.bind()
         await self.manager.load_repository()

@@ -33,10 +33,10 @@ class WorkerSettings(BaseModel):
     require_api_key: bool = Field(False, description="inference calls must carry one of api_keys")
     api_keys: tuple[str, ...] = Field((), description="accepted API keys (kept hashed in memory)")
     tls_cert: Path | None = Field(
-        None, description="PEM certificate: served on the gRPC port, presented to the control plane"
+        None, description="PEM certificate: served on the gRPC and HTTP ports, presented to the control plane"
     )
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(
-        None, description="require client certificates signed by this CA on the gRPC port"
+        None, description="require client certificates signed by this CA on the gRPC and HTTP ports"
     )
     tls_ca: Path | None = Field(None, description="CA that signed the control plane's certificate (TLS to it)")

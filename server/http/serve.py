@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import math
 import socket
+import ssl
+from pathlib import Path
 
 import uvicorn
 from lmaas.server.http.asgi import App
@@ -42,7 +44,20 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 class HttpServer:
     """``start()`` binds and returns the port; ``stop()`` stops accepting and lets in-flight requests finish."""
 
-    def __init__(self, app: App, host: str, port: int, *, reuse_port: bool = False, drain_timeout: float = 30) -> None:
+    def __init__(
+        self,
+        app: App,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        drain_timeout: float = 30,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_client_ca: Path | None = None,
+    ) -> None:
+        """With ``tls_cert``/``tls_key`` the port speaks HTTPS (as the gRPC port then speaks TLS); with
+        ``tls_client_ca`` clients must present a certificate it signed."""
         self.host, self.port, self.reuse_port = host, port, reuse_port
         self.config = uvicorn.Config(
             app,
@@ -54,6 +69,10 @@ class HttpServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=math.ceil(drain_timeout),  # uvicorn takes whole seconds
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            ssl_ca_certs=str(tls_client_ca) if tls_client_ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE,
         )
         self._server: uvicorn.Server | None = None
         self._ticker: asyncio.Task[None] | None = None

@@ -164,3 +164,27 @@ def test_api_keys_guard_inference_and_metadata_but_not_health(mlp_repository: Pa
         client.close()
     finally:
         assert proc.stop() == 0
+
+
+def test_tls_and_mutual_tls_on_http(mlp_repository: Path, tmp_path: Path) -> None:
+    """--tls-cert/--tls-key make the HTTP port HTTPS too; --tls-client-ca requires client certificates there."""
+    import ssl
+
+    from certs import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    server, client_cert = ca.issue("worker"), ca.issue("client")
+    proc = start_worker(mlp_repository, "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                        "--tls-client-ca", str(ca.cert))
+    url = f"https://{proc.http}/v2/models/mlp/infer"
+    try:
+        trusted = ssl.create_default_context(cafile=str(ca.cert))
+        trusted.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+        r = httpx.post(url, json=GOOD, verify=trusted, timeout=10)
+        assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 3
+        with pytest.raises(httpx.TransportError):  # no client certificate
+            httpx.post(url, json=GOOD, verify=ssl.create_default_context(cafile=str(ca.cert)), timeout=10)
+        with pytest.raises(httpx.TransportError):  # plaintext on the TLS port
+            httpx.post(f"http://{proc.http}/v2/models/mlp/infer", json=GOOD, timeout=10)
+    finally:
+        assert proc.stop() == 0

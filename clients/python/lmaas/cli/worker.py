@@ -84,7 +84,7 @@ from lmaas.logs import setup_logging
     "--tls-cert",
     env="LMAAS_TLS_CERT",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM certificate served on the gRPC port (and presented to the control plane).",
+    help="PEM certificate served on the gRPC and HTTP ports (and presented to the control plane).",
 )
 @_opt(
     "--tls-key",
