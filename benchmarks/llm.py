@@ -269,7 +269,7 @@ def lmaas_worker(model_dir: Path, repo_root: Path) -> Proc:
     (repo / MODEL).mkdir(parents=True, exist_ok=True)
     link = repo / MODEL / "1"
     if not link.exists():
-        link.symlink_to(model_dir, target_is_directory=True)
+        link.symlink_to(model_dir.resolve(), target_is_directory=True)
 
     def ready(line: str, found: dict[str, str]) -> bool:
         m = _LISTENING.search(line)
@@ -282,7 +282,11 @@ def lmaas_worker(model_dir: Path, repo_root: Path) -> Proc:
 
     args = [sys.executable, "-m", "lmaas.cli", "worker", "--host", HOST, "--grpc-port", "0", "--http-port", "0",
             "--metrics-port", "0", "--model-repository", str(repo), "--log-level", "warning"]
-    return _spawn("lmaas", args, ready, timeout=300, env={"HF_HUB_OFFLINE": "1"})
+    proc = _spawn("lmaas", args, ready, timeout=300, env={"HF_HUB_OFFLINE": "1"})
+    if any("not loaded" in line for line in proc.log):
+        proc.stop()
+        raise SystemExit("the worker did not load the model:\n" + "\n".join(proc.log[-20:]))
+    return proc
 
 
 def _free_port() -> int:
