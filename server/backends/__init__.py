@@ -10,7 +10,8 @@ from lmaas.server.config import ModelConfig
 __all__ = ["MODEL_FILES", "Backend", "BackendError", "Signature", "find_model_file", "load_backend"]
 
 # File name in a version directory → backend.
-MODEL_FILES = {"model.onnx": "onnxruntime", "model.pt": "pytorch", "model.pt2": "pytorch"}
+MODEL_FILES = {"model.onnx": "onnxruntime", "model.pt": "pytorch", "model.pt2": "pytorch",
+               "modules.json": "sentence_transformers"}  # a sentence-embedding directory (backends/embedding.py)
 
 
 def find_model_file(version_dir: Path) -> Path | None:
@@ -34,4 +35,8 @@ def load_backend(path: Path, config: ModelConfig) -> Backend:
         from lmaas.server.backends.torch import TorchBackend
 
         return TorchBackend(path, declared_in, declared_out, config.parameters)
+    if backend_name == "sentence_transformers":
+        from lmaas.server.backends.embedding import EmbeddingBackend
+
+        return EmbeddingBackend(path.parent if path.is_file() else path, config.parameters)
     raise BackendError(f"no backend for {path.name}")

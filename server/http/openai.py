@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes on the worker's HTTP port: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+"""OpenAI-compatible routes on the worker's HTTP port: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+``/v1/embeddings``.
 
 Thin, like every transport: read and check the JSON, look the model up through the DataPlane, call
 :meth:`LLMModel.generate`, write OpenAI's objects. Wire details that clients rely on:
@@ -15,18 +16,25 @@ Thin, like every transport: read and check the JSON, look the model up through t
 * Errors are OpenAI's object ``{"error": {"message", "type", "param", "code"}}``; ``code`` is the HTTP status
   (as vLLM sends it), ``param`` names the offending field. 400 invalid, 401 no/bad API key (from the app's key
   check, in OIP's shape), 404 unknown model, 429 queue full, 503 draining.
+* ``/v1/embeddings`` answers for a sentence-embedding version (backend ``sentence_transformers``): the texts go
+  through the DataPlane's ordinary ``infer`` (validation, dynamic batching, metrics), ``float`` or ``base64``.
 * The conversation key (``user``, or the ``X-LMaaS-Session`` header) keeps a conversation on one version during a
   canary (:func:`lmaas.server.routing.sticky_draw`).
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from lmaas.protos.errors import Internal, InvalidArgument, LMaaSError, ModelNotFound, Unavailable
+from lmaas.protos.inference import grpc_service_pb2 as pb
+from lmaas.protos.tensors import decode_raw, encode_raw
+from lmaas.server.backends.embedding import PLATFORM as EMBEDDING_PLATFORM
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http._llm import (
     FieldError,
@@ -181,6 +189,22 @@ def _prompt(body: dict[str, Any]) -> str:
     if not prompt:
         raise FieldError("prompt", "'prompt' must not be empty")
     return prompt
+
+
+_MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+def _embedding_inputs(body: dict[str, Any]) -> list[str]:
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise FieldError("input", "'input' must be a string or a non-empty array of strings (token arrays are not "
+                                  "supported)")
+    if len(texts) > _MAX_EMBEDDING_INPUTS:
+        raise FieldError("input", f"'input' has {len(texts)} items; at most {_MAX_EMBEDDING_INPUTS} are allowed")
+    if any(not t for t in texts):
+        raise FieldError("input", "'input' strings must not be empty")
+    return texts
 
 
 def _conversation_key(body: dict[str, Any], request: Request) -> str:
@@ -358,13 +382,52 @@ class _Routes:
         choice = {"index": 0, "text": (prompt if echo else "") + text, "logprobs": None, "finish_reason": finish}
         return json_response({**c.envelope("text_completion", [choice]), "usage": c.usage()}, headers=c.headers)
 
+    async def embeddings(self, request: Request) -> Response:
+        body = await _object(request)
+        name = _model_name(body)
+        texts = _embedding_inputs(body)
+        encoding = opt_str(body, "encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise FieldError("encoding_format", f"'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+        dimensions = opt_int(body, "dimensions", minimum=1)
+        if self.dp.draining:
+            raise Unavailable("worker is shutting down")
+        mv = self.dp.manager.get(name, "", key=_conversation_key(body, request))
+        if getattr(getattr(mv, "backend", None), "platform", "") != EMBEDDING_PLATFORM:
+            raise FieldError("model", f"model '{name}' is not an embedding model")
+        size = mv.outputs["embedding"].shape[-1]
+        if dimensions is not None and dimensions != size:
+            raise FieldError("dimensions", f"'dimensions' must be {size} for this model, got {dimensions}")
+        array = np.array([t.encode() for t in texts], dtype=object)
+        infer = pb.ModelInferRequest(model_name=name, model_version=str(mv.version))
+        infer.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
+        infer.raw_input_contents.append(encode_raw(array))
+        answer = await self.dp.infer(infer, None)
+        out = {t.name: decode_raw(t.name, t.datatype, list(t.shape), raw, role="output")
+               for t, raw in zip(answer.outputs, answer.raw_output_contents, strict=True)}
+        vectors = np.ascontiguousarray(out["embedding"], dtype="<f4")
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.tobytes()).decode() if encoding == "base64" else v.tolist()}
+                for i, v in enumerate(vectors)]
+        tokens = int(out["num_tokens"].sum())
+        return json_response({"object": "list", "data": data, "model": name,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                             headers=[("x-lmaas-model-version", str(mv.version))])
+
     def _card(self, llm: LLMModel) -> dict[str, Any]:
         return {"id": llm.name, "object": "model", "created": 0, "owned_by": "lmaas", "root": llm.name,
                 "max_model_len": llm.context_length, "version": str(llm.version),
                 "system_fingerprint": fingerprint(llm)}
 
+    def _embedding_cards(self) -> list[dict[str, Any]]:
+        return [{"id": mv.name, "object": "model", "created": 0, "owned_by": "lmaas", "root": mv.name,
+                 "version": str(mv.version)}
+                for mv in self.dp.manager.loaded()
+                if getattr(getattr(mv, "backend", None), "platform", "") == EMBEDDING_PLATFORM]
+
     async def models(self, request: Request) -> Response:
-        return json_response({"object": "list", "data": [self._card(llm) for llm in list_llms(self.dp)]})
+        cards = [self._card(llm) for llm in list_llms(self.dp)] + self._embedding_cards()
+        return json_response({"object": "list", "data": cards})
 
     async def model(self, request: Request) -> Response:
         name = request.params["model"]
@@ -379,6 +442,7 @@ def build_routes(dp: DataPlane) -> list[Route]:
     return [
         Route("POST", "/v1/chat/completions", _errors(routes.chat)),
         Route("POST", "/v1/completions", _errors(routes.completions)),
+        Route("POST", "/v1/embeddings", _errors(routes.embeddings)),
         Route("GET", "/v1/models", _errors(routes.models)),
         Route("GET", "/v1/models/{model}", _errors(routes.model)),
     ]
