@@ -107,6 +107,27 @@ def _mm(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _LazyTensors:
+    """``pop(name)`` reads one tensor from the safetensors files: load peak = final weights + one tensor."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self._where: dict[str, Any] = {}
+        for f in files:
+            handle = safe_open(str(f), framework="pt")
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                self._where[key] = handle
+
+    def pop(self, name: str, *default: None) -> torch.Tensor | None:
+        handle = self._where.pop(name, None)
+        if handle is None:
+            if default:
+                return None
+            raise KeyError(name)
+        return handle.get_tensor(name)  # type: ignore[no-any-return]
+
+
 class Llama:
     """Weights (transposed, fused q|k|v and gate|up) and the forward."""
 
@@ -120,10 +141,14 @@ class Llama:
             except KeyError:
                 raise ValueError(f"weights: tensor '{name}' is missing") from None
 
+        def own(name: str) -> torch.Tensor:
+            # A copy: the loaded tensors may share one buffer per file, which a kept view would pin whole.
+            return take(name).clone()
+
         def t(*names: str) -> torch.Tensor:
             return torch.cat([take(n) for n in names]).t().contiguous()
 
-        self.embed = take("model.embed_tokens.weight")
+        self.embed = own("model.embed_tokens.weight")
         if tuple(self.embed.shape) != (c.vocab_size, c.hidden_size):
             raise ValueError(f"weights: embedding shape {tuple(self.embed.shape)} does not match config.json")
         self.layers: list[tuple[torch.Tensor, ...]] = []
@@ -131,15 +156,15 @@ class Llama:
             p = f"model.layers.{i}."
             self.layers.append(
                 (
-                    take(p + "input_layernorm.weight"),
+                    own(p + "input_layernorm.weight"),
                     t(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
                     t(p + "self_attn.o_proj.weight"),
-                    take(p + "post_attention_layernorm.weight"),
+                    own(p + "post_attention_layernorm.weight"),
                     t(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
                     t(p + "mlp.down_proj.weight"),
                 )
             )
-        self.norm = take("model.norm.weight")
+        self.norm = own("model.norm.weight")
         head = tensors.pop("lm_head.weight", None)
         if head is None and not c.tie_word_embeddings:
             raise ValueError("weights: lm_head.weight is missing and the embeddings are not tied")
@@ -151,16 +176,11 @@ class Llama:
 
     @classmethod
     def load(cls, directory: Path, dtype: torch.dtype = torch.float32) -> Llama:
-        from safetensors.torch import load_file
-
         config = LlamaConfig.from_file(directory / "config.json")
         files = sorted(directory.glob("*.safetensors"))
         if not files:
             raise ValueError(f"no *.safetensors in {directory}")
-        tensors: dict[str, torch.Tensor] = {}
-        for f in files:
-            tensors.update(load_file(str(f)))
-        return cls(config, tensors, dtype)
+        return cls(config, _LazyTensors(files), dtype)  # type: ignore[arg-type]
 
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.norm, self.head, *(w for layer in self.layers for w in layer)]
