@@ -18,6 +18,7 @@ PACKAGES=(
   libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1
   prometheus  # promtool: the alert rules are unit-tested with it
   protobuf-compiler protobuf-compiler-grpc protoc-gen-go protoc-gen-go-grpc  # clients/README stub-generation checks
+  chromium chromium-driver  # tests/console: the web console in a real headless browser (Selenium)
   "$@"
 )
 POLICY_RC=/usr/sbin/policy-rc.d

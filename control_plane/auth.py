@@ -119,6 +119,9 @@ METHODS: dict[str, Permission] = {
     # REST routes with no RPC twin, keyed "VERB /path" (every other REST route names the RPC it shares a row with)
     "GET /api/v1/models/{name}/versions/{version}/artifact": Permission.DEPLOY,
     "GET /api/v1/audit": Permission.ADMIN,
+    "GET /api/v1/whoami": Permission.READ,
+    "GET /api/v1/models/{name}/statistics": Permission.READ,
+    "POST /api/v1/models/{name}/generate": Permission.DEPLOY,  # spends worker compute: not for readers
 }
 
 #: The mutations: each call (and each denied attempt) is audited.

@@ -1,0 +1,531 @@
+// The console: a hash router over pages that read and change the system only through the public REST API.
+
+import { api, ApiError, events, session } from './api.js';
+import { lineChart } from './charts.js';
+import { append, bytes, clear, confirmAction, enc, h, link, table, time, toast } from './dom.js';
+
+const view = document.getElementById('view');
+const nav = document.getElementById('nav');
+const who = document.getElementById('who');
+let me = null; // {principal, role, permissions}
+let page = null; // {controller, timers}
+
+const may = (permission) => Boolean(me && me.permissions.includes(permission));
+
+function setTitle(title) {
+  document.title = `${title} · LMaaS console`;
+  view.append(h('h1', {}, title));
+}
+
+function failure(error) {
+  const text = error instanceof ApiError ? `${error.status} ${error.problem.code || ''}: ${error.message}` : String(error);
+  return h('p', { class: 'error', role: 'alert' }, text);
+}
+
+function shortDigest(digest) {
+  return h('code', { title: digest }, digest ? `${digest.slice(0, 12)}…` : '—');
+}
+
+function specText(spec) {
+  if (!spec || !spec.stable_version) return 'not served';
+  let text = `v${spec.stable_version}`;
+  if (spec.canary_version) text += ` + canary v${spec.canary_version} (${spec.canary_weight}%)`;
+  if (spec.pools && spec.pools.length) text += ` in ${spec.pools.join(', ')}`;
+  return text;
+}
+
+function phaseBadge(phase, id) {
+  return h('span', { class: `badge ${phase}`, id }, phase);
+}
+
+async function orNull(promise) {
+  try { return await promise; } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
+  }
+}
+
+// -- pages ---------------------------------------------------------------------------------------------------
+
+async function modelsPage(ctx) {
+  setTitle('Models');
+  const search = h('input', { type: 'search', id: 'search', placeholder: 'Search by name or description' });
+  const body = h('div', { id: 'models-table', 'aria-live': 'polite' });
+  view.append(h('label', { for: 'search', class: 'sr-only' }, 'Search models'), search, body);
+  const rates = new Map();
+  let shown = '';
+  async function refresh(force = false) {
+    const [models, deployments] = await Promise.all([api('GET', '/models', undefined, ctx.signal),
+      api('GET', '/deployments', undefined, ctx.signal)]);
+    const byModel = new Map(deployments.deployments.map((d) => [d.deployment.model, d]));
+    const query = search.value.trim().toLowerCase();
+    const found = models.models.filter((m) => !query || m.name.toLowerCase().includes(query)
+      || m.description.toLowerCase().includes(query));
+    const key = JSON.stringify([found, deployments.deployments.map((d) => [d.deployment.spec, d.rollout.phase]),
+      [...rates]]);
+    if (key === shown && !force) return;
+    shown = key;
+    clear(body).append(table('Models', ['Model', 'Latest version', 'Serving', 'Rollout', 'Requests/s', 'Description'],
+      found.map((m) => {
+        const d = byModel.get(m.name);
+        return [
+          link(`#/models/${enc(m.name)}`, m.name, { class: 'model-link', dataset: { model: m.name } }),
+          m.latest_version ? `v${m.latest_version}` : '—',
+          d ? specText(d.deployment.spec) : 'not deployed',
+          d ? link(`#/rollout/${enc(m.name)}`, d.rollout.phase, { class: `badge ${d.rollout.phase}` }) : '—',
+          rates.has(m.name) ? rates.get(m.name).toFixed(2) : '—',
+          m.description,
+        ];
+      }), query ? 'No model matches.' : 'No models yet: push one with `lmaas model push NAME FILE`.'));
+    return byModel;
+  }
+  async function refreshRates() {
+    const deployments = await api('GET', '/deployments', undefined, ctx.signal);
+    await Promise.all(deployments.deployments.map(async (d) => {
+      const stats = await orNull(api('GET', `/models/${enc(d.deployment.model)}/statistics`, undefined, ctx.signal));
+      if (!stats) return;
+      const rate = stats.versions.reduce((sum, v) => sum + (v.points.length ? v.points[v.points.length - 1].requests_per_s : 0), 0);
+      rates.set(d.deployment.model, rate);
+    }));
+    await refresh();
+  }
+  search.addEventListener('input', () => refresh(true));
+  ctx.every(refresh, 2000);
+  ctx.every(refreshRates, 10000);
+}
+
+function lineage(versions) {
+  const byNumber = new Map(versions.map((v) => [v.version, v]));
+  const chain = (v) => {
+    const out = [];
+    const seen = new Set();
+    for (let cur = v; cur && !seen.has(cur.version); cur = byNumber.get(cur.parent_version)) {
+      seen.add(cur.version);
+      out.unshift(`v${cur.version}`);
+      if (!cur.parent_version) break;
+    }
+    return out;
+  };
+  // depth-first order: each derived version under its parent
+  const children = new Map();
+  for (const v of versions) {
+    const parent = byNumber.has(v.parent_version) ? v.parent_version : 0;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(v);
+  }
+  const ordered = [];
+  const walk = (parent, depth) => {
+    for (const v of (children.get(parent) || []).sort((a, b) => b.version - a.version)) {
+      ordered.push({ v, depth, chain: chain(v) });
+      walk(v.version, depth + 1);
+    }
+  };
+  walk(0, 0);
+  return ordered;
+}
+
+function recipe(v) {
+  // a derived version carries what was done in its description; its config may name a recipe and measurements
+  let config = {};
+  try { config = v.config_json ? JSON.parse(v.config_json) : {}; } catch { config = {}; }
+  const params = config.parameters || {};
+  const parts = [];
+  for (const key of ['recipe', 'speedup', 'speed_up', 'accuracy', 'accuracy_delta']) {
+    if (params[key] !== undefined) parts.push(`${key}: ${typeof params[key] === 'object' ? JSON.stringify(params[key]) : params[key]}`);
+  }
+  return parts.join(' · ');
+}
+
+async function deployAction(name, body, text, title) {
+  if (!(await confirmAction(title, text, title))) return;
+  try {
+    const state = await api('PUT', `/deployments/${enc(name)}`, body);
+    toast(`${title}: generation ${state.deployment.generation} is rolling out`);
+    location.hash = `#/rollout/${enc(name)}?generation=${state.deployment.generation}`;
+  } catch (error) {
+    toast(`${title} refused: ${error.message}`, 'error');
+  }
+}
+
+async function modelPage(ctx, name) {
+  setTitle(`Model ${name}`);
+  const info = h('section', { id: 'model-info', 'aria-label': 'Model' });
+  const serving = h('section', { id: 'deployment', 'aria-labelledby': 'dep-h' });
+  const charts = h('section', { id: 'charts', 'aria-labelledby': 'charts-h' });
+  const versionsBox = h('section', { id: 'versions', 'aria-labelledby': 'ver-h' });
+  const historyBox = h('section', { id: 'history', 'aria-labelledby': 'hist-h' });
+  view.append(info, serving, h('h2', { id: 'charts-h' }, 'Traffic'), charts, versionsBox, historyBox);
+  let shown = '';
+  async function refresh() {
+    const [model, versions, dep] = await Promise.all([
+      api('GET', `/models/${enc(name)}`, undefined, ctx.signal),
+      api('GET', `/models/${enc(name)}/versions`, undefined, ctx.signal),
+      orNull(api('GET', `/deployments/${enc(name)}`, undefined, ctx.signal)),
+    ]);
+    const key = JSON.stringify([model, versions.versions, dep && dep.deployment, dep && dep.rollout.phase]);
+    if (key === shown) return;
+    shown = key;
+    const spec = dep ? dep.deployment.spec : null;
+    const llm = versions.versions.some((v) => v.format === 'llm');
+    clear(info).append(
+      h('p', {}, model.description || 'No description.'),
+      h('dl', { class: 'facts' },
+        h('dt', {}, 'Created'), h('dd', {}, time(model.created_at_ms), ' by ', model.created_by || '—'),
+        Object.entries(model.metadata).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
+      llm && may('deploy') ? h('p', {}, link(`#/chat/${enc(name)}`, 'Open the playground', { id: 'playground-link' })) : null,
+    );
+    clear(serving).append(h('h2', { id: 'dep-h' }, 'Deployment'));
+    if (dep) {
+      append(serving, [h('p', {}, 'Serving ', h('strong', { id: 'serving' }, specText(spec)), ' · generation ',
+        String(dep.deployment.generation), ' · rollout ',
+        link(`#/rollout/${enc(name)}`, dep.rollout.phase, { class: `badge ${dep.rollout.phase}`, id: 'rollout-link' }))]);
+    } else {
+      serving.append(h('p', {}, 'Not deployed.'));
+    }
+    if (may('deploy') && versions.versions.length) {
+      const options = versions.versions.map((v) => h('option', { value: v.version }, `v${v.version}`)).reverse();
+      const canaryVersion = h('select', { id: 'canary-version' }, options);
+      const weight = h('input', { type: 'number', id: 'canary-weight', min: 0, max: 100, value: spec && spec.canary_weight ? spec.canary_weight : 10 });
+      const canaryForm = h('form', { class: 'inline', id: 'canary-form' },
+        h('label', { for: 'canary-version' }, 'Canary version'), canaryVersion,
+        h('label', { for: 'canary-weight' }, 'Weight %'), weight,
+        h('button', { type: 'submit', id: 'set-canary', disabled: !spec || !spec.stable_version }, 'Set canary'));
+      canaryForm.addEventListener('submit', (event) => {
+        event.preventDefault();
+        const c = Number(canaryVersion.value);
+        const w = Number(weight.value);
+        deployAction(name, { version: spec.stable_version, canary: { version: c, weight: w }, pools: spec.pools },
+          `${name}: send ${w}% of requests that name no version to canary v${c}; stable stays v${spec.stable_version}`
+          + (spec.canary_version && spec.canary_version !== c ? ` (replaces canary v${spec.canary_version})` : '') + '.',
+          'Set canary');
+      });
+      serving.append(canaryForm);
+      if (dep) {
+        const previous = [...dep.deployment.history].slice(0, -1).reverse().find((r) => !r.failed && r.spec.stable_version);
+        const rollback = h('button', { type: 'button', id: 'rollback', class: 'danger' }, 'Roll back');
+        rollback.addEventListener('click', async () => {
+          const target = previous ? specText(previous.spec) : 'the previous good deployment';
+          if (!(await confirmAction('Roll back', `${name}: stop serving ${specText(spec)} and serve ${target} again.`, 'Roll back'))) return;
+          try {
+            const state = await api('POST', `/deployments/${enc(name)}/rollback`, {});
+            location.hash = `#/rollout/${enc(name)}?generation=${state.deployment.generation}`;
+          } catch (error) { toast(`Roll back refused: ${error.message}`, 'error'); }
+        });
+        serving.append(rollback);
+      }
+    }
+    const rows = lineage(versions.versions).map(({ v, depth, chain }) => {
+      const actions = [];
+      if (may('deploy')) {
+        const button = h('button', { type: 'button', class: 'deploy', dataset: { version: v.version },
+          'aria-label': `Deploy v${v.version}` }, 'Deploy');
+        button.addEventListener('click', () => {
+          let text = `${name}: serve v${v.version} as the stable version`;
+          if (spec && spec.stable_version) text += `, replacing v${spec.stable_version}`;
+          if (spec && spec.canary_version) text += `; the canary v${spec.canary_version} (${spec.canary_weight}%) is removed`;
+          deployAction(name, { version: v.version, pools: spec ? spec.pools : [] }, `${text}.`, `Deploy v${v.version}`);
+        });
+        actions.push(button);
+      }
+      const role = spec && spec.stable_version === v.version ? 'stable'
+        : spec && spec.canary_version === v.version ? `canary ${spec.canary_weight}%` : '';
+      return [
+        h('span', { class: `depth d${Math.min(depth, 5)}`, id: `version-${v.version}` }, `v${v.version}`,
+          role ? h('span', { class: 'badge succeeded' }, role) : null),
+        chain.join(' → '), v.format, bytes(v.size_bytes), shortDigest(v.digest), v.created_by, time(v.created_at_ms),
+        [v.description, recipe(v) ? h('div', { class: 'recipe' }, recipe(v)) : null], actions,
+      ];
+    });
+    clear(versionsBox).append(h('h2', { id: 'ver-h' }, 'Versions'),
+      table('Versions', ['Version', 'Lineage', 'Format', 'Size', 'Digest', 'Creator', 'Created', 'Description', ''],
+        rows, 'No versions yet.'));
+    clear(historyBox).append(h('h2', { id: 'hist-h' }, 'Deployment history'));
+    historyBox.append(dep ? table('Deployment history', ['Generation', 'Reason', 'Spec', 'By', 'When', 'Result'],
+      [...dep.deployment.history].reverse().map((r) => [String(r.generation), r.reason, specText(r.spec), r.created_by,
+        time(r.created_at_ms), r.failed ? h('span', { class: 'badge failed' }, `failed ${r.message}`) : (r.message || 'ok')]))
+      : h('p', {}, 'Never deployed.'));
+  }
+  async function refreshCharts() {
+    const stats = await api('GET', `/models/${enc(name)}/statistics`, undefined, ctx.signal);
+    const series = (field) => stats.versions.map((v) => ({ label: `v${v.version}`, points: v.points.map((p) => [p.time_ms, p[field]]) }));
+    clear(charts).append(
+      lineChart('Requests', 'req/s', series('requests_per_s')),
+      lineChart('Errors', 'err/s', series('errors_per_s')),
+      lineChart('Mean latency', 'ms', series('mean_latency_ms')),
+      h('p', { class: 'note' }, `Sampled every ${stats.sample_every_s} s from the workers' OIP statistics while this page is open.`,
+        stats.unreachable.length ? ` Unreachable: ${stats.unreachable.join(', ')}.` : ''),
+    );
+  }
+  ctx.every(refresh, 2000);
+  ctx.every(refreshCharts, 5000);
+}
+
+async function rolloutPage(ctx, name, params) {
+  setTitle(`Rollout ${name}`);
+  const status = h('div', { id: 'rollout', 'aria-live': 'polite' });
+  const finished = h('p', { id: 'stream-state', class: 'note' }, 'Following live…');
+  view.append(h('p', {}, link(`#/models/${enc(name)}`, `← Model ${name}`)), status, finished);
+  const generation = Number(params.get('generation') || 0);
+  const render = (r) => {
+    clear(status).append(
+      h('p', {}, 'Generation ', h('strong', { id: 'rollout-generation' }, String(r.generation)), ' · ', r.reason || 'deploy',
+        ' · ', specText(r.spec), ' · ', phaseBadge(r.phase, 'rollout-phase')),
+      r.message ? h('p', { id: 'rollout-message', class: r.phase === 'failed' ? 'error' : '' }, r.message) : null,
+      r.restored_generation ? h('p', {}, `Generation ${r.restored_generation} restored the previous state.`) : null,
+      table('Workers', ['Worker', 'State', 'Error'], r.workers.map((w) => [
+        h('span', { class: 'worker-id' }, w.worker_id),
+        h('span', { class: `badge ${w.state}`, dataset: { worker: w.worker_id }, id: `state-${w.worker_id}` }, w.state),
+        h('span', { class: 'worker-error', dataset: { worker: w.worker_id } }, w.error)]), 'No worker serves this model yet.'),
+    );
+  };
+  try {
+    for await (const message of events('GET', `/deployments/${enc(name)}/rollout/events?generation=${generation}`, undefined, ctx.signal)) {
+      if (message.event === 'rollout') render(message.data);
+    }
+    finished.textContent = 'Rollout finished.';
+  } catch (error) {
+    if (ctx.signal.aborted) return;
+    clear(status).append(failure(error));
+    finished.textContent = '';
+  }
+}
+
+async function workersPage(ctx) {
+  setTitle('Workers');
+  const body = h('div', { id: 'workers-table' });
+  view.append(body);
+  let shown = '';
+  ctx.every(async () => {
+    const list = await api('GET', '/workers', undefined, ctx.signal);
+    const key = JSON.stringify(list.workers);
+    if (key === shown) return;
+    shown = key;
+    clear(body).append(table('Workers', ['Worker', 'Pool', 'Inference address', 'Control plane', 'Connected',
+      'Revision (sent / acked)', 'Holds', 'Acknowledged'], list.workers.map((w) => [
+      w.worker_id, w.pool, h('code', {}, w.inference_address), w.control_plane, time(w.connected_at_ms),
+      `${w.desired_revision} / ${w.acked_revision}`,
+      w.held.map((x) => `${x.model} v${x.version}`).join(', ') || '—',
+      w.models.map((m) => h('div', { class: m.ok ? '' : 'error' },
+        `${m.model} gen ${m.generation}: ${m.ok ? 'ack' : `nack ${m.error}`}`)),
+    ]), 'No worker is connected.'));
+  }, 3000);
+}
+
+async function tokensPage(ctx) {
+  setTitle('Tokens');
+  if (!may('admin')) { view.append(h('p', {}, 'Only an admin token may list and create tokens.')); return; }
+  const role = h('select', { id: 'token-role' }, ['reader', 'deployer', 'worker', 'admin'].map((r) => h('option', { value: r }, r)));
+  const description = h('input', { id: 'token-description', maxlength: 256, placeholder: 'whose, what for' });
+  const created = h('div', { id: 'token-created', 'aria-live': 'polite' });
+  const form = h('form', { class: 'inline', id: 'token-form' },
+    h('label', { for: 'token-role' }, 'Role'), role, h('label', { for: 'token-description' }, 'Description'), description,
+    h('button', { type: 'submit', class: 'primary' }, 'Create token'));
+  const list = h('div', { id: 'tokens-table' });
+  view.append(form, created, list);
+  async function refresh() {
+    const tokens = await api('GET', '/tokens?include_revoked=true', undefined, ctx.signal);
+    clear(list).append(table('Tokens', ['Id', 'Role', 'Description', 'Created', 'By', 'Revoked', ''],
+      tokens.tokens.map((t) => {
+        const revoke = t.revoked_at_ms ? null : h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${t.id}` }, 'Revoke');
+        if (revoke) {
+          revoke.addEventListener('click', async () => {
+            if (!(await confirmAction('Revoke token', `Revoke token ${t.id} (${t.role}: ${t.description || 'no description'}); it stops working at once.`, 'Revoke'))) return;
+            try { await api('DELETE', `/tokens/${enc(t.id)}`); toast(`Token ${t.id} revoked`); await refresh(); } catch (error) { toast(error.message, 'error'); }
+          });
+        }
+        return [h('code', {}, t.id), t.role, t.description, time(t.created_at_ms), t.created_by,
+          t.revoked_at_ms ? [time(t.revoked_at_ms), ' by ', t.revoked_by] : '—', revoke];
+      })));
+  }
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      const answer = await api('POST', '/tokens', { role: role.value, description: description.value });
+      clear(created).append(h('p', { class: 'secret' }, `New ${answer.token.role} token (shown once, copy it now): `,
+        h('code', { id: 'token-secret' }, answer.secret)));
+      description.value = '';
+      await refresh();
+    } catch (error) { toast(error.message, 'error'); }
+  });
+  await refresh();
+}
+
+async function auditPage(ctx) {
+  setTitle('Audit trail');
+  if (!may('admin')) { view.append(h('p', {}, 'Only an admin token may read the audit trail.')); return; }
+  const whoInput = h('input', { id: 'audit-who', placeholder: 'token:…' });
+  const what = h('input', { id: 'audit-what', placeholder: 'Deploy, CreateToken…' });
+  const result = h('select', { id: 'audit-result' }, h('option', { value: '' }, 'any'), h('option', { value: 'OK' }, 'OK'),
+    h('option', { value: 'error' }, 'errors and denials'));
+  const body = h('div', { id: 'audit-table' });
+  const more = h('button', { type: 'button', id: 'audit-more' }, 'Load older entries');
+  const entries = [];
+  let cursor = '';
+  const render = () => {
+    const w = whoInput.value.trim().toLowerCase();
+    const m = what.value.trim().toLowerCase();
+    const shown = entries.filter((e) => (!w || e.principal.toLowerCase().includes(w))
+      && (!m || e.method.toLowerCase().includes(m) || e.request.toLowerCase().includes(m))
+      && (!result.value || (result.value === 'OK' ? e.code === 'OK' : e.code !== 'OK')));
+    clear(body).append(table('Audit trail', ['When', 'Who', 'Role', 'What', 'Request', 'Result', 'Peer'],
+      shown.map((e) => [time(e.time_ms), e.principal, e.role, e.method.split('/').pop(), h('code', {}, e.request),
+        e.code === 'OK' ? 'OK' : h('span', { class: 'error' }, `${e.code} ${e.message}`), e.peer]), 'No entry matches.'));
+  };
+  const load = async () => {
+    const page = await api('GET', `/audit?limit=100${cursor ? `&before=${enc(cursor)}` : ''}`, undefined, ctx.signal);
+    entries.push(...page.entries);
+    cursor = page.next || '';
+    more.hidden = !cursor;
+    render();
+  };
+  for (const input of [whoInput, what, result]) input.addEventListener('input', render);
+  more.addEventListener('click', load);
+  view.append(h('form', { class: 'inline', role: 'search' },
+    h('label', { for: 'audit-who' }, 'Who'), whoInput, h('label', { for: 'audit-what' }, 'What'), what,
+    h('label', { for: 'audit-result' }, 'Result'), result), body, more);
+  await load();
+}
+
+async function chatPage(ctx, name) {
+  setTitle(`Playground ${name}`);
+  if (!may('deploy')) { view.append(h('p', {}, 'The playground needs a deployer or admin token.')); return; }
+  const [versions, dep] = await Promise.all([api('GET', `/models/${enc(name)}/versions`, undefined, ctx.signal),
+    orNull(api('GET', `/deployments/${enc(name)}`, undefined, ctx.signal))]);
+  const spec = dep ? dep.deployment.spec : null;
+  const label = (v) => (spec && spec.stable_version === v ? ' (stable)' : spec && spec.canary_version === v ? ' (canary)' : '');
+  const choices = (id, none) => h('select', { id },
+    h('option', { value: none ? 'none' : '0' }, none ? '— none —' : 'as routed (stable or canary)'),
+    versions.versions.filter((v) => v.format === 'llm').reverse().map((v) => h('option', { value: v.version }, `v${v.version}${label(v.version)}`)));
+  const a = choices('version-a', false);
+  const b = choices('version-b', true);
+  if (spec && spec.canary_version) { a.value = String(spec.stable_version); b.value = String(spec.canary_version); }
+  const prompt = h('textarea', { id: 'prompt', rows: 4, required: true }, 'The capital of France is');
+  const maxTokens = h('input', { id: 'max-tokens', type: 'number', min: 1, max: 4096, value: 32 });
+  const temperature = h('input', { id: 'temperature', type: 'number', min: 0, max: 2, step: 0.1, value: 0 });
+  const send = h('button', { type: 'submit', id: 'send', class: 'primary' }, 'Send');
+  const pane = (id, title) => h('section', { class: 'pane', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title),
+    h('pre', { id: `out-${id}`, class: 'output', 'aria-live': 'polite' }), h('p', { id: `stats-${id}`, class: 'note' }));
+  const panes = h('div', { class: 'panes' }, pane('a', 'A'), pane('b', 'B'));
+  const form = h('form', { id: 'chat-form' },
+    h('label', { for: 'prompt' }, 'Prompt (sent as it is: no chat template)'), prompt,
+    h('div', { class: 'inline' }, h('label', { for: 'version-a' }, 'A'), a, h('label', { for: 'version-b' }, 'B'), b,
+      h('label', { for: 'max-tokens' }, 'Max tokens'), maxTokens, h('label', { for: 'temperature' }, 'Temperature'), temperature, send));
+  view.append(h('p', {}, link(`#/models/${enc(name)}`, `← Model ${name}`)), form, panes);
+  const run = async (id, version) => {
+    const out = document.getElementById(`out-${id}`);
+    const stats = document.getElementById(`stats-${id}`);
+    out.textContent = '';
+    stats.textContent = 'streaming…';
+    try {
+      const body = { prompt: prompt.value, version: Number(version), max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) };
+      for await (const message of events('POST', `/models/${enc(name)}/generate`, body, ctx.signal)) {
+        if (message.event === 'token') out.append(document.createTextNode(message.data.text));
+        else if (message.event === 'done') {
+          const d = message.data;
+          stats.textContent = `v${d.version} on ${d.worker} · ${d.tokens} tokens · ${d.finish_reason}`
+            + (d.ttft_ms !== null ? ` · TTFT ${d.ttft_ms} ms` : '') + (d.tokens_per_s !== null ? ` · ${d.tokens_per_s} tokens/s` : '');
+        } else if (message.event === 'error') stats.textContent = `${message.data.code}: ${message.data.detail}`;
+      }
+    } catch (error) {
+      if (!ctx.signal.aborted) stats.textContent = error.message;
+    }
+  };
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    send.disabled = true;
+    const jobs = [run('a', a.value)];
+    if (b.value !== 'none') jobs.push(run('b', b.value));
+    else { document.getElementById('out-b').textContent = ''; document.getElementById('stats-b').textContent = ''; }
+    await Promise.all(jobs);
+    send.disabled = false;
+  });
+}
+
+function loginPage(message) {
+  document.title = 'Sign in · LMaaS console';
+  nav.hidden = true;
+  clear(who);
+  const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true, spellcheck: 'false' });
+  const error = h('p', { id: 'login-error', class: 'error', role: 'alert' }, message || '');
+  const form = h('form', { id: 'login', class: 'card' }, h('h1', {}, 'Sign in'),
+    h('p', {}, 'Paste an LMaaS token (lmaas up writes the admin token to STATE/admin.token). It stays in this tab only.'),
+    h('label', { for: 'token' }, 'Token'), input, h('button', { type: 'submit', class: 'primary', id: 'login-submit' }, 'Sign in'), error);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    session.set(input.value.trim());
+    if (await identify()) route(); else { session.clear(); error.textContent = 'That token was refused.'; }
+  });
+  clear(view).append(form);
+  input.focus();
+}
+
+// -- shell ---------------------------------------------------------------------------------------------------
+
+async function identify() {
+  try { me = await api('GET', '/whoami'); } catch { me = null; }
+  if (!me) return false;
+  clear(nav).append(
+    link('#/models', 'Models'), link('#/workers', 'Workers'),
+    may('admin') ? link('#/tokens', 'Tokens') : null, may('admin') ? link('#/audit', 'Audit') : null);
+  nav.hidden = false;
+  const out = h('button', { type: 'button', id: 'logout' }, 'Sign out');
+  out.addEventListener('click', () => { session.clear(); me = null; location.hash = '#/models'; loginPage('Signed out.'); });
+  clear(who).append(h('span', { id: 'whoami' }, `${me.principal} · ${me.role}`), ' ', out);
+  return true;
+}
+
+const ROUTES = [
+  [/^\/models\/?$/, modelsPage],
+  [/^\/models\/([^/]+)$/, modelPage],
+  [/^\/rollout\/([^/]+)$/, rolloutPage],
+  [/^\/workers$/, workersPage],
+  [/^\/tokens$/, tokensPage],
+  [/^\/audit$/, auditPage],
+  [/^\/chat\/([^/]+)$/, chatPage],
+];
+
+function leave() {
+  if (!page) return;
+  page.controller.abort();
+  page.timers.forEach(clearInterval);
+  page = null;
+}
+
+async function route() {
+  leave();
+  if (!me) { loginPage(); return; }
+  const [path, query] = (location.hash.replace(/^#/, '') || '/models').split('?');
+  const params = new URLSearchParams(query || '');
+  const controller = new AbortController();
+  const current = { controller, timers: [] };
+  page = current;
+  const ctx = {
+    signal: controller.signal,
+    every: (fn, ms) => {
+      const tick = () => fn().catch((error) => { if (!controller.signal.aborted) toast(error.message, 'error'); });
+      current.timers.push(setInterval(tick, ms));
+      return tick();
+    },
+  };
+  clear(view);
+  for (const a of nav.querySelectorAll('a')) {
+    if (path.startsWith(a.getAttribute('href').slice(1))) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
+  const found = ROUTES.find(([pattern]) => pattern.test(path));
+  if (!found) { setTitle('Not found'); return; }
+  const args = path.match(found[0]).slice(1).map(decodeURIComponent);
+  try {
+    await found[1](ctx, ...args, params);
+  } catch (error) {
+    if (!controller.signal.aborted) view.append(failure(error));
+  }
+}
+
+window.addEventListener('hashchange', route);
+window.addEventListener('lmaas:unauthenticated', () => {
+  if (!me) return; // signing in: the login form reports it
+  me = null; leave(); loginPage('Your token is no longer accepted.'); });
+(async () => {
+  // --no-auth control planes answer whoami without a token
+  if (await identify()) route(); else { session.clear(); loginPage(); }
+})();

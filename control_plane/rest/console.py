@@ -1,0 +1,299 @@
+"""Routes the web console needs beyond the resources: who am I, version statistics, and text generation.
+
+They are public, documented routes like every other (the console has no private endpoint), authorised through
+the rows ``"VERB /path"`` of :data:`lmaas.control_plane.auth.METHODS`:
+
+* ``GET /api/v1/whoami``: the caller's principal, role and permissions, so a client can hide what it may not do
+  (the server still enforces every route).
+* ``GET /api/v1/models/{name}/statistics``: per version, request rate, errors and mean latency over the last
+  hour, from the control plane's own samples of each connected worker's OIP v2 ``ModelStatistics`` (cumulative
+  counts and durations, polled over gRPC at the worker's ``inference_address`` when a client asks, at most every
+  :data:`SAMPLE_EVERY` seconds). Percentiles are not in those statistics, so none are made up.
+* ``POST /api/v1/models/{name}/generate``: streams a completion of a prompt from an LLM version as server-sent
+  events, through OIP v2 ``ModelStreamInfer`` on a worker that holds the version (so a browser on the control
+  plane's origin reaches the data plane without a cross-origin call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import StreamingResponse
+from lmaas.control_plane.auth import GRANTS
+from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
+from lmaas.control_plane.tokens import role_name
+from lmaas.control_plane.workers import list_workers
+from lmaas.protos.errors import FailedPrecondition, LMaaSError
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SAMPLE_EVERY", "WINDOW_S", "router"]
+
+log = logging.getLogger("lmaas.rest")
+router = APIRouter(route_class=AuthorizedRoute)
+ModelName = Annotated[str, Path(description="Model name.", examples=["demo"], max_length=128)]
+SAMPLE_EVERY = 5.0  # seconds between samples of the workers' statistics
+WINDOW_S = 3600.0  # the series cover the last hour
+_POLL_TIMEOUT = 2.0
+
+
+# -- whoami -------------------------------------------------------------------------------------------------
+
+
+class WhoAmI(BaseModel):
+    """The caller, as the control plane authenticated it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principal: str = Field(description="token:<id>, cert:<CN> or anonymous (--no-auth).",
+                           examples=["token:0123456789ab"])
+    role: str = Field(description="reader, deployer, worker or admin.", examples=["deployer"])
+    permissions: list[str] = Field(description="What the role may do: read, deploy, sync, admin.",
+                                   examples=[["read", "deploy"]])
+
+
+@router.get("/whoami", summary="The caller's principal and role", tags=["tokens"], response_model=WhoAmI,
+            openapi_extra=route_options("GET /api/v1/whoami"))
+async def whoami(request: Request) -> WhoAmI:
+    """Who the bearer token is and what its role may do (the console shows only what it may do)."""
+    who = principal(request)
+    granted = sorted(p.value for p in GRANTS.get(who.role, frozenset()))
+    return WhoAmI(principal=who.name, role=role_name(who.role), permissions=granted)
+
+
+# -- statistics ---------------------------------------------------------------------------------------------
+
+
+class StatisticsPoint(BaseModel):
+    """One interval between two samples of a version's statistics, summed over the workers."""
+
+    time_ms: int = Field(description="End of the interval (Unix epoch milliseconds).", examples=[1764586800000])
+    requests_per_s: float = Field(description="Successful requests per second.", examples=[12.5])
+    errors_per_s: float = Field(description="Failed requests per second.", examples=[0.0])
+    mean_latency_ms: float = Field(description="Mean latency of the successful requests in the interval "
+                                               "(0 without requests).", examples=[3.2])
+
+
+class VersionStatistics(BaseModel):
+    """A version's series and totals."""
+
+    version: int = Field(description="The version.", examples=[2])
+    requests: int = Field(description="Successful requests since the workers loaded it (summed).", examples=[1200])
+    errors: int = Field(description="Failed requests since the workers loaded it (summed).", examples=[3])
+    points: list[StatisticsPoint] = Field(description="Oldest first, over the last hour.")
+
+
+class ModelStatistics(BaseModel):
+    """Per version: request rate, errors and mean latency, from the workers' OIP v2 ModelStatistics."""
+
+    model: str = Field(description="The model.", examples=["demo"])
+    sample_every_s: float = Field(description="Seconds between the control plane's samples.", examples=[5.0])
+    versions: list[VersionStatistics] = Field(description="Versions some worker reported, sorted.")
+    unreachable: list[str] = Field(description="Workers whose statistics could not be read this time.",
+                                   examples=[[]])
+
+
+@dataclass
+class _Totals:
+    success: int = 0
+    success_ns: int = 0
+    fail: int = 0
+
+
+@dataclass
+class _Series:
+    """Samples of one model: (monotonic time, wall ms, {(worker, version): totals})."""
+
+    samples: deque[tuple[float, int, dict[tuple[str, int], _Totals]]] = field(default_factory=deque)
+    unreachable: list[str] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class StatisticsSampler:
+    """Samples the workers' statistics of a model on demand (one replica's memory; nothing is stored)."""
+
+    def __init__(self, sample_every: float = SAMPLE_EVERY) -> None:
+        self.sample_every = sample_every
+        self._series: dict[str, _Series] = {}
+
+    async def read(self, store: Any, model: str) -> ModelStatistics:
+        series = self._series.setdefault(model, _Series())
+        async with series.lock:
+            now = time.monotonic()
+            if not series.samples or now - series.samples[-1][0] >= self.sample_every:
+                totals, series.unreachable = await _poll(store, model)
+                series.samples.append((now, int(time.time() * 1000), totals))
+                while series.samples and now - series.samples[0][0] > WINDOW_S:
+                    series.samples.popleft()
+            return _statistics(model, series, self.sample_every)
+
+
+async def _poll(store: Any, model: str) -> tuple[dict[tuple[str, int], _Totals], list[str]]:
+    from lmaas.client.inference import AsyncInferenceClient  # the SDK's client: grpc only when asked
+
+    workers, _ = await list_workers(store, "")
+    holding = [w for w in workers if any(h.model == model for h in w.held)]
+
+    async def one(w: pb.WorkerInfo) -> dict[tuple[str, int], _Totals] | None:
+        try:
+            async with AsyncInferenceClient(w.inference_address) as client:
+                answer = await client.statistics(model, timeout=_POLL_TIMEOUT)
+        except (LMaaSError, OSError, TimeoutError) as exc:
+            log.debug("statistics of %s from %s: %s", model, w.worker_id, exc)
+            return None
+        found: dict[tuple[str, int], _Totals] = {}
+        for s in answer.model_stats:
+            if s.version.isdigit():
+                stats = s.inference_stats
+                found[w.worker_id, int(s.version)] = _Totals(stats.success.count, stats.success.ns, stats.fail.count)
+        return found
+
+    results = await asyncio.gather(*(one(w) for w in holding))
+    totals: dict[tuple[str, int], _Totals] = {}
+    unreachable: list[str] = []
+    for w, result in zip(holding, results, strict=True):
+        if result is None:
+            unreachable.append(w.worker_id)
+        else:
+            totals.update(result)
+    return totals, sorted(unreachable)
+
+
+def _statistics(model: str, series: _Series, every: float) -> ModelStatistics:
+    samples = list(series.samples)
+    versions = sorted({v for _, _, totals in samples for _, v in totals})
+    out: list[VersionStatistics] = []
+    for version in versions:
+        points: list[StatisticsPoint] = []
+        for (t0, _, before), (t1, wall, after) in zip(samples, samples[1:], strict=False):
+            seconds = max(t1 - t0, 1e-9)
+            ok = ns = fail = 0
+            for key, now in after.items():
+                if key[1] != version:
+                    continue
+                then = before.get(key, _Totals())
+                if now.success < then.success:  # the worker reloaded it: counters restarted
+                    then = _Totals()
+                ok += now.success - then.success
+                ns += now.success_ns - then.success_ns
+                fail += max(0, now.fail - then.fail)
+            points.append(StatisticsPoint(time_ms=wall, requests_per_s=ok / seconds, errors_per_s=fail / seconds,
+                                          mean_latency_ms=(ns / ok / 1e6) if ok else 0.0))
+        last = samples[-1][2] if samples else {}
+        out.append(VersionStatistics(
+            version=version, requests=sum(t.success for k, t in last.items() if k[1] == version),
+            errors=sum(t.fail for k, t in last.items() if k[1] == version), points=points,
+        ))
+    return ModelStatistics(model=model, sample_every_s=every, versions=out, unreachable=series.unreachable)
+
+
+@router.get("/models/{name}/statistics", summary="Request rate, errors and latency per version",
+            tags=["models"], response_model=ModelStatistics,
+            openapi_extra=route_options("GET /api/v1/models/{name}/statistics"))
+async def statistics(name: ModelName, request: Request) -> ModelStatistics:
+    """Per version, over the last hour: successful and failed requests per second and mean latency, from the
+    control plane's samples (every `sample_every_s` seconds, while someone asks) of the OIP v2 ModelStatistics
+    of each connected worker holding the model. Workers that do not answer are listed in `unreachable`."""
+    plane = request.app.state.plane
+    await plane.models.get_model(name)  # 404 for an unknown model
+    sampler: StatisticsSampler | None = getattr(request.app.state, "statistics", None)
+    if sampler is None:
+        sampler = request.app.state.statistics = StatisticsSampler()
+    return await sampler.read(plane.store, name)
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+
+class Generate(BaseModel):
+    """A prompt to complete."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}]})
+
+    prompt: str = Field(min_length=1, max_length=32768, description="The text to complete (sent as it is: no chat "
+                                                                    "template is applied).")
+    version: int = Field(0, ge=0, description="The version; 0 = as the deployment routes (stable or canary).",
+                         examples=[0])
+    max_tokens: int = Field(64, ge=1, le=4096, description="At most this many new tokens.", examples=[16])
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.", examples=[0.0])
+
+
+_GENERATE_EVENTS = {
+    200: {
+        "description": "`text/event-stream`: `event: token` with `data: {\"text\": ...}` per chunk, then "
+                       "`event: done` with the finish reason, the version that answered, the worker, the number of "
+                       "chunks, time to first token and tokens per second, or `event: error` with a problem.",
+        "content": {"text/event-stream": {
+            "schema": {"type": "string"},
+            "example": 'event: token\ndata: {"text": " Paris"}\n\nevent: done\ndata: {"finish_reason": "length", '
+                       '"version": "1", "worker": "up-worker", "tokens": 16, "ttft_ms": 41.0, '
+                       '"tokens_per_s": 80.2}\n\n',
+        }},
+    },
+}
+
+
+@router.post("/models/{name}/generate", summary="Stream a completion from an LLM version (server-sent events)",
+             tags=["models"], response_class=StreamingResponse, responses=_GENERATE_EVENTS,  # type: ignore[arg-type]
+             openapi_extra=route_options("POST /api/v1/models/{name}/generate"))
+async def generate(name: ModelName, body: Generate, request: Request) -> StreamingResponse:
+    """Complete `prompt` on a connected worker that holds the model (and `version`, when given), over OIP v2
+    ModelStreamInfer; each chunk is an event as the model produces it. 409 FAILED_PRECONDITION when no
+    connected worker holds it. Closing the stream cancels the generation."""
+    from lmaas.client.llm import AsyncLLMClient
+
+    plane = request.app.state.plane
+    await plane.models.get_model(name)
+    workers, _ = await list_workers(plane.store, "")
+    holding = [w for w in workers
+               if any(h.model == name and (body.version == 0 or h.version == body.version) for h in w.held)]
+    if not holding:
+        which = f"{name} v{body.version}" if body.version else name
+        raise FailedPrecondition(f"no connected worker holds {which}: deploy it first")
+    target = holding[0]
+    client = AsyncLLMClient(target.inference_address)
+    stream = client.stream(name, body.prompt, version=body.version or "", max_tokens=body.max_tokens,
+                           temperature=body.temperature)
+
+    async def events() -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        first: float | None = None
+        tokens, finish, answered = 0, "", ""
+        try:
+            async for chunk in stream:
+                if chunk.text:
+                    first = first if first is not None else time.perf_counter()
+                    tokens += max(chunk.num_output_tokens, 1)
+                    yield _event("token", {"text": chunk.text})
+                finish = chunk.finish_reason or finish
+                answered = chunk.model_version or answered
+            end = time.perf_counter()
+            decode = end - first if first is not None else 0.0
+            yield _event("done", {
+                "finish_reason": finish, "version": answered, "worker": target.worker_id, "tokens": tokens,
+                "ttft_ms": round((first - started) * 1000, 1) if first is not None else None,
+                "tokens_per_s": round((tokens - 1) / decode, 1) if decode > 0 and tokens > 1 else None,
+            })
+        except LMaaSError as exc:
+            yield _event("error", {"code": exc.code.name, "detail": exc.message})
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            await client.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
