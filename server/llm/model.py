@@ -115,7 +115,7 @@ class _LazyTensors:
 
         self._where: dict[str, Any] = {}
         for f in files:
-            handle = safe_open(str(f), framework="pt")
+            handle: Any = safe_open(str(f), framework="pt")
             for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 self._where[key] = handle
 
