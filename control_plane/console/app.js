@@ -2,7 +2,7 @@
 
 import { api, ApiError, events, session } from './api.js';
 import { lineChart } from './charts.js';
-import { append, bytes, clear, confirmAction, enc, h, link, table, time, toast } from './dom.js';
+import { append, bytes, clear, confirmAction, enc, fill, h, link, table, time, toast } from './dom.js';
 
 const view = document.getElementById('view');
 const nav = document.getElementById('nav');
@@ -65,7 +65,7 @@ async function modelsPage(ctx) {
       [...rates]]);
     if (key === shown && !force) return;
     shown = key;
-    clear(body).append(table('Models', ['Model', 'Latest version', 'Serving', 'Rollout', 'Requests/s', 'Description'],
+    fill(body, table('Models', ['Model', 'Latest version', 'Serving', 'Rollout', 'Requests/s', 'Description'],
       found.map((m) => {
         const d = byModel.get(m.name);
         return [
@@ -167,14 +167,14 @@ async function modelPage(ctx, name) {
     shown = key;
     const spec = dep ? dep.deployment.spec : null;
     const llm = versions.versions.some((v) => v.format === 'llm');
-    clear(info).append(
+    fill(info, 
       h('p', {}, model.description || 'No description.'),
       h('dl', { class: 'facts' },
         h('dt', {}, 'Created'), h('dd', {}, time(model.created_at_ms), ' by ', model.created_by || '—'),
         Object.entries(model.metadata).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
       llm && may('deploy') ? h('p', {}, link(`#/chat/${enc(name)}`, 'Open the playground', { id: 'playground-link' })) : null,
     );
-    clear(serving).append(h('h2', { id: 'dep-h' }, 'Deployment'));
+    fill(serving, h('h2', { id: 'dep-h' }, 'Deployment'));
     if (dep) {
       append(serving, [h('p', {}, 'Serving ', h('strong', { id: 'serving' }, specText(spec)), ' · generation ',
         String(dep.deployment.generation), ' · rollout ',
@@ -236,10 +236,10 @@ async function modelPage(ctx, name) {
         [v.description, recipe(v) ? h('div', { class: 'recipe' }, recipe(v)) : null], actions,
       ];
     });
-    clear(versionsBox).append(h('h2', { id: 'ver-h' }, 'Versions'),
+    fill(versionsBox, h('h2', { id: 'ver-h' }, 'Versions'),
       table('Versions', ['Version', 'Lineage', 'Format', 'Size', 'Digest', 'Creator', 'Created', 'Description', ''],
         rows, 'No versions yet.'));
-    clear(historyBox).append(h('h2', { id: 'hist-h' }, 'Deployment history'));
+    fill(historyBox, h('h2', { id: 'hist-h' }, 'Deployment history'));
     historyBox.append(dep ? table('Deployment history', ['Generation', 'Reason', 'Spec', 'By', 'When', 'Result'],
       [...dep.deployment.history].reverse().map((r) => [String(r.generation), r.reason, specText(r.spec), r.created_by,
         time(r.created_at_ms), r.failed ? h('span', { class: 'badge failed' }, `failed ${r.message}`) : (r.message || 'ok')]))
@@ -248,7 +248,7 @@ async function modelPage(ctx, name) {
   async function refreshCharts() {
     const stats = await api('GET', `/models/${enc(name)}/statistics`, undefined, ctx.signal);
     const series = (field) => stats.versions.map((v) => ({ label: `v${v.version}`, points: v.points.map((p) => [p.time_ms, p[field]]) }));
-    clear(charts).append(
+    fill(charts, 
       lineChart('Requests', 'req/s', series('requests_per_s')),
       lineChart('Errors', 'err/s', series('errors_per_s')),
       lineChart('Mean latency', 'ms', series('mean_latency_ms')),
@@ -267,7 +267,7 @@ async function rolloutPage(ctx, name, params) {
   view.append(h('p', {}, link(`#/models/${enc(name)}`, `← Model ${name}`)), status, finished);
   const generation = Number(params.get('generation') || 0);
   const render = (r) => {
-    clear(status).append(
+    fill(status, 
       h('p', {}, 'Generation ', h('strong', { id: 'rollout-generation' }, String(r.generation)), ' · ', r.reason || 'deploy',
         ' · ', specText(r.spec), ' · ', phaseBadge(r.phase, 'rollout-phase')),
       r.message ? h('p', { id: 'rollout-message', class: r.phase === 'failed' ? 'error' : '' }, r.message) : null,
@@ -285,7 +285,7 @@ async function rolloutPage(ctx, name, params) {
     finished.textContent = 'Rollout finished.';
   } catch (error) {
     if (ctx.signal.aborted) return;
-    clear(status).append(failure(error));
+    fill(status, failure(error));
     finished.textContent = '';
   }
 }
@@ -300,7 +300,7 @@ async function workersPage(ctx) {
     const key = JSON.stringify(list.workers);
     if (key === shown) return;
     shown = key;
-    clear(body).append(table('Workers', ['Worker', 'Pool', 'Inference address', 'Control plane', 'Connected',
+    fill(body, table('Workers', ['Worker', 'Pool', 'Inference address', 'Control plane', 'Connected',
       'Revision (sent / acked)', 'Holds', 'Acknowledged'], list.workers.map((w) => [
       w.worker_id, w.pool, h('code', {}, w.inference_address), w.control_plane, time(w.connected_at_ms),
       `${w.desired_revision} / ${w.acked_revision}`,
@@ -324,7 +324,7 @@ async function tokensPage(ctx) {
   view.append(form, created, list);
   async function refresh() {
     const tokens = await api('GET', '/tokens?include_revoked=true', undefined, ctx.signal);
-    clear(list).append(table('Tokens', ['Id', 'Role', 'Description', 'Created', 'By', 'Revoked', ''],
+    fill(list, table('Tokens', ['Id', 'Role', 'Description', 'Created', 'By', 'Revoked', ''],
       tokens.tokens.map((t) => {
         const revoke = t.revoked_at_ms ? null : h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke ${t.id}` }, 'Revoke');
         if (revoke) {
@@ -341,7 +341,7 @@ async function tokensPage(ctx) {
     event.preventDefault();
     try {
       const answer = await api('POST', '/tokens', { role: role.value, description: description.value });
-      clear(created).append(h('p', { class: 'secret' }, `New ${answer.token.role} token (shown once, copy it now): `,
+      fill(created, h('p', { class: 'secret' }, `New ${answer.token.role} token (shown once, copy it now): `,
         h('code', { id: 'token-secret' }, answer.secret)));
       description.value = '';
       await refresh();
@@ -367,7 +367,7 @@ async function auditPage(ctx) {
     const shown = entries.filter((e) => (!w || e.principal.toLowerCase().includes(w))
       && (!m || e.method.toLowerCase().includes(m) || e.request.toLowerCase().includes(m))
       && (!result.value || (result.value === 'OK' ? e.code === 'OK' : e.code !== 'OK')));
-    clear(body).append(table('Audit trail', ['When', 'Who', 'Role', 'What', 'Request', 'Result', 'Peer'],
+    fill(body, table('Audit trail', ['When', 'Who', 'Role', 'What', 'Request', 'Result', 'Peer'],
       shown.map((e) => [time(e.time_ms), e.principal, e.role, e.method.split('/').pop(), h('code', {}, e.request),
         e.code === 'OK' ? 'OK' : h('span', { class: 'error' }, `${e.code} ${e.message}`), e.peer]), 'No entry matches.'));
   };
@@ -455,7 +455,7 @@ function loginPage(message) {
     session.set(input.value.trim());
     if (await identify()) route(); else { session.clear(); error.textContent = 'That token was refused.'; }
   });
-  clear(view).append(form);
+  fill(view, form);
   input.focus();
 }
 
@@ -464,13 +464,13 @@ function loginPage(message) {
 async function identify() {
   try { me = await api('GET', '/whoami'); } catch { me = null; }
   if (!me) return false;
-  clear(nav).append(
+  fill(nav, 
     link('#/models', 'Models'), link('#/workers', 'Workers'),
     may('admin') ? link('#/tokens', 'Tokens') : null, may('admin') ? link('#/audit', 'Audit') : null);
   nav.hidden = false;
   const out = h('button', { type: 'button', id: 'logout' }, 'Sign out');
   out.addEventListener('click', () => { session.clear(); me = null; location.hash = '#/models'; loginPage('Signed out.'); });
-  clear(who).append(h('span', { id: 'whoami' }, `${me.principal} · ${me.role}`), ' ', out);
+  fill(who, h('span', { id: 'whoami' }, `${me.principal} · ${me.role}`), ' ', out);
   return true;
 }
 

@@ -32,7 +32,8 @@ export function lineChart(title, unit, series) {
   root.append(svg('text', { x: pad.left, y: 14, class: 'chart-title' }, `${title} (${unit})`));
   const t0 = all.length ? Math.min(...all.map((p) => p[0])) : 0;
   const t1 = all.length ? Math.max(...all.map((p) => p[0])) : 1;
-  const top = Math.max(1e-9, ...all.map((p) => p[1])) * 1.1;
+  const highest = Math.max(0, ...all.map((p) => p[1]));
+  const top = highest > 0 ? highest * 1.1 : 1; // an idle version still gets a readable axis
   const x = (t) => pad.left + ((t - t0) / Math.max(1, t1 - t0)) * (width - pad.left - pad.right);
   const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
   root.append(svg('line', { x1: pad.left, y1: y(0), x2: width - pad.right, y2: y(0), class: 'axis' }));
@@ -51,6 +52,7 @@ export function lineChart(title, unit, series) {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => `${j ? 'L' : 'M'}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
     root.append(svg('path', { d, class: `line s${i % 6}` }));
+    for (const p of s.points) root.append(svg('circle', { cx: x(p[0]).toFixed(1), cy: y(p[1]).toFixed(1), r: 2.5, class: `dot s${i % 6}` }));
   });
   figure.append(root);
   const legend = document.createElement('figcaption');

@@ -76,3 +76,8 @@ export function confirmAction(title, text, label = 'Confirm') {
     dialog.showModal();
   });
 }
+
+// Replaces the children of el (skipping null/false, unlike the DOM's own append).
+export function fill(el, ...children) {
+  return append(clear(el), children);
+}

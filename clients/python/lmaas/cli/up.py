@@ -210,6 +210,7 @@ def _instructions(cp: str, cp_metrics: str, worker: str, w_metrics: str, state: 
     ]
     if cp_http:
         lines.append(f"  REST API       http://{cp_http}/api/v1   OpenAPI http://{cp_http}/openapi.json")
+        lines.append(f"  web console    http://{cp_http}/   (sign in with the token in {admin_file})")
     if w_http:
         lines.append(f"  worker HTTP    http://{w_http}/v2   (OIP v2 REST: tritonclient.http, curl)")
     if demo:
