@@ -184,3 +184,26 @@ async def test_waiting_queue_bound_is_resource_exhausted(smollm2: Path) -> None:
         await waiting.aclose()
     finally:
         eng.close()
+
+
+async def test_eos_ends_with_stop_unless_ignore_eos(engine: LLMEngine) -> None:
+    prompt = engine.chat_prompt([ChatMessage("user", "What is the capital of France?")])
+    answered = await collect(engine, prompt, SamplingParams(max_tokens=40, temperature=0.0))
+    assert answered[-1].finish_reason == "stop" and answered[-1].completion_tokens < 40
+    assert "Paris" in text(answered)
+    assert "<|im_end|>" not in text(answered)  # the EOS token is not text
+    ignored = await collect(engine, prompt, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+    assert ignored[-1].finish_reason == "length" and ignored[-1].completion_tokens == 40
+
+
+async def test_penalties_discourage_repeated_tokens(engine: LLMEngine) -> None:
+    """Frequency (OpenAI: output tokens, per occurrence) and repetition (HF: prompt + output) penalties."""
+    prompt = "1, 2, 3, 4,"
+    plain = ids(await collect(engine, prompt))
+    for params in (
+        SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, frequency_penalty=2.0),
+        SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, repetition_penalty=1.5),
+    ):
+        penalised = ids(await collect(engine, prompt, params))
+        assert penalised != plain
+        assert len(set(penalised)) > len(set(plain))  # "," and " " repeat less
