@@ -1,6 +1,6 @@
 """The README's curl examples, each run as a subprocess against a live ``lmaas up`` on its default ports.
 
-:data:`EXAMPLES` is the README block, verbatim (after ``lmaas up`` and the quick tour's
+:data:`EXAMPLES` is read from the README block, verbatim (after ``lmaas up`` and the quick tour's
 ``export LMAAS_TOKEN=$(cat .lmaas/up/admin.token)``; ``model.onnx`` and ``model-v2.onnx`` stand for the
 user's files, which the test writes). :data:`EXPECT` holds what each answer must contain.
 """
@@ -20,23 +20,20 @@ from pathlib import Path
 import pytest
 from cp_harness import write_scale_onnx
 
-EXAMPLES = [
-    # infer on the worker (OIP v2 REST)
-    """curl -s 127.0.0.1:8000/v2/models/demo/infer -H 'Content-Type: application/json' -d '{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}]}'""",  # noqa: E501
-    # push two versions (the answer carries "version": N)
-    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN" -H 'X-LMaaS-Format: onnx' -H "X-LMaaS-Sha256: $(sha256sum model.onnx | cut -d' ' -f1)" --data-binary @model.onnx""",  # noqa: E501
-    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN" -H 'X-LMaaS-Format: onnx' -H "X-LMaaS-Sha256: $(sha256sum model-v2.onnx | cut -d' ' -f1)" --data-binary @model-v2.onnx""",  # noqa: E501
-    # deploy, and follow the rollout (server-sent events until it succeeds or fails)
-    """curl -s -X PUT 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN" -H 'Content-Type: application/json' -d '{"version": 1}'""",  # noqa: E501
-    """curl -sN 127.0.0.1:8080/api/v1/deployments/mlp/rollout/events -H "Authorization: Bearer $LMAAS_TOKEN\"""",
-    # canary: 30 % of the requests that name no version go to v2
-    """curl -s -X PUT 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN" -H 'Content-Type: application/json' -d '{"version": 1, "canary": {"version": 2, "weight": 30}}'""",  # noqa: E501
-    # roll back to the previous deployment (or -d '{"to": 1}')
-    """curl -s -X POST 127.0.0.1:8080/api/v1/deployments/mlp/rollback -H "Authorization: Bearer $LMAAS_TOKEN\"""",
-    # current state and history; version history
-    """curl -s 127.0.0.1:8080/api/v1/deployments/mlp -H "Authorization: Bearer $LMAAS_TOKEN\"""",
-    """curl -s 127.0.0.1:8080/api/v1/models/mlp/versions -H "Authorization: Bearer $LMAAS_TOKEN\"""",
-]
+README = Path(__file__).resolve().parents[3] / "README.md"
+MARKER = "<!-- curl-examples:"
+
+
+def readme_examples() -> list[str]:
+    """The ``curl`` lines of the README block under :data:`MARKER`, in order (comments skipped)."""
+    text = README.read_text()
+    block = text[text.index(MARKER):]
+    block = block[block.index("```bash\n") + len("```bash\n"):]
+    block = block[: block.index("```")]
+    return [line for line in block.splitlines() if line.startswith("curl ")]
+
+
+EXAMPLES = readme_examples()
 
 EXPECT = [
     '"data":[1.0,3.0,5.0,7.0]',
