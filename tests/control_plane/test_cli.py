@@ -113,7 +113,8 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmaas.cli", "up", "--state-dir", str(tmp_path / "up"), "--control-plane-port", "0",
-         "--control-plane-metrics-port", "0", "--worker-port", "0", "--worker-metrics-port", "0"],
+         "--control-plane-metrics-port", "0", "--worker-port", "0", "--worker-metrics-port", "0",
+         "--control-plane-http-port", "0", "--worker-http-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: list[str] = []
