@@ -60,6 +60,8 @@ class NewVersion:
     config_json: str = ""
     parent_version: int = 0
     description: str = ""
+    #: How the version was derived from ``parent_version`` (``lmaas model optimize``); None for a plain push.
+    derivation: pb.Derivation | None = None
 
 
 class Registry:
@@ -123,6 +125,8 @@ class Registry:
             _check_config(new.config_json)
         if new.parent_version < 0:
             raise InvalidArgument(f"invalid parent_version {new.parent_version}")
+        if new.derivation is not None and new.derivation.recipe and not new.parent_version:
+            raise InvalidArgument(f"a derived version (recipe {new.derivation.recipe!r}) needs its parent_version")
 
     async def register_version(self, new: NewVersion, *, created_by: str) -> tuple[pb.ModelVersion, int, bool]:
         """Assign the next version number to a stored artifact; returns (version, revision, existing).
@@ -149,7 +153,7 @@ class Registry:
                     same: pb.ModelVersion = pb.ModelVersion.FromString(latest.value)
                     if (same.digest, same.format, same.config_json, same.parent_version) == (
                         new.digest, new.format, new.config_json, new.parent_version
-                    ):
+                    ) and same.derivation.recipe == (new.derivation.recipe if new.derivation else ""):
                         return same, latest.mod_revision, True
             if new.parent_version and not 0 < new.parent_version <= model.latest_version:
                 raise FailedPrecondition(f"parent version {new.parent_version} of model '{new.model}' does not exist")
@@ -159,6 +163,8 @@ class Registry:
                 config_json=new.config_json, size_bytes=size, created_at_ms=self._clock(), created_by=created_by,
                 parent_version=new.parent_version, description=new.description,
             )
+            if new.derivation is not None and new.derivation.recipe:
+                version.derivation.CopyFrom(new.derivation)
             vkey = keys.version(new.model, version.version)
             result = await self._store.txn(
                 [guard, Compare.absent(vkey)],

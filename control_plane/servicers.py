@@ -105,6 +105,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         new = NewVersion(
             model=h.model, digest=h.digest, format=h.format, config_json=h.config_json,
             parent_version=h.parent_version, description=h.description,
+            derivation=h.derivation if h.HasField("derivation") else None,
         )
         self._registry.validate(new)
         chunks = _chunks(request_iterator, "CreateVersion")

@@ -13,6 +13,9 @@ from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AccuracyMeasurement",
+    "Derivation",
+    "SpeedMeasurement",
     "ArtifactStored",
     "AuditEntry",
     "AuditPage",
@@ -118,6 +121,47 @@ class CreateModel(_In):
                                      examples=[{"team": "risk"}])
 
 
+class SpeedMeasurement(_Out):
+    """Throughput of a derived version beside its parent (one process, same engine and threads)."""
+
+    batch: int = Field(description="Batch size of each timed call.", examples=[1])
+    parent_samples_per_s: float = Field(description="The parent's samples per second.", examples=[5506.0])
+    derived_samples_per_s: float = Field(description="The derived version's samples per second.", examples=[10571.0])
+    speedup: float = Field(description="derived / parent.", examples=[1.92])
+
+
+class AccuracyMeasurement(_Out):
+    """Accuracy of a derived version against the reference outputs."""
+
+    reference: str = Field(description="eval (expected outputs given), eval-parent or sampled-parent (the "
+                                       "parent's outputs on the eval inputs or on sampled inputs).",
+                           examples=["sampled-parent"])
+    samples: int = Field(description="Samples compared.", examples=[64])
+    max_abs_error: float = Field(description="Largest absolute difference.", examples=[0.0018])
+    mean_abs_error: float = Field(description="Mean absolute difference.", examples=[0.00028])
+    max_rel_error: float = Field(description="max_abs_error / largest absolute reference value.", examples=[0.018])
+    mean_rel_error: float = Field(description="mean_abs_error / mean absolute reference value.", examples=[0.004])
+    top1_agreement: float | None = Field(description="Share of samples whose arg-max agrees (classification).",
+                                         examples=[1.0])
+
+
+class Derivation(_Out):
+    """How a derived version was made from its parent (`lmaas model optimize`) and what it measured."""
+
+    recipe: str = Field(description="int8-dynamic, int8-static, fp16, ort-optimize, tune, prune, merge, compress.",
+                        examples=["int8-static"])
+    params: dict[str, str] = Field(description="Every recipe parameter, values as JSON text.",
+                                   examples=[{"per_channel": "true"}])
+    tool_versions: dict[str, str] = Field(description="Versions of the tools used.", examples=[{"onnx": "1.17.0"}])
+    parent_size_bytes: int = Field(description="The parent's artifact size.", examples=[3680000])
+    size_bytes: int = Field(description="This version's artifact size.", examples=[956800])
+    speed: list[SpeedMeasurement] = Field(description="Throughput beside the parent per batch size.")
+    accuracy: AccuracyMeasurement | None = Field(description="Accuracy against the reference; null if not measured.")
+    max_error: float = Field(description="The gate passed (largest allowed max_rel_error); 0 = none.",
+                             examples=[0.02])
+    merged_versions: list[int] = Field(description="Other versions merged into this one (merge).", examples=[[2, 3]])
+
+
 class ModelVersion(_Out):
     """One immutable version: a verified artifact, its format and configuration, and its lineage."""
 
@@ -132,6 +176,8 @@ class ModelVersion(_Out):
     created_by: str = Field(description="Who registered it.", examples=["token:0123456789ab"])
     parent_version: int = Field(description="The version it derives from; 0 = none.", examples=[1])
     description: str = Field(description="Free text (release notes...).", examples=["retrained on May data"])
+    derivation: Derivation | None = Field(default=None, description="How it was derived from parent_version "
+                                          "(`lmaas model optimize`); null for a plain push.")
 
 
 class VersionList(_Out):
@@ -176,7 +222,24 @@ def _version_fields(v: pb.ModelVersion) -> dict[str, object]:
         "model": v.model, "version": v.version, "digest": v.digest, "format": v.format, "config_json": v.config_json,
         "size_bytes": v.size_bytes, "created_at_ms": v.created_at_ms, "created_by": v.created_by,
         "parent_version": v.parent_version, "description": v.description,
+        "derivation": derivation(v.derivation) if v.HasField("derivation") else None,
     }
+
+
+def derivation(d: pb.Derivation) -> Derivation:
+    a = d.accuracy
+    accuracy = AccuracyMeasurement(
+        reference=a.reference, samples=a.samples, max_abs_error=a.max_abs_error, mean_abs_error=a.mean_abs_error,
+        max_rel_error=a.max_rel_error, mean_rel_error=a.mean_rel_error,
+        top1_agreement=a.top1_agreement if a.HasField("top1_agreement") else None,
+    ) if d.HasField("accuracy") else None
+    return Derivation(
+        recipe=d.recipe, params=dict(d.params), tool_versions=dict(d.tool_versions),
+        parent_size_bytes=d.parent_size_bytes, size_bytes=d.size_bytes,
+        speed=[SpeedMeasurement(batch=m.batch, parent_samples_per_s=m.parent_samples_per_s,
+                                derived_samples_per_s=m.derived_samples_per_s, speedup=m.speedup) for m in d.speed],
+        accuracy=accuracy, max_error=d.max_error, merged_versions=list(d.merged_versions),
+    )
 
 
 def version(v: pb.ModelVersion) -> ModelVersion:

@@ -258,6 +258,58 @@ def versions(name: str, conn: Connection) -> None:
         except NotFound:
             spec = None
         out.print(versions_table(name, listed, spec))
+        if any(v.parent_version for v in listed):
+            from lmaas.optimize.lineage import lineage_tree
+
+            out.print(lineage_tree(name, listed))
+
+
+_RECIPE_NAMES = ("int8-dynamic", "int8-static", "fp16", "ort-optimize", "tune", "prune", "merge")  # lmaas.optimize
+
+
+@model.command("optimize")
+@click.argument("name")
+@click.argument("version", type=int)
+@_opt("--recipe", env="LMAAS_RECIPE", required=True, help=f"One of {', '.join(_RECIPE_NAMES)}.")
+@_opt("--eval", "eval_file", env="LMAAS_EVAL", type=_FILE,
+      help="Eval data (.npz of named inputs, optionally expected outputs); default: sampled inputs, parent's outputs.")
+@_opt("--calibration", env="LMAAS_CALIBRATION", type=_FILE, help="Calibration data (.npz) for int8-static.")
+@_opt("--max-error", env="LMAAS_MAX_ERROR", type=float, default=None,
+      help="Largest max relative error accepted (default per recipe: int8 0.05, fp16 0.01).")
+@_opt("--deploy-canary", env="LMAAS_DEPLOY_CANARY", type=click.IntRange(0, 100), default=0,
+      help="Deploy the derived version as a canary of W percent beside the current stable version.")
+@_opt("--with", "with_versions", env="LMAAS_WITH", default="", help="merge: the other versions, V2,V3.")
+@_opt("--sparsity", env="LMAAS_SPARSITY", type=float, default=0.5, help="prune: fraction of weights zeroed.")
+@_opt("--structured", env="LMAAS_STRUCTURED", is_flag=True, help="prune: whole rows/channels by L2 norm.")
+@_opt("--threads", env="LMAAS_OPTIMIZE_THREADS", type=int, default=1, help="Intra-op threads of the timing.")
+@_opt("--seconds", env="LMAAS_OPTIMIZE_SECONDS", type=float, default=1.0, help="Timing per model and batch size.")
+@_client_options
+@_errors
+def optimize(name: str, version: int, recipe: str, eval_file: Path | None, calibration: Path | None,
+             max_error: float | None, deploy_canary: int, with_versions: str, sparsity: float, structured: bool,
+             threads: int, seconds: float, conn: Connection) -> None:
+    """Derive a version of NAME VERSION with a recipe, measured beside it; prints "NAME: derived version N ...".
+
+    The work runs here: the parent is downloaded, optimised, timed beside the parent (batch 1 and 8, same
+    threads) and compared on the eval data; over the gate nothing is registered (FAILED_PRECONDITION).
+    """
+    from lmaas.cli._render import err, out
+    from lmaas.optimize import optimize as run, summary
+    from lmaas.protos.errors import InvalidArgument
+
+    try:
+        others = [int(v) for v in with_versions.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgument(f"--with {with_versions!r}: expected version numbers, e.g. 2,3") from None
+    with conn.client() as client:
+        result = run(client, name, version, recipe, eval_file=eval_file, calibration_file=calibration,
+                     max_error=max_error, deploy_canary=deploy_canary, with_versions=others,
+                     options={"sparsity": sparsity, "structured": structured}, threads=threads, seconds=seconds,
+                     progress=lambda step: err.print(f"[dim]{step}...[/]"))
+    assert result.version is not None
+    canary = f"; canary {deploy_canary}%" if deploy_canary else ""
+    out.print(f"{name}: derived version {result.version.version} of version {version} by "
+              f"{summary(result.derivation)}{canary}", soft_wrap=True, highlight=False)
 
 
 # -- deployments ------------------------------------------------------------------------------------------

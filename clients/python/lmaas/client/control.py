@@ -22,6 +22,7 @@ that are safe to repeat (reads, uploads, deploys); a rollback is sent once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,14 +212,17 @@ class ControlPlaneClient:
 
     def push(self, name: str, file: str | Path, *, format: str | None = None,
              config: str | Path | Mapping[str, Any] | None = None, description: str = "", parent_version: int = 0,
-             progress: Progress | None = None, timeout: float | None = None) -> resources_pb2.ModelVersion:
+             progress: Progress | None = None, timeout: float | None = None,
+             derivation: resources_pb2.Derivation | None = None) -> resources_pb2.ModelVersion:
         """Upload ``file`` (or a directory) as the next version of ``name`` and return it (see :meth:`upload`)."""
         return self.upload(name, file, format=format, config=config, description=description,
-                           parent_version=parent_version, progress=progress, timeout=timeout).version
+                           parent_version=parent_version, progress=progress, timeout=timeout,
+                           derivation=derivation).version
 
     def upload(self, name: str, file: str | Path, *, format: str | None = None,
                config: str | Path | Mapping[str, Any] | None = None, description: str = "", parent_version: int = 0,
-               progress: Progress | None = None, timeout: float | None = None) -> registry_pb2.CreateVersionResponse:
+               progress: Progress | None = None, timeout: float | None = None,
+               derivation: resources_pb2.Derivation | None = None) -> registry_pb2.CreateVersionResponse:
         """Upload ``file`` as the next version of ``name``; the reply says whether bytes or a version were reused.
 
         The format comes from the file name unless given. Bytes the control
@@ -246,6 +250,8 @@ class ControlPlaneClient:
             digest=_sha256(path), size_bytes=path.stat().st_size, parent_version=parent_version,
             description=description,
         )
+        if derivation is not None:  # a derived version: lmaas.optimize fills it
+            header.derivation.CopyFrom(derivation)
 
         def attempt(left: float | None) -> registry_pb2.CreateVersionResponse:
             status: registry_pb2.GetUploadStatusResponse = self._registry.GetUploadStatus(
@@ -344,6 +350,31 @@ class ControlPlaneClient:
                 sent += len(block)
                 if progress:
                     progress(sent, header.size_bytes)
+
+    def download(self, name: str, version: int, dest: str | Path, *,
+                 timeout: float | None = None) -> resources_pb2.ModelVersion:
+        """Write the artifact of single-file version ``version`` to ``dest`` (verified by sha256) and return the
+        version. Uses ``Artifacts.Download``; with auth on, the token needs the sync permission (worker or admin)."""
+        from lmaas.protos.errors import DataLoss
+        from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc
+
+        v = self.get_version(name, version)
+        if get_format(v.format).directory:
+            raise InvalidArgument(f"version {version} of model '{name}' is a directory version ({v.format})")
+        stub = artifacts_pb2_grpc.ArtifactsStub(self._channel)
+        path = Path(dest)
+        h = hashlib.sha256()
+        try:
+            with path.open("wb") as f:
+                for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=v.digest), metadata=self.metadata or None,
+                                           timeout=timeout or self.default_timeout):
+                    f.write(chunk.data)
+                    h.update(chunk.data)
+        except grpc.RpcError as exc:
+            raise to_error(exc) from exc
+        if h.hexdigest() != v.digest:
+            raise DataLoss(f"downloaded artifact has sha256:{h.hexdigest()}, expected sha256:{v.digest}")
+        return v
 
     # -- deployments ----------------------------------------------------------------------------------------
 

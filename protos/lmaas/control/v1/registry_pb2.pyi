@@ -103,7 +103,7 @@ class GetUploadStatusResponse(_message.Message):
     def __init__(self, exists: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class CreateVersionHeader(_message.Message):
-    __slots__ = ("model", "format", "config_json", "digest", "size_bytes", "offset", "parent_version", "description")
+    __slots__ = ("model", "format", "config_json", "digest", "size_bytes", "offset", "parent_version", "description", "derivation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class CreateVersionHeader(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DERIVATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     format: str
     config_json: str
@@ -120,7 +121,8 @@ class CreateVersionHeader(_message.Message):
     offset: int
     parent_version: int
     description: str
-    def __init__(self, model: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., parent_version: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    derivation: _resources_pb2.Derivation
+    def __init__(self, model: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., parent_version: _Optional[int] = ..., description: _Optional[str] = ..., derivation: _Optional[_Union[_resources_pb2.Derivation, _Mapping]] = ...) -> None: ...
 
 class CreateVersionRequest(_message.Message):
     __slots__ = ("header", "chunk")

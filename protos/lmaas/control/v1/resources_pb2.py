@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n lmaas/control/v1/resources.proto\x12\x10lmaas.control.v1\"\xd7\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.lmaas.control.v1.Model.MetadataEntry\x12\x16\n\x0elatest_version\x18\x04 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12\x16\n\x0eparent_version\x18\t \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\"f\n\x0e\x44\x65ploymentSpec\x12\x16\n\x0estable_version\x18\x01 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x02 \x01(\x03\x12\x15\n\rcanary_weight\x18\x03 \x01(\x05\x12\r\n\x05pools\x18\x04 \x03(\t\"\xb2\x01\n\x10\x44\x65ploymentRecord\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x08\"\xab\x01\n\nDeployment\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x33\n\x07history\x18\x04 \x03(\x0b\x32\".lmaas.control.v1.DeploymentRecord\x12\x15\n\rupdated_at_ms\x18\x05 \x01(\x03\"f\n\rWorkerRollout\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.lmaas.control.v1.WorkerRolloutState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xaa\x02\n\x07Rollout\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12.\n\x04spec\x18\x03 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12-\n\x05phase\x18\x04 \x01(\x0e\x32\x1e.lmaas.control.v1.RolloutPhase\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x03\x12\x1b\n\x13restored_generation\x18\t \x01(\x03\x12\x30\n\x07workers\x18\n \x03(\x0b\x32\x1f.lmaas.control.v1.WorkerRollout\"=\n\x0bHeldVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\x88\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x19\n\x11inference_address\x18\x03 \x01(\t\x12\x15\n\rcontrol_plane\x18\x04 \x01(\t\x12\x17\n\x0f\x63onnected_at_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x64\x65sired_revision\x18\x06 \x01(\x03\x12\x16\n\x0e\x61\x63ked_revision\x18\x07 \x01(\x03\x12+\n\x04held\x18\x08 \x03(\x0b\x32\x1d.lmaas.control.v1.HeldVersion\x12/\n\x06models\x18\t \x03(\x0b\x32\x1f.lmaas.control.v1.ObservedModel\"\xab\x01\n\rObservedModel\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_revision\x18\x04 \x01(\x03\x12\n\n\x02ok\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x17\n\x0floaded_versions\x18\x07 \x03(\x03\x12\x15\n\rupdated_at_ms\x18\x08 \x01(\x03\"\xbb\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.lmaas.control.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x07 \x01(\x03\x12\x12\n\nrevoked_by\x18\x08 \x01(\t\"\xb5\x01\n\nAuditEntry\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.lmaas.control.v1.Role\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07request\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07replica\x18\x08 \x01(\t\x12\x0c\n\x04peer\x18\t \x01(\t*\xa1\x01\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_PHASE_PROGRESSING\x10\x01\x12\x1b\n\x17ROLLOUT_PHASE_SUCCEEDED\x10\x02\x12\x18\n\x14ROLLOUT_PHASE_FAILED\x10\x03\x12\x1c\n\x18ROLLOUT_PHASE_SUPERSEDED\x10\x04*\x9d\x01\n\x12WorkerRolloutState\x12$\n WORKER_ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cWORKER_ROLLOUT_STATE_PENDING\x10\x01\x12\x1e\n\x1aWORKER_ROLLOUT_STATE_ACKED\x10\x02\x12\x1f\n\x1bWORKER_ROLLOUT_STATE_NACKED\x10\x03*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x11\n\rROLE_DEPLOYER\x10\x02\x12\x0f\n\x0bROLE_WORKER\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n lmaas/control/v1/resources.proto\x12\x10lmaas.control.v1\"\xd7\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.lmaas.control.v1.Model.MetadataEntry\x12\x16\n\x0elatest_version\x18\x04 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x02\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12\x16\n\x0eparent_version\x18\t \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x30\n\nderivation\x18\x0b \x01(\x0b\x32\x1c.lmaas.control.v1.Derivation\"o\n\x10SpeedMeasurement\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x05\x12\x1c\n\x14parent_samples_per_s\x18\x02 \x01(\x01\x12\x1d\n\x15\x64\x65rived_samples_per_s\x18\x03 \x01(\x01\x12\x0f\n\x07speedup\x18\x04 \x01(\x01\"\xc7\x01\n\x13\x41\x63\x63uracyMeasurement\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x01(\x03\x12\x15\n\rmax_abs_error\x18\x03 \x01(\x01\x12\x16\n\x0emean_abs_error\x18\x04 \x01(\x01\x12\x15\n\rmax_rel_error\x18\x05 \x01(\x01\x12\x16\n\x0emean_rel_error\x18\x06 \x01(\x01\x12\x1b\n\x0etop1_agreement\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_top1_agreement\"\xc8\x03\n\nDerivation\x12\x0e\n\x06recipe\x18\x01 \x01(\t\x12\x38\n\x06params\x18\x02 \x03(\x0b\x32(.lmaas.control.v1.Derivation.ParamsEntry\x12\x45\n\rtool_versions\x18\x03 \x03(\x0b\x32..lmaas.control.v1.Derivation.ToolVersionsEntry\x12\x19\n\x11parent_size_bytes\x18\x04 \x01(\x03\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x31\n\x05speed\x18\x06 \x03(\x0b\x32\".lmaas.control.v1.SpeedMeasurement\x12\x37\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x0b\x32%.lmaas.control.v1.AccuracyMeasurement\x12\x11\n\tmax_error\x18\x08 \x01(\x01\x12\x17\n\x0fmerged_versions\x18\t \x03(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11ToolVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x0e\x44\x65ploymentSpec\x12\x16\n\x0estable_version\x18\x01 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x02 \x01(\x03\x12\x15\n\rcanary_weight\x18\x03 \x01(\x05\x12\r\n\x05pools\x18\x04 \x03(\t\"\xb2\x01\n\x10\x44\x65ploymentRecord\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x08\"\xab\x01\n\nDeployment\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x33\n\x07history\x18\x04 \x03(\x0b\x32\".lmaas.control.v1.DeploymentRecord\x12\x15\n\rupdated_at_ms\x18\x05 \x01(\x03\"f\n\rWorkerRollout\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.lmaas.control.v1.WorkerRolloutState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xaa\x02\n\x07Rollout\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12.\n\x04spec\x18\x03 \x01(\x0b\x32 .lmaas.control.v1.DeploymentSpec\x12-\n\x05phase\x18\x04 \x01(\x0e\x32\x1e.lmaas.control.v1.RolloutPhase\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x03\x12\x1b\n\x13restored_generation\x18\t \x01(\x03\x12\x30\n\x07workers\x18\n \x03(\x0b\x32\x1f.lmaas.control.v1.WorkerRollout\"=\n\x0bHeldVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\x88\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x19\n\x11inference_address\x18\x03 \x01(\t\x12\x15\n\rcontrol_plane\x18\x04 \x01(\t\x12\x17\n\x0f\x63onnected_at_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x64\x65sired_revision\x18\x06 \x01(\x03\x12\x16\n\x0e\x61\x63ked_revision\x18\x07 \x01(\x03\x12+\n\x04held\x18\x08 \x03(\x0b\x32\x1d.lmaas.control.v1.HeldVersion\x12/\n\x06models\x18\t \x03(\x0b\x32\x1f.lmaas.control.v1.ObservedModel\"\xab\x01\n\rObservedModel\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_revision\x18\x04 \x01(\x03\x12\n\n\x02ok\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x17\n\x0floaded_versions\x18\x07 \x03(\x03\x12\x15\n\rupdated_at_ms\x18\x08 \x01(\x03\"\xbb\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.lmaas.control.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x07 \x01(\x03\x12\x12\n\nrevoked_by\x18\x08 \x01(\t\"\xb5\x01\n\nAuditEntry\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.lmaas.control.v1.Role\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07request\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07replica\x18\x08 \x01(\t\x12\x0c\n\x04peer\x18\t \x01(\t*\xa1\x01\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_PHASE_PROGRESSING\x10\x01\x12\x1b\n\x17ROLLOUT_PHASE_SUCCEEDED\x10\x02\x12\x18\n\x14ROLLOUT_PHASE_FAILED\x10\x03\x12\x1c\n\x18ROLLOUT_PHASE_SUPERSEDED\x10\x04*\x9d\x01\n\x12WorkerRolloutState\x12$\n WORKER_ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cWORKER_ROLLOUT_STATE_PENDING\x10\x01\x12\x1e\n\x1aWORKER_ROLLOUT_STATE_ACKED\x10\x02\x12\x1f\n\x1bWORKER_ROLLOUT_STATE_NACKED\x10\x03*a\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x11\n\rROLE_DEPLOYER\x10\x02\x12\x0f\n\x0bROLE_WORKER\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +34,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_METADATAENTRY']._loaded_options = None
   _globals['_MODEL_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLLOUTPHASE']._serialized_start=2225
-  _globals['_ROLLOUTPHASE']._serialized_end=2386
-  _globals['_WORKERROLLOUTSTATE']._serialized_start=2389
-  _globals['_WORKERROLLOUTSTATE']._serialized_end=2546
-  _globals['_ROLE']._serialized_start=2548
-  _globals['_ROLE']._serialized_end=2645
+  _globals['_DERIVATION_PARAMSENTRY']._loaded_options = None
+  _globals['_DERIVATION_PARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_DERIVATION_TOOLVERSIONSENTRY']._loaded_options = None
+  _globals['_DERIVATION_TOOLVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLLOUTPHASE']._serialized_start=3049
+  _globals['_ROLLOUTPHASE']._serialized_end=3210
+  _globals['_WORKERROLLOUTSTATE']._serialized_start=3213
+  _globals['_WORKERROLLOUTSTATE']._serialized_end=3370
+  _globals['_ROLE']._serialized_start=3372
+  _globals['_ROLE']._serialized_end=3469
   _globals['_MODEL']._serialized_start=55
   _globals['_MODEL']._serialized_end=270
   _globals['_MODEL_METADATAENTRY']._serialized_start=223
   _globals['_MODEL_METADATAENTRY']._serialized_end=270
   _globals['_MODELVERSION']._serialized_start=273
-  _globals['_MODELVERSION']._serialized_end=480
-  _globals['_DEPLOYMENTSPEC']._serialized_start=482
-  _globals['_DEPLOYMENTSPEC']._serialized_end=584
-  _globals['_DEPLOYMENTRECORD']._serialized_start=587
-  _globals['_DEPLOYMENTRECORD']._serialized_end=765
-  _globals['_DEPLOYMENT']._serialized_start=768
-  _globals['_DEPLOYMENT']._serialized_end=939
-  _globals['_WORKERROLLOUT']._serialized_start=941
-  _globals['_WORKERROLLOUT']._serialized_end=1043
-  _globals['_ROLLOUT']._serialized_start=1046
-  _globals['_ROLLOUT']._serialized_end=1344
-  _globals['_HELDVERSION']._serialized_start=1346
-  _globals['_HELDVERSION']._serialized_end=1407
-  _globals['_WORKERINFO']._serialized_start=1410
-  _globals['_WORKERINFO']._serialized_end=1674
-  _globals['_OBSERVEDMODEL']._serialized_start=1677
-  _globals['_OBSERVEDMODEL']._serialized_end=1848
-  _globals['_TOKEN']._serialized_start=1851
-  _globals['_TOKEN']._serialized_end=2038
-  _globals['_AUDITENTRY']._serialized_start=2041
-  _globals['_AUDITENTRY']._serialized_end=2222
+  _globals['_MODELVERSION']._serialized_end=530
+  _globals['_SPEEDMEASUREMENT']._serialized_start=532
+  _globals['_SPEEDMEASUREMENT']._serialized_end=643
+  _globals['_ACCURACYMEASUREMENT']._serialized_start=646
+  _globals['_ACCURACYMEASUREMENT']._serialized_end=845
+  _globals['_DERIVATION']._serialized_start=848
+  _globals['_DERIVATION']._serialized_end=1304
+  _globals['_DERIVATION_PARAMSENTRY']._serialized_start=1206
+  _globals['_DERIVATION_PARAMSENTRY']._serialized_end=1251
+  _globals['_DERIVATION_TOOLVERSIONSENTRY']._serialized_start=1253
+  _globals['_DERIVATION_TOOLVERSIONSENTRY']._serialized_end=1304
+  _globals['_DEPLOYMENTSPEC']._serialized_start=1306
+  _globals['_DEPLOYMENTSPEC']._serialized_end=1408
+  _globals['_DEPLOYMENTRECORD']._serialized_start=1411
+  _globals['_DEPLOYMENTRECORD']._serialized_end=1589
+  _globals['_DEPLOYMENT']._serialized_start=1592
+  _globals['_DEPLOYMENT']._serialized_end=1763
+  _globals['_WORKERROLLOUT']._serialized_start=1765
+  _globals['_WORKERROLLOUT']._serialized_end=1867
+  _globals['_ROLLOUT']._serialized_start=1870
+  _globals['_ROLLOUT']._serialized_end=2168
+  _globals['_HELDVERSION']._serialized_start=2170
+  _globals['_HELDVERSION']._serialized_end=2231
+  _globals['_WORKERINFO']._serialized_start=2234
+  _globals['_WORKERINFO']._serialized_end=2498
+  _globals['_OBSERVEDMODEL']._serialized_start=2501
+  _globals['_OBSERVEDMODEL']._serialized_end=2672
+  _globals['_TOKEN']._serialized_start=2675
+  _globals['_TOKEN']._serialized_end=2862
+  _globals['_AUDITENTRY']._serialized_start=2865
+  _globals['_AUDITENTRY']._serialized_end=3046
 # @@protoc_insertion_point(module_scope)

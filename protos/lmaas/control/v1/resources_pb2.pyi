@@ -68,7 +68,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., latest_version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model", "version", "digest", "format", "config_json", "size_bytes", "created_at_ms", "created_by", "parent_version", "description")
+    __slots__ = ("model", "version", "digest", "format", "config_json", "size_bytes", "created_at_ms", "created_by", "parent_version", "description", "derivation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class ModelVersion(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DERIVATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     digest: str
@@ -89,7 +90,74 @@ class ModelVersion(_message.Message):
     created_by: str
     parent_version: int
     description: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., parent_version: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    derivation: Derivation
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., parent_version: _Optional[int] = ..., description: _Optional[str] = ..., derivation: _Optional[_Union[Derivation, _Mapping]] = ...) -> None: ...
+
+class SpeedMeasurement(_message.Message):
+    __slots__ = ("batch", "parent_samples_per_s", "derived_samples_per_s", "speedup")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    batch: int
+    parent_samples_per_s: float
+    derived_samples_per_s: float
+    speedup: float
+    def __init__(self, batch: _Optional[int] = ..., parent_samples_per_s: _Optional[float] = ..., derived_samples_per_s: _Optional[float] = ..., speedup: _Optional[float] = ...) -> None: ...
+
+class AccuracyMeasurement(_message.Message):
+    __slots__ = ("reference", "samples", "max_abs_error", "mean_abs_error", "max_rel_error", "mean_rel_error", "top1_agreement")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_REL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEAN_REL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    samples: int
+    max_abs_error: float
+    mean_abs_error: float
+    max_rel_error: float
+    mean_rel_error: float
+    top1_agreement: float
+    def __init__(self, reference: _Optional[str] = ..., samples: _Optional[int] = ..., max_abs_error: _Optional[float] = ..., mean_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., mean_rel_error: _Optional[float] = ..., top1_agreement: _Optional[float] = ...) -> None: ...
+
+class Derivation(_message.Message):
+    __slots__ = ("recipe", "params", "tool_versions", "parent_size_bytes", "size_bytes", "speed", "accuracy", "max_error", "merged_versions")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ToolVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPEED_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MERGED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    recipe: str
+    params: _containers.ScalarMap[str, str]
+    tool_versions: _containers.ScalarMap[str, str]
+    parent_size_bytes: int
+    size_bytes: int
+    speed: _containers.RepeatedCompositeFieldContainer[SpeedMeasurement]
+    accuracy: AccuracyMeasurement
+    max_error: float
+    merged_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, recipe: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tool_versions: _Optional[_Mapping[str, str]] = ..., parent_size_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., speed: _Optional[_Iterable[_Union[SpeedMeasurement, _Mapping]]] = ..., accuracy: _Optional[_Union[AccuracyMeasurement, _Mapping]] = ..., max_error: _Optional[float] = ..., merged_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
     __slots__ = ("stable_version", "canary_version", "canary_weight", "pools")
