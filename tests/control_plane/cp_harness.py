@@ -309,7 +309,8 @@ def start_control_plane(
 ) -> ServerProcess:
     """``lmaas control-plane`` on free ports; unless ``extra`` says otherwise, with :data:`ADMIN_TOKEN` as its
     bootstrap token (from ``tmp/admin.token``)."""
-    args = ["control-plane", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0", "--artifact-dir", str(tmp / "artifacts"),
+    args = ["control-plane", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
+            "--artifact-dir", str(tmp / "artifacts"),
             "--store", store or f"sqlite:///{tmp / 'control.db'}", "--grace", "1", *extra]
     if "--no-auth" not in extra and "--bootstrap-token-file" not in extra:
         token_file = tmp / "admin.token"
