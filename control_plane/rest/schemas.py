@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AccuracyMeasurement",
-    "Derivation",
-    "SpeedMeasurement",
     "ArtifactStored",
     "AuditEntry",
     "AuditPage",
@@ -28,6 +26,7 @@ __all__ = [
     "DeploymentRecord",
     "DeploymentSpec",
     "DeploymentState",
+    "Derivation",
     "HeldVersion",
     "Model",
     "ModelList",
@@ -36,6 +35,7 @@ __all__ = [
     "Problem",
     "Rollback",
     "Rollout",
+    "SpeedMeasurement",
     "Token",
     "TokenCreated",
     "TokenList",

@@ -84,7 +84,7 @@ def test_int8_dynamic_through_the_cli_with_lineage_and_figures(cp: ControlPlaneC
     assert json.loads(d.params["weight_type"]) == "QInt8" and "onnxruntime" in d.tool_versions
     assert [m.batch for m in d.speed] == [1, 8] and all(m.speedup > 0 and m.parent_samples_per_s > 0 for m in d.speed)
     assert d.parent_size_bytes == cp.get_version("mlp8", parent).size_bytes and d.size_bytes == v.size_bytes
-    assert 0 < d.accuracy.max_abs_error and d.accuracy.max_rel_error <= d.max_error == 0.05
+    assert d.accuracy.max_abs_error > 0 and d.accuracy.max_rel_error <= d.max_error == 0.05
     assert d.accuracy.reference == "sampled-parent" and d.accuracy.samples == 64
 
     import httpx

@@ -294,7 +294,8 @@ def optimize(name: str, version: int, recipe: str, eval_file: Path | None, calib
     threads) and compared on the eval data; over the gate nothing is registered (FAILED_PRECONDITION).
     """
     from lmaas.cli._render import err, out
-    from lmaas.optimize import optimize as run, summary
+    from lmaas.optimize import optimize as run
+    from lmaas.optimize import summary
     from lmaas.protos.errors import InvalidArgument
 
     try:

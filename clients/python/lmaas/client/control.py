@@ -366,7 +366,8 @@ class ControlPlaneClient:
         h = hashlib.sha256()
         try:
             with path.open("wb") as f:
-                for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=v.digest), metadata=self.metadata or None,
+                request = artifacts_pb2.DownloadRequest(digest=v.digest)
+                for chunk in stub.Download(request, metadata=self.metadata or None,
                                            timeout=timeout or self.default_timeout):
                     f.write(chunk.data)
                     h.update(chunk.data)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from lmaas.optimize.evaldata import EvalSet
 from lmaas.protos.errors import FailedPrecondition
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from lmaas.protos.errors import InvalidArgument
 
 __all__ = ["EvalSet", "load_npz", "sample_inputs", "signature"]
 
-_NP = {
+_NP: dict[int, type[np.generic]] = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
     onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
@@ -59,7 +60,7 @@ def signature(model: onnx.ModelProto) -> tuple[list[TensorSig], list[TensorSig]]
     def sig(v: onnx.ValueInfoProto) -> TensorSig:
         t = v.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-        return TensorSig(v.name, _NP.get(t.elem_type, np.float32), dims)
+        return TensorSig(v.name, _NP.get(int(t.elem_type), np.float32), dims)
 
     return [sig(v) for v in model.graph.input if v.name not in inits], [sig(v) for v in model.graph.output]
 

@@ -4,6 +4,7 @@ loads the optimised graph instead of redoing them at every load."""
 from __future__ import annotations
 
 import onnxruntime as ort
+
 from lmaas.optimize.base import Job, Made
 from lmaas.protos.errors import InvalidArgument
 

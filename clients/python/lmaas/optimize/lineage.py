@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from rich.tree import Tree
+
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
 __all__ = ["label", "lineage_tree"]
 

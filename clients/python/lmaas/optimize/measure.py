@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from lmaas.optimize.evaldata import EvalSet
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
@@ -63,7 +64,7 @@ def accuracy(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], s
 def _throughput(sess: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float) -> float:
     names = [o.name for o in sess.get_outputs()]
     sess.run(names, feed)  # warm-up
-    batch = next(iter(feed.values())).shape[0]
+    batch = int(next(iter(feed.values())).shape[0])
     calls, start = 0, time.perf_counter()
     while True:
         sess.run(names, feed)

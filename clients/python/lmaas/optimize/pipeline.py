@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from lmaas.client.control import ControlPlaneClient
 from lmaas.optimize.base import Job
 from lmaas.optimize.evaldata import EvalSet, load_npz, sample_inputs

@@ -4,8 +4,9 @@ float16 converter, which ships in the onnxruntime wheel; onnxconverter-common is
 from __future__ import annotations
 
 import onnx
-from lmaas.optimize.base import Job, Made, unsuitable
 from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from lmaas.optimize.base import Job, Made, unsuitable
 
 __all__ = ["fp16"]
 

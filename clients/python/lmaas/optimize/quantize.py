@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from lmaas.optimize.base import Job, Made, unsuitable
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -23,6 +22,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from lmaas.optimize.base import Job, Made, unsuitable
 
 __all__ = ["int8_dynamic", "int8_static"]
 
@@ -53,7 +54,7 @@ def int8_dynamic(job: Job) -> Made:
     return Made({"weight_type": "QInt8", "per_channel": False, "reduce_range": False, "pre_process": pre})
 
 
-class _Reader(CalibrationDataReader):  # type: ignore[misc]
+class _Reader(CalibrationDataReader):
     def __init__(self, inputs: dict[str, np.ndarray], samples: int) -> None:
         self._iter: Iterator[dict[str, np.ndarray]] = iter(
             {k: v[i:i + 1] for k, v in inputs.items()} for i in range(samples)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from lmaas.optimize.base import Job, Made, unsuitable
 from lmaas.protos.errors import InvalidArgument
-from onnx import numpy_helper
 
 __all__ = ["architecture", "merge", "prune"]
 
@@ -35,11 +36,11 @@ def prune(job: Job) -> Made:
         w = numpy_helper.to_array(init).copy()
         if structured:  # whole slices along axis 0 (Conv output channels, MatMul input rows) by L2 norm
             norms = np.sqrt((w.reshape(w.shape[0], -1).astype(np.float64) ** 2).sum(axis=1))
-            k = int(round(sparsity * w.shape[0]))
+            k = round(sparsity * w.shape[0])
             if k:
                 w[np.argsort(norms, kind="stable")[:k]] = 0
         else:
-            k = int(round(sparsity * w.size))
+            k = round(sparsity * w.size)
             if k:
                 flat = w.reshape(-1)
                 flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
