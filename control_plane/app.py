@@ -27,7 +27,9 @@ from lmaas.control_plane.audit import AuditLog
 from lmaas.control_plane.auth import AuthInterceptor
 from lmaas.control_plane.bootstrap import import_bootstrap_token, import_worker_token
 from lmaas.control_plane.deployments import Deployments
+from lmaas.control_plane.leader import LeaderDuties, LeaderSettings
 from lmaas.control_plane.metrics import ControlMetrics, InstrumentedStore
+from lmaas.control_plane.progress import RolloutProgress
 from lmaas.control_plane.registry import Registry
 from lmaas.control_plane.servicers import (
     ArtifactsServicer,
@@ -40,6 +42,7 @@ from lmaas.control_plane.servicers import (
 from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.snapshots import SnapshotBuilder
 from lmaas.control_plane.store import Store, StoreError, open_store
+from lmaas.control_plane.store.election import Election
 from lmaas.control_plane.sync import SyncSettings, WorkerSync
 from lmaas.control_plane.tokens import Tokens
 from lmaas.control_plane.watcher import StoreWatcher
@@ -87,16 +90,23 @@ class ControlPlane:
         self.artifacts = ArtifactStore(settings.artifact_dir, max_bytes=settings.max_artifact_bytes)
         self.watcher = StoreWatcher(self.store)
         self.models = Registry(self.store, self.artifacts)
+        # fleet scale: rollout progress mirrored from the watch (no store reads per Ack)
+        self.progress = RolloutProgress(self.store, presence_grace=settings.presence_grace)
+        self.watcher.listen(self.progress)
         self.deployments = Deployments(
-            self.store, self.models, self.metrics, history_limit=settings.history_limit
+            self.store, self.models, self.metrics, history_limit=settings.history_limit, progress=self.progress
         )
         self.snapshots = SnapshotBuilder(self.store, keep_previous_warm=settings.keep_previous_warm)
+        self.tokens = Tokens(self.store)
         self.sync = WorkerSync(
             self.store, self.snapshots, self.deployments, self.watcher, self.metrics,
-            SyncSettings(replica_id=settings.replica_id, lease_ttl=settings.worker_lease_ttl),
+            SyncSettings(replica_id=settings.replica_id, lease_ttl=settings.worker_lease_ttl), tokens=self.tokens,
         )
-        self.tokens = Tokens(self.store)
         self.audit = AuditLog(self.store, settings.replica_id, limit=settings.audit_limit)
+        self.leader = LeaderDuties(
+            self.store, Election(self.store, "duties", settings.replica_id), self.deployments, self.artifacts,
+            self.audit, LeaderSettings(rollout_timeout=settings.rollout_timeout, gc_grace=settings.gc_grace),
+        )
         self.auth = AuthInterceptor(self.tokens, self.audit, enabled=settings.auth, worker_cn=settings.tls_worker_cn)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -111,6 +121,7 @@ class ControlPlane:
         s = self.settings
         await self._prepare_auth()
         await self.watcher.start()
+        self.sync.start()
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -158,6 +169,7 @@ class ControlPlane:
         if s.http_port >= 0:
             await self._start_rest()
         self._tasks.append(asyncio.create_task(self.deployments.monitor(self.watcher), name="lmaas-rollout-monitor"))
+        self._tasks.append(asyncio.create_task(self.leader.run(), name="lmaas-leader"))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("control plane up: store=%s artifacts=%s auth=%s tls=%s", s.store, s.artifact_dir,
@@ -202,6 +214,7 @@ class ControlPlane:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sync.stop()
         await self.watcher.stop()
         await self.audit.close()
         if self._owns_store:

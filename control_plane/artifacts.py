@@ -21,6 +21,9 @@ import fcntl
 import os
 import re
 from collections.abc import AsyncIterator
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +37,7 @@ from lmaas.protos.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["CHUNK_SIZE", "ArtifactStore", "check_digest", "sha256_file"]
+__all__ = ["CHUNK_SIZE", "ArtifactStore", "GarbageCollected", "collect_garbage", "check_digest", "sha256_file"]
 
 CHUNK_SIZE = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -157,6 +160,54 @@ class ArtifactStore:
                 offset += len(data)
         finally:
             f.close()
+
+
+@dataclass(frozen=True)
+class GarbageCollected:
+    partial_uploads: int
+    blobs: int
+    bytes: int
+
+
+def _collect(store: ArtifactStore, referenced: frozenset[str], grace: float, now: float) -> GarbageCollected:
+    partials = blobs = freed = 0
+    for partial in (store.root / "uploads").glob("*.partial"):
+        try:
+            st = partial.stat()
+            if now - st.st_mtime < grace:
+                continue
+            fd = os.open(partial, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an upload still writing it holds the lock: keep it
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            partial.unlink(missing_ok=True)
+            partials, freed = partials + 1, freed + st.st_size
+        finally:
+            os.close(fd)
+    for blob in (store.root / "sha256").glob("??/*"):
+        digest = blob.parent.name + blob.name
+        if digest in referenced or not _DIGEST.fullmatch(digest):
+            continue
+        try:
+            st = blob.stat()
+            if now - st.st_mtime < grace:
+                continue  # maybe a file of a directory version whose manifest is not registered yet
+            blob.unlink()
+        except FileNotFoundError:
+            continue
+        blobs, freed = blobs + 1, freed + st.st_size
+    return GarbageCollected(partials, blobs, freed)
+
+
+async def collect_garbage(store: ArtifactStore, referenced: Iterable[str], *, grace: float) -> GarbageCollected:
+    """Delete partial uploads untouched for ``grace`` seconds and blobs that no version references (directly or
+    through a manifest: the caller lists every digest in use) and that are older than ``grace`` seconds."""
+    return await asyncio.to_thread(_collect, store, frozenset(referenced), grace, time.time())
 
 
 def _open_locked(path: Path, digest: str) -> BinaryIO:

@@ -12,6 +12,13 @@ acknowledged its generation (SUCCEEDED) or one rejected it (FAILED). A
 rejection restores the previous good spec as a new generation at once (the
 record that failed is marked and skipped by later rollbacks). Any replica may
 evaluate a rollout; the compare-and-swap makes exactly one of them finish it.
+
+Progress comes from :class:`~lmaas.control_plane.progress.RolloutProgress`
+(an in-memory mirror fed by the store watch) when one is attached: an Ack then
+costs no store read, and a rollout is evaluated only when the mirror says it
+may finish. Without one (tests, tools) each evaluation re-reads every worker
+and observed key. The elected leader fails rollouts that exceed the rollout
+timeout (:meth:`Deployments.expire`), restoring the previous deployment.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from dataclasses import dataclass
 from lmaas.control_plane import keys
 from lmaas.control_plane.limits import MAX_POOLS, check_count
 from lmaas.control_plane.metrics import ControlMetrics
+from lmaas.control_plane.progress import RolloutProgress
 from lmaas.control_plane.registry import Registry, now_ms
 from lmaas.control_plane.store.base import Compare, KeyValue, Put, Store, StoreError
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.protos.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
-__all__ = ["FINAL_PHASES", "Deployments", "previous_record"]
+__all__ = ["FINAL_PHASES", "Deployments", "previous_record", "recount"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +73,49 @@ class Deployments:
         *,
         history_limit: int = 50,
         clock: Callable[[], int] = now_ms,
+        progress: RolloutProgress | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._metrics = metrics
         self._history_limit = history_limit
         self._clock = clock
+        self.progress = progress
+        self._scheduled: set[str] = set()
+        self._again: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        if progress is not None:
+            progress.on_ready = self._schedule
+
+    def _schedule(self, name: str) -> None:
+        """Evaluate ``name`` soon, once: readiness reported while an evaluation runs triggers one more."""
+        if name in self._scheduled:
+            self._again.add(name)
+            return
+        self._scheduled.add(name)
+        task = asyncio.get_running_loop().create_task(self._evaluate_scheduled(name), name=f"lmaas-evaluate-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _evaluate_scheduled(self, name: str) -> None:
+        try:
+            while True:
+                self._again.discard(name)
+                try:
+                    await self.evaluate(name)
+                except (Aborted, StoreError) as exc:
+                    log.warning("rollout of model %s: %s", name, exc)
+                if name not in self._again:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("evaluating the rollout of model %s failed", name)
+        finally:
+            self._scheduled.discard(name)
+
+    def _mirror(self) -> RolloutProgress | None:
+        return self.progress if self.progress is not None and self.progress.synced else None
 
     # -- changes ---------------------------------------------------------------------------------------------
 
@@ -168,12 +213,16 @@ class Deployments:
         deployments = await self._store.range(keys.DEPLOYMENTS)
         rollouts = await self._store.range(keys.ROLLOUTS)
         by_model = {kv.key[len(keys.ROLLOUTS) :]: pb.Rollout.FromString(kv.value) for kv in rollouts.kvs}
-        observed = await self._observed()
+        mirror = self._mirror()
+        observed = await self._observed() if mirror is None else None
         out_d, out_r = [], []
         for kv in deployments.kvs:
             deployment = pb.Deployment.FromString(kv.value)
             rollout = by_model.get(deployment.model, pb.Rollout(model=deployment.model))
-            _fill_workers(rollout, observed)
+            if mirror is not None:
+                mirror.fill(rollout)
+            elif observed is not None:
+                _fill_workers(rollout, observed)
             out_d.append(deployment)
             out_r.append(rollout)
         return out_d, out_r, rollouts.revision
@@ -184,6 +233,10 @@ class Deployments:
         if kv is None:
             raise NotFound(f"model '{name}' has no rollout")
         rollout = pb.Rollout.FromString(kv.value)
+        mirror = self._mirror()
+        if mirror is not None:
+            mirror.fill(rollout)
+            return rollout, max(kv.mod_revision, mirror.revision)
         observed = await self._observed()
         _fill_workers(rollout, observed)
         return rollout, max(kv.mod_revision, observed.revision)
@@ -235,12 +288,17 @@ class Deployments:
             rollout: pb.Rollout = pb.Rollout.FromString(kv.value)
             if rollout.phase != pb.ROLLOUT_PHASE_PROGRESSING:
                 return rollout
-            observed = await self._observed()
-            _fill_workers(rollout, observed)
+            mirror = self._mirror()
+            waiting = False
+            if mirror is not None:
+                waiting = mirror.fill(rollout)
+            else:
+                _fill_workers(rollout, await self._observed())
             nacked = [w for w in rollout.workers if w.state == pb.WORKER_ROLLOUT_STATE_NACKED]
             if nacked:
-                done = await self._fail(rollout, kv, nacked[0])
-            elif all(w.state == pb.WORKER_ROLLOUT_STATE_ACKED for w in rollout.workers):
+                error = f"worker {nacked[0].worker_id} rejected generation {rollout.generation}: {nacked[0].error}"
+                done = await self._fail(rollout, kv, error)
+            elif not waiting and all(w.state == pb.WORKER_ROLLOUT_STATE_ACKED for w in rollout.workers):
                 done = await self._succeed(rollout, kv)
             else:
                 return rollout
@@ -264,7 +322,32 @@ class Deployments:
         stored.workers.extend(rollout.workers)
         return stored
 
-    async def _fail(self, rollout: pb.Rollout, kv: KeyValue, nack: pb.WorkerRollout) -> pb.Rollout | None:
+    async def expire(self, timeout_ms: int) -> list[pb.Rollout]:
+        """Fail every rollout progressing for longer than ``timeout_ms`` and restore its previous deployment
+        (a duty of the elected leader: one replica does it)."""
+        failed = []
+        result = await self._store.range(keys.ROLLOUTS)
+        now = self._clock()
+        for kv in result.kvs:
+            rollout = pb.Rollout.FromString(kv.value)
+            if rollout.phase != pb.ROLLOUT_PHASE_PROGRESSING or now - rollout.started_at_ms < timeout_ms:
+                continue
+            mirror = self._mirror()
+            if mirror is not None:
+                mirror.fill(rollout)
+            else:
+                _fill_workers(rollout, await self._observed())
+            pending = sorted(w.worker_id for w in rollout.workers if w.state != pb.WORKER_ROLLOUT_STATE_ACKED)
+            shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+            error = (f"timed out after {timeout_ms / 1000:g}s: {len(pending)} of {len(rollout.workers)} worker(s) "
+                     f"did not acknowledge generation {rollout.generation}" + (f" ({shown})" if shown else ""))
+            done = await self._fail(rollout, kv, error)
+            if done is not None:
+                self._metrics.rollout_finished(done)
+                failed.append(done)
+        return failed
+
+    async def _fail(self, rollout: pb.Rollout, kv: KeyValue, error: str) -> pb.Rollout | None:
         name = rollout.model
         dkey = keys.deployment(name)
         dkv = await self._store.get(dkey)
@@ -273,7 +356,6 @@ class Deployments:
         deployment = pb.Deployment.FromString(dkv.value)
         stored: pb.Rollout = pb.Rollout.FromString(kv.value)
         now = self._clock()
-        error = f"worker {nack.worker_id} rejected generation {rollout.generation}: {nack.error}"
         ops = []
         if deployment.generation == rollout.generation:
             deployment.history[-1].failed = True
@@ -306,6 +388,9 @@ class Deployments:
 
     async def monitor(self, watcher: StoreWatcher, *, poll: float = 10.0) -> None:
         """Re-evaluate progressing rollouts when workers come and go (runs on every replica)."""
+        if self.progress is not None:
+            await self._monitor_mirror(poll)
+            return
         with watcher.subscribe(keys.WORKERS, keys.ROLLOUTS) as sub:
             while True:
                 await sub.wait(poll)
@@ -322,6 +407,28 @@ class Deployments:
                     raise
                 except Exception:
                     log.exception("rollout monitor failed")
+
+
+    async def _monitor_mirror(self, poll: float) -> None:
+        # The mirror reports readiness itself; this loop covers the presence grace running out, and re-checks
+        # every progressing rollout now and then in case a finishing write was lost (a store error).
+        progress = self.progress
+        assert progress is not None
+        last_sweep = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(min(1.0, poll))
+            for name in progress.grace_expired():
+                self._schedule(name)
+            now = asyncio.get_running_loop().time()
+            if now - last_sweep >= poll:
+                last_sweep = now
+                for name in progress.progressing():
+                    self._schedule(name)
+
+
+def recount(rollout: pb.Rollout, workers: list[pb.WorkerInfo], observed: list[pb.ObservedModel]) -> None:
+    """Fill ``rollout.workers`` by a full recount (what the incremental mirror must agree with)."""
+    _fill_workers(rollout, _Observed(workers, {(o.worker_id, o.model): o for o in observed}, 0))
 
 
 def _fill_workers(rollout: pb.Rollout, observed: _Observed) -> None:

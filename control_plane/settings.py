@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ControlPlaneSettings"]
+__all__ = ["ControlPlaneSettings", "parse_duration"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``60s``, ``1.5m``, ``500ms``, ``2h`` or a bare number of seconds; ValueError otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip())
+        if match is None:
+            raise ValueError(f"invalid duration {value!r}: expected e.g. 60s, 1.5m, 500ms, 2h (0 = off)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: negative")
+    return seconds
 
 
 class ControlPlaneSettings(BaseSettings):
@@ -46,3 +64,18 @@ class ControlPlaneSettings(BaseSettings):
         "*", description="glob on a client certificate's common name that grants the worker role (without a token)"
     )
     audit_limit: int = Field(10_000, ge=100, description="audit entries kept in the store (oldest trimmed)")
+    rollout_timeout: float = Field(
+        600.0, description="a rollout not acknowledged by every worker within this fails and the previous deployment "
+        "is restored (a duration: 60s, 10m; 0 = never); enforced by the elected leader replica"
+    )
+    presence_grace: float = Field(
+        3.0, ge=0, description="seconds a worker whose stream ended still counts as pending in rollouts"
+    )
+    gc_grace: float = Field(
+        3600.0, ge=0, description="seconds before an abandoned partial upload or an unreferenced blob is deleted"
+    )
+
+    @field_validator("rollout_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)

@@ -5,19 +5,30 @@ of the pool must hold and every route. Per deployed model it assigns the
 stable version, the canary version if any, and the stable version of the
 previous good deployment, kept warm so that a rollback flips without a load.
 Versions are immutable, so they are cached here by (model, version).
+
+:class:`SnapshotCache` builds each pool's snapshot once per change of the
+deployments and shares that one immutable message with every stream of the
+pool (as go-control-plane's snapshot cache does): a stream waits for its
+pool's next snapshot and always takes the latest, so a slow worker skips
+intermediate states instead of holding anyone back. A snapshot whose routes
+name a version it does not assign is never published.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.deployments import previous_record
-from lmaas.control_plane.store.base import Store
+from lmaas.control_plane.store.base import Store, StoreError
+from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from lmaas.protos.lmaas.worker.v1 import sync_pb2
 
-__all__ = ["SnapshotBuilder", "same_state"]
+__all__ = ["SnapshotBuilder", "SnapshotCache", "consistent", "same_state"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +36,15 @@ log = logging.getLogger(__name__)
 def same_state(a: sync_pb2.Snapshot | None, b: sync_pb2.Snapshot) -> bool:
     """Whether two snapshots describe the same desired state (revisions aside)."""
     return a is not None and list(a.assignments) == list(b.assignments) and list(a.routes) == list(b.routes)
+
+
+def consistent(snapshot: sync_pb2.Snapshot) -> bool:
+    """Every version a route serves is among the snapshot's assignments."""
+    assigned = {(a.model, a.version) for a in snapshot.assignments}
+    return all(
+        (r.model, r.stable_version) in assigned and (not r.canary_version or (r.model, r.canary_version) in assigned)
+        for r in snapshot.routes
+    )
 
 
 class SnapshotBuilder:
@@ -70,3 +90,96 @@ class SnapshotBuilder:
                 canary_weight=spec.canary_weight, generation=deployment.generation,
             )
         return snapshot
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.snapshot: sync_pb2.Snapshot | None = None
+        self.changed = asyncio.Event()  # replaced by a fresh one each time a new snapshot is published
+        self.lock = asyncio.Lock()
+        self.streams = 0
+        self.builds = 0
+
+
+class SnapshotCache:
+    """One snapshot per pool and deployments revision, shared by every stream of the pool (never mutate one)."""
+
+    def __init__(self, builder: SnapshotBuilder, watcher: StoreWatcher) -> None:
+        self._builder = builder
+        self._watcher = watcher
+        self._pools: dict[str, _Pool] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def builds(self, pool: str) -> int:
+        """How many snapshots of ``pool`` were built (tests: one per change, however many streams)."""
+        entry = self._pools.get(pool)
+        return entry.builds if entry is not None else 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh(), name="lmaas-snapshot-cache")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.contextmanager
+    def stream(self, pool: str) -> Iterator[_Pool]:
+        entry = self._pools.setdefault(pool, _Pool())
+        entry.streams += 1
+        try:
+            yield entry
+        finally:
+            entry.streams -= 1
+
+    async def current(self, pool: str) -> sync_pb2.Snapshot:
+        """The pool's latest snapshot (built on first use)."""
+        entry = self._pools.setdefault(pool, _Pool())
+        if entry.snapshot is None:
+            await self._rebuild(pool, entry)
+        assert entry.snapshot is not None
+        return entry.snapshot
+
+    async def next(self, pool: str, seen: sync_pb2.Snapshot | None) -> sync_pb2.Snapshot:
+        """The pool's latest snapshot once it differs from ``seen`` (latest wins: intermediate ones are skipped)."""
+        entry = self._pools.setdefault(pool, _Pool())
+        while True:
+            waiter = entry.changed
+            snapshot = await self.current(pool)
+            if snapshot is not seen:
+                return snapshot
+            await waiter.wait()
+
+    async def _rebuild(self, pool: str, entry: _Pool) -> None:
+        async with entry.lock:
+            snapshot = await self._builder.build(pool)
+            entry.builds += 1
+            if not consistent(snapshot):
+                log.error("snapshot of pool %s at revision %d is inconsistent; not published", pool, snapshot.revision)
+                if entry.snapshot is not None:
+                    return
+            if entry.snapshot is not None and same_state(entry.snapshot, snapshot):
+                return
+            entry.snapshot = snapshot
+            entry.changed.set()
+            entry.changed = asyncio.Event()
+
+    async def _refresh(self) -> None:
+        delay = 0.1
+        with self._watcher.subscribe(keys.DEPLOYMENTS) as sub:
+            while True:
+                await sub.wait()
+                try:
+                    for pool, entry in list(self._pools.items()):
+                        if entry.streams == 0:
+                            del self._pools[pool]  # rebuilt on its next stream
+                        else:
+                            await self._rebuild(pool, entry)
+                    delay = 0.1
+                except StoreError as exc:
+                    log.warning("snapshot refresh failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    sub._notify()

@@ -9,6 +9,14 @@ rollouts are evaluated. The session's writes are compare-and-swap on the
 worker key: if the same worker id registered again (it reconnected, maybe to
 another replica), this older session's write fails and it ends. When the
 stream ends, revoking the lease removes the worker and its observed state.
+
+Fleet scale: the pool's snapshot comes from the shared
+:class:`~lmaas.control_plane.snapshots.SnapshotCache` (built once per change,
+whatever the number of streams; each stream sends the latest one when it is
+ready, so a slow worker holds back nobody), and an Ack only writes: the
+rollout is evaluated when the replica's progress mirror says it may finish.
+A stream authenticated by a token ends (UNAUTHENTICATED) as soon as the
+store watch shows the token revoked.
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from lmaas.control_plane import keys
+from lmaas.control_plane.auth import current_principal
 from lmaas.control_plane.deployments import Deployments
 from lmaas.control_plane.limits import MAX_ERROR, MAX_HELD, MAX_SHORT_TEXT, check_count, check_text
 from lmaas.control_plane.metrics import ControlMetrics
 from lmaas.control_plane.registry import now_ms
-from lmaas.control_plane.snapshots import SnapshotBuilder, same_state
+from lmaas.control_plane.snapshots import SnapshotBuilder, SnapshotCache
 from lmaas.control_plane.store.base import Compare, Delete, Lease, Put, Store
+from lmaas.control_plane.tokens import Tokens
 from lmaas.control_plane.watcher import StoreWatcher
-from lmaas.protos.errors import Aborted, InvalidArgument
+from lmaas.protos.errors import Aborted, InvalidArgument, Unauthenticated
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from lmaas.protos.lmaas.worker.v1 import sync_pb2
 
@@ -52,18 +62,32 @@ class WorkerSync:
         watcher: StoreWatcher,
         metrics: ControlMetrics,
         settings: SyncSettings,
+        *,
+        cache: SnapshotCache | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self._store = store
         self._snapshots = snapshots
+        self.cache = cache if cache is not None else SnapshotCache(snapshots, watcher)
+        self._owns_cache = cache is None
+        self._tokens = tokens
         self._deployments = deployments
         self._watcher = watcher
         self._metrics = metrics
         self._settings = settings
         self._closing = asyncio.Event()
 
+    def start(self) -> None:
+        if self._owns_cache:
+            self.cache.start()
+
     def close(self) -> None:
         """End every session (at shutdown): their workers reconnect, to another replica if there is one."""
         self._closing.set()
+
+    async def stop(self) -> None:
+        if self._owns_cache:
+            await self.cache.stop()
 
     async def session(
         self, hello: sync_pb2.Hello, incoming: AsyncIterator[sync_pb2.WorkerMessage]
@@ -74,8 +98,10 @@ class WorkerSync:
         keys.check_name(pool, "pool name")
         check_text(hello.inference_address, "inference_address", MAX_SHORT_TEXT)
         _check_held(hello.held)
+        principal = current_principal()
+        token_id = principal.name.removeprefix("token:") if principal and principal.name.startswith("token:") else ""
         lease = await self._store.lease(self._settings.lease_ttl)
-        session = _Session(self, hello, pool, lease)
+        session = _Session(self, hello, pool, lease, token_id)
         registered = False
         try:
             await session.register()
@@ -94,8 +120,9 @@ class WorkerSync:
 
 
 class _Session:
-    def __init__(self, sync: WorkerSync, hello: sync_pb2.Hello, pool: str, lease: Lease) -> None:
+    def __init__(self, sync: WorkerSync, hello: sync_pb2.Hello, pool: str, lease: Lease, token_id: str) -> None:
         self.sync = sync
+        self.token_id = token_id
         self.worker_id = hello.worker_id
         self.lease = lease
         self.key = keys.worker(hello.worker_id)
@@ -127,36 +154,56 @@ class _Session:
 
     async def run(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> AsyncIterator[sync_pb2.Snapshot]:
         sync = self.sync
-        with sync._watcher.subscribe(keys.DEPLOYMENTS) as sub:
+        pool = self.info.pool
+        with sync.cache.stream(pool):
             reader = asyncio.create_task(self._read(incoming), name=f"lmaas-sync-read-{self.worker_id}")
+            closing = asyncio.create_task(sync._closing.wait())
+            revoked = asyncio.create_task(self._watch_token())
             try:
                 last: sync_pb2.Snapshot | None = None
                 while True:
-                    snapshot = await sync._snapshots.build(self.info.pool)
-                    if not same_state(last, snapshot):
-                        self.sent[snapshot.revision] = {r.model: r.generation for r in snapshot.routes}
-                        for old in sorted(self.sent)[:-_REMEMBERED_SNAPSHOTS]:
-                            del self.sent[old]
-                        async with self.lock:
-                            self.info.desired_revision = snapshot.revision
-                            await self._write([])
-                        sync._metrics.worker_revision.labels(self.worker_id, "desired").set(snapshot.revision)
-                        yield snapshot
-                        last = snapshot
-                    waiter = asyncio.create_task(sub.wait())
-                    closing = asyncio.create_task(sync._closing.wait())
-                    done, _ = await asyncio.wait({waiter, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    closing.cancel()
+                    waiter = asyncio.create_task(sync.cache.next(pool, last))
+                    done, _ = await asyncio.wait(
+                        {waiter, reader, closing, revoked}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if waiter not in done:
+                        waiter.cancel()
+                    if revoked in done:
+                        revoked.result()  # Unauthenticated
                     if reader in done:
                         reader.result()  # the worker's error, if any
                         return
                     if closing in done:
                         return
+                    snapshot = waiter.result()
+                    self.sent[snapshot.revision] = {r.model: r.generation for r in snapshot.routes}
+                    for old in sorted(self.sent)[:-_REMEMBERED_SNAPSHOTS]:
+                        del self.sent[old]
+                    async with self.lock:
+                        self.info.desired_revision = snapshot.revision
+                        await self._write([])
+                    sync._metrics.worker_revision.labels(self.worker_id, "desired").set(snapshot.revision)
+                    yield snapshot
+                    last = snapshot
             finally:
-                reader.cancel()
+                for task in (reader, closing, revoked):
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+
+    async def _watch_token(self) -> None:
+        """Return never while the stream's token is valid; raise UNAUTHENTICATED once it is revoked."""
+        tokens = self.sync._tokens
+        if not self.token_id or tokens is None:
+            await asyncio.Event().wait()
+            return
+        with self.sync._watcher.subscribe(keys.token(self.token_id)) as sub:
+            while True:
+                token = await tokens.get(self.token_id)  # once at the start: a revocation may precede the watch
+                if token is None or token.revoked_at_ms:
+                    log.warning("worker %s: token %s revoked; ending its stream", self.worker_id, self.token_id)
+                    raise Unauthenticated(f"token {self.token_id} was revoked")
+                await sub.wait()
 
     async def _read(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> None:
         async for message in incoming:
@@ -194,9 +241,10 @@ class _Session:
             await self._write(ops)
         self.observed_models = reported
         self.sync._metrics.worker_revision.labels(self.worker_id, "acked").set(ack.snapshot_revision)
-        for model in sorted(reported):
-            with contextlib.suppress(Aborted):
-                await self.sync._deployments.evaluate(model)
+        if self.sync._deployments.progress is None:  # without a progress mirror, evaluate here
+            for model in sorted(reported):
+                with contextlib.suppress(Aborted):
+                    await self.sync._deployments.evaluate(model)
 
 
 def _check_held(held: Sequence[sync_pb2.Held]) -> None:

@@ -6,6 +6,12 @@ they need from the store (events are hints, the store is the truth), so missed
 or coalesced events cannot leave them stale. When the watch breaks (store down,
 revision compacted) every subscriber is woken once the watch is re-established,
 so each re-reads the state it may have missed.
+
+Listeners (:meth:`StoreWatcher.listen`) get the events themselves, for
+in-memory mirrors kept incrementally (rollout progress): on every (re)start a
+listener re-lists what it mirrors and returns the lowest revision it read; the
+watch resumes after the lowest of those, and each listener ignores the events
+its own listing already contains.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import asyncio
 import contextlib
 import logging
 import random
+from typing import Protocol
 
 from lmaas.control_plane import keys
-from lmaas.control_plane.store.base import Store, StoreError
+from lmaas.control_plane.store.base import Event, Store, StoreError
 
-__all__ = ["StoreWatcher", "Subscription"]
+__all__ = ["Listener", "StoreWatcher", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +62,20 @@ class Subscription:
         self.close()
 
 
+class Listener(Protocol):
+    async def resync(self) -> int:
+        """Re-list the mirrored state; the lowest store revision read (events after it are delivered)."""
+
+    def apply(self, event: Event) -> None:
+        """One change (may repeat a change the last resync already read: compare revisions)."""
+
+
 class StoreWatcher:
     def __init__(self, store: Store, prefix: str = keys.PREFIX) -> None:
         self._store = store
         self._prefix = prefix
         self._subs: set[Subscription] = set()
+        self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -67,6 +83,10 @@ class StoreWatcher:
         sub = Subscription(self, prefixes)
         self._subs.add(sub)
         return sub
+
+    def listen(self, listener: Listener) -> None:
+        """Deliver every event to ``listener`` (register before :meth:`start`)."""
+        self._listeners.append(listener)
 
     async def start(self) -> None:
         """Start watching from the current revision; returns once the watch runs."""
@@ -83,7 +103,13 @@ class StoreWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _dispatch(self, key: str) -> None:
+    def _dispatch(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                listener.apply(event)
+            except Exception:
+                log.exception("store watch listener failed on %s", event.kv.key)
+        key = event.kv.key
         for sub in list(self._subs):
             if key.startswith(sub.prefixes):
                 sub._notify()
@@ -98,14 +124,17 @@ class StoreWatcher:
         while True:
             try:
                 if next_revision == 0:
-                    next_revision = await self._store.revision() + 1
+                    revision = await self._store.revision()
+                    for listener in self._listeners:
+                        revision = min(revision, await listener.resync())
+                    next_revision = revision + 1
                     self._wake_all()  # a fresh start: whatever happened before is unknown
                 stream = self._store.watch(self._prefix, next_revision)
                 self._ready.set()
                 async for event in stream:
                     next_revision = event.kv.mod_revision + 1
                     delay = 0.1
-                    self._dispatch(event.kv.key)
+                    self._dispatch(event)
                 return
             except asyncio.CancelledError:
                 raise

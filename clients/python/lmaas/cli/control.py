@@ -98,6 +98,15 @@ def _errors(fn: F) -> F:
 # -- the server ---------------------------------------------------------------------------------------------
 
 
+def _duration(value: str) -> float:
+    from lmaas.control_plane.settings import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("control-plane")
 @_opt("--store", env="LMAAS_STORE", default="sqlite:///.lmaas/control.db",
       help="Metadata store: etcd://HOST:PORT[,HOST:PORT...] or sqlite:///PATH (embedded, one machine).")
@@ -129,6 +138,9 @@ def _errors(fn: F) -> F:
       help="Glob on a client certificate's common name that grants the worker role without a token.")
 @_opt("--audit-limit", env="LMAAS_AUDIT_LIMIT", type=click.IntRange(min=100), default=10_000,
       help="Audit entries kept in the store (the oldest are trimmed).")
+@_opt("--rollout-timeout", env="LMAAS_ROLLOUT_TIMEOUT", default="600s", callback=lambda c, p, v: _duration(v),
+      help="A rollout not acknowledged by every worker within this fails and the previous deployment is restored "
+           "(60s, 10m, 1h; 0 = never).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def control_plane(log_level: str, log_format: str, replica_id: str, **options: Any) -> None:
