@@ -32,6 +32,8 @@ class Format:
     suffixes: tuple[str, ...] = ()
     #: True when a version of this format is a directory of files described by a manifest.
     directory: bool = False
+    #: For a compressed format (lmaas.protos.compression): the format of the file inside; the worker unpacks it.
+    packed: str = ""
 
 
 FORMATS: dict[str, Format] = {
@@ -41,6 +43,8 @@ FORMATS: dict[str, Format] = {
         Format("torchscript", "TorchScript module", "model.pt", (".pt",)),
         Format("torch_export", "torch.export program", "model.pt2", (".pt2",)),
         Format("llm", "LLM directory: config.json, tokenizer files, weights", directory=True),
+        Format("onnx.xz", "ONNX model, xz-compressed (lmaas model optimize --recipe compress)", "model.onnx.xz",
+               packed="onnx"),
     )
 }
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from lmaas.protos.compression import unpack
 from lmaas.protos.digests import sha256_file as _sha256
 from lmaas.protos.errors import DataLoss, InvalidArgument
 from lmaas.protos.formats import FORMATS, get_format
@@ -91,7 +92,10 @@ class ArtifactCache:
         path = self.path(digest, fmt)
         if get_format(fmt).directory:
             return await self._fetch_directory(stub, digest, fmt, path, metadata)
-        return await self._fetch_file(stub, digest, size, path, metadata)
+        path = await self._fetch_file(stub, digest, size, path, metadata)
+        if inner := get_format(fmt).packed:  # compressed: the loader gets the original, verified by its sha256
+            return await asyncio.to_thread(unpack, path, path.with_name(get_format(inner).file_name))
+        return path
 
     async def _fetch_file(
         self, stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, size: int, path: Path,
@@ -227,7 +231,9 @@ class ArtifactCache:
         if get_format(fmt).directory:
             _remove_tree(path)
             return
-        for p in (path, path.with_name(path.name + ".partial")):
+        inner = get_format(fmt).packed
+        unpacked = (path.with_name(get_format(inner).file_name),) if inner else ()
+        for p in (path, path.with_name(path.name + ".partial"), *unpacked):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 

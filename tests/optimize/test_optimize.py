@@ -18,7 +18,9 @@ import pytest
 from cp_harness import lmaas, start_control_plane, write_scale_onnx
 from lmaas.client.control import ControlPlaneClient
 from lmaas.optimize import optimize
-from lmaas.protos.errors import FailedPrecondition, InvalidArgument
+from lmaas.protos.compression import pack, unpack
+from lmaas.protos.errors import DataLoss, FailedPrecondition, InvalidArgument
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from models import write_mlp_onnx, write_mlp_torchscript
 from onnx import numpy_helper
 from processes import ServerProcess, start_worker
@@ -264,5 +266,40 @@ def test_deploy_canary_serves_the_derived_version_to_about_w_percent(cp: Control
         canary = sum(not np.allclose(y, stable, atol=1e-6) for y in outs) / len(outs)
         print(f"\ncanary 30%: {canary:.1%} of 200 requests went to derived version {n}")
         assert 0.15 <= canary <= 0.45
+
+        # a compressed version: stored and sent as onnx.xz, unpacked and verified by the worker, same outputs
+        packed = optimize(cp, "canaried", parent, "compress", seconds=0.05)
+        assert packed.version is not None and packed.version.format == "onnx.xz"
+        assert packed.derivation.accuracy.max_abs_error == 0
+        assert json.loads(packed.derivation.params["original_sha256"]) == cp.get_version("canaried", parent).digest
+        cp.deploy("canaried", packed.version.version)
+        assert cp.wait_rollout("canaried", timeout=60).phase == pb.ROLLOUT_PHASE_SUCCEEDED
+        with tc.InferenceServerClient(worker.grpc) as client:
+            np.testing.assert_array_equal(client.infer("canaried", [inp]).as_numpy("y"), stable)
     finally:
         worker.stop()
+
+
+def test_a_compressed_artifact_round_trips_and_a_corrupted_one_is_rejected(tmp_path: Path) -> None:
+    src = write_mlp_onnx_at(tmp_path / "mlp.onnx")
+    header = pack(src, tmp_path / "m.onnx.xz")
+    out = unpack(tmp_path / "m.onnx.xz", tmp_path / "model.onnx")
+    assert out.read_bytes() == src.read_bytes() and header.size == src.stat().st_size
+
+    data = bytearray((tmp_path / "m.onnx.xz").read_bytes())
+    start = data.index(b"\n") + 1
+    flipped = bytearray(data)
+    flipped[start + (len(data) - start) // 2] ^= 0xFF  # a flipped byte inside the xz stream
+    (tmp_path / "bad.xz").write_bytes(flipped)
+    with pytest.raises(DataLoss, match=r"corrupt compressed stream|decompressed to sha256"):
+        unpack(tmp_path / "bad.xz", tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+    # a valid stream of other bytes under this header: caught by the original's sha256
+    other = pack(write_scale_onnx(tmp_path / "scale.onnx", 2.0), tmp_path / "other.xz")
+    swapped = (tmp_path / "other.xz").read_bytes().replace(other.sha256.encode(), header.sha256.encode(), 1)
+    (tmp_path / "swapped.xz").write_bytes(swapped)
+    with pytest.raises(DataLoss, match=rf"declares sha256:{header.sha256}"):
+        unpack(tmp_path / "swapped.xz", tmp_path / "swapped.onnx")
+    with pytest.raises(DataLoss, match="not a compressed LMaaS artifact"):
+        unpack(src, tmp_path / "x.onnx")

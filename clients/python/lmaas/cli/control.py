@@ -276,7 +276,7 @@ def versions(name: str, conn: Connection) -> None:
             out.print(lineage_tree(name, listed))
 
 
-_RECIPE_NAMES = ("int8-dynamic", "int8-static", "fp16", "ort-optimize", "tune", "prune", "merge")  # lmaas.optimize
+_RECIPE_NAMES = ("int8-dynamic", "int8-static", "fp16", "ort-optimize", "tune", "prune", "merge", "compress")
 
 
 @model.command("optimize")

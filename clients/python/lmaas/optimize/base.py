@@ -47,6 +47,10 @@ class Made:
     config_json: str | None = None
     #: Versions merged into it besides the parent.
     merged_versions: tuple[int, ...] = ()
+    #: The derived artifact's format (lmaas.protos.formats).
+    format: str = "onnx"
+    #: The ONNX file to measure when ``job.dst`` is not one (a compressed artifact); None = ``job.dst``.
+    measured: Path | None = None
 
 
 @dataclass(frozen=True)

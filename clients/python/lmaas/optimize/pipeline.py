@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 from lmaas.client.control import ControlPlaneClient
-from lmaas.optimize.base import Job
+from lmaas.optimize.base import Job, Made
 from lmaas.optimize.evaldata import EvalSet, load_npz, sample_inputs
 from lmaas.optimize.measure import accuracy, run_all, session, speed
 from lmaas.optimize.recipes import get_recipe
@@ -51,8 +51,8 @@ def _tool_versions(tools: Sequence[str]) -> dict[str, str]:
 
 
 def derive(job: Job, *, eval_set: EvalSet, max_error: float | None = None, threads: int = 1,
-           seconds: float = 0.5, progress: Progress | None = None) -> tuple[pb.Derivation, str | None]:
-    """Apply the job's recipe, measure it and check the gate; (derivation, new config or None).
+           seconds: float = 0.5, progress: Progress | None = None) -> tuple[pb.Derivation, Made]:
+    """Apply the job's recipe, measure it and check the gate; (derivation, what the recipe made).
 
     FailedPrecondition with the figures when the accuracy is over the gate.
     """
@@ -61,7 +61,7 @@ def derive(job: Job, *, eval_set: EvalSet, max_error: float | None = None, threa
     say(f"applying {recipe.name}")
     made = recipe.run(job)
     say("measuring accuracy")
-    parent, derived = session(job.src, threads), session(job.dst, threads)
+    parent, derived = session(job.src, threads), session(made.measured or job.dst, threads)
     reference = eval_set.expected or run_all(parent, eval_set)
     acc = accuracy(run_all(derived, eval_set), reference, eval_set.source)
     gate = recipe.default_max_error if max_error is None else max_error
@@ -83,7 +83,7 @@ def derive(job: Job, *, eval_set: EvalSet, max_error: float | None = None, threa
         p = json.loads(d.params["base_samples_per_s"])
         b = json.loads(d.params["best_samples_per_s"])
         d.speed.append(pb.SpeedMeasurement(batch=1, parent_samples_per_s=p, derived_samples_per_s=b, speedup=b / p))
-    return d, made.config_json
+    return d, made
 
 
 def figures(d: pb.Derivation) -> str:
@@ -143,12 +143,13 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
         eval_set = load_npz(Path(eval_file), graph) if eval_file else sample_inputs(graph, samples)
         calibration = load_npz(Path(calibration_file), graph) if calibration_file else eval_set
         job = Job(model, version, recipe, src, dst, calibration, dict(options or {}), parent.config_json, others)
-        derivation, config_json = derive(job, eval_set=eval_set, max_error=max_error, threads=threads,
+        derivation, made = derive(job, eval_set=eval_set, max_error=max_error, threads=threads,
                                          seconds=seconds, progress=say)
         say("pushing the derived version")
-        pushed = client.push(model, dst, format="onnx", config=config_json if config_json is not None else
-                             (parent.config_json or None), description=f"{recipe} of version {version}",
-                             parent_version=version, derivation=derivation)
+        config = made.config_json if made.config_json is not None else (parent.config_json or None)
+        pushed = client.push(model, dst, format=made.format, config=config,
+                             description=f"{recipe} of version {version}", parent_version=version,
+                             derivation=derivation)
     if deploy_canary:
         say(f"deploying version {pushed.version} as a {deploy_canary}% canary")
         client.deploy(model, current, canary=pushed.version, weight=deploy_canary)

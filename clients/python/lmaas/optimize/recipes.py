@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmaas.optimize.base import Recipe
+from lmaas.optimize.compress import compress
 from lmaas.optimize.graph import ort_optimize
 from lmaas.optimize.precision import fp16
 from lmaas.optimize.quantize import int8_dynamic, int8_static
@@ -24,6 +25,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("prune", "magnitude pruning of weight matrices at --sparsity", prune, None, ("onnx", "numpy")),
         Recipe("merge", "uniform weight average with --with V2,V3 (same architecture)", merge, None,
                ("onnx", "numpy")),
+        Recipe("compress", "xz-compressed artifact (onnx.xz), unpacked and verified by the worker", compress, 0.0,
+               ()),
     )
 }
 
