@@ -21,7 +21,7 @@ from lmaas.optimize.base import Job, Made
 from lmaas.optimize.evaldata import EvalSet, load_npz, sample_inputs
 from lmaas.optimize.measure import accuracy, run_all, session, speed
 from lmaas.optimize.recipes import get_recipe
-from lmaas.protos.errors import FailedPrecondition, InvalidArgument
+from lmaas.protos.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
 __all__ = ["Optimized", "derive", "figures", "optimize", "summary"]
@@ -129,7 +129,11 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
         work = Path(tmp)
         src, dst = work / "parent.onnx", work / "derived.onnx"
         say(f"downloading {model} version {version}")
-        client.download(model, version, src)
+        try:
+            client.download(model, version, src)
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"{exc.message} (optimize downloads the parent with Artifacts.Download, which "
+                                   "needs a token with the sync permission: an admin or worker token)") from exc
         others = {}
         for v in with_versions:
             if v == version:
