@@ -24,6 +24,7 @@ timeout (:meth:`Deployments.expire`), restoring the previous deployment.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -322,10 +323,10 @@ class Deployments:
         stored.workers.extend(rollout.workers)
         return stored
 
-    async def expire(self, timeout_ms: int) -> list[pb.Rollout]:
+    async def expire(self, timeout_ms: int) -> tuple[pb.Rollout, ...]:
         """Fail every rollout progressing for longer than ``timeout_ms`` and restore its previous deployment
         (a duty of the elected leader: one replica does it)."""
-        failed = []
+        failed: builtins.list[pb.Rollout] = []
         result = await self._store.range(keys.ROLLOUTS)
         now = self._clock()
         for kv in result.kvs:
@@ -345,7 +346,7 @@ class Deployments:
             if done is not None:
                 self._metrics.rollout_finished(done)
                 failed.append(done)
-        return failed
+        return tuple(failed)
 
     async def _fail(self, rollout: pb.Rollout, kv: KeyValue, error: str) -> pb.Rollout | None:
         name = rollout.model

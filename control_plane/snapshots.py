@@ -138,7 +138,7 @@ class SnapshotCache:
         """The pool's latest snapshot (built on first use)."""
         entry = self._pools.setdefault(pool, _Pool())
         if entry.snapshot is None:
-            await self._rebuild(pool, entry)
+            await self._rebuild(pool, entry, only_if_missing=True)
         assert entry.snapshot is not None
         return entry.snapshot
 
@@ -152,8 +152,10 @@ class SnapshotCache:
                 return snapshot
             await waiter.wait()
 
-    async def _rebuild(self, pool: str, entry: _Pool) -> None:
+    async def _rebuild(self, pool: str, entry: _Pool, *, only_if_missing: bool = False) -> None:
         async with entry.lock:
+            if only_if_missing and entry.snapshot is not None:
+                return  # another stream built it while this one waited for the lock
             snapshot = await self._builder.build(pool)
             entry.builds += 1
             if not consistent(snapshot):

@@ -72,7 +72,7 @@ class Election:
         kv = await self._store.get(self.key)
         if kv is None:
             return
-        async with contextlib.aclosing(self._store.watch(self.key, revision + 1)) as events:  # type: ignore[type-var]
+        async with contextlib.aclosing(self._store.watch(self.key, revision + 1)) as events:
             async for event in events:
                 if event.kv.key == self.key and event.type is EventType.DELETE:
                     return
