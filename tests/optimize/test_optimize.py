@@ -60,6 +60,19 @@ def write_cnn_onnx(path: Path) -> Path:
     return path
 
 
+def write_wide_mlp_onnx(path: Path) -> Path:
+    """An MLP big enough for dynamic int8 (about 300k weights): x FP32 [-1, 64] → y [-1, 8]."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                              torch.nn.Linear(512, 8)).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net, (torch.zeros(1, 64),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    return path
+
+
 def push(cp: ControlPlaneClient, name: str, path: Path, **kw: object) -> int:
     return cp.push(name, path, **kw).version  # type: ignore[arg-type]
 
@@ -76,7 +89,7 @@ def derived(out: str, name: str) -> int:
 
 def test_int8_dynamic_through_the_cli_with_lineage_and_figures(cp: ControlPlaneClient, plane: ServerProcess,
                                                                  tmp_path: Path) -> None:
-    parent = push(cp, "mlp8", write_mlp_onnx_at(tmp_path / "mlp.onnx"))
+    parent = push(cp, "mlp8", write_wide_mlp_onnx(tmp_path / "wide.onnx"))
     run = lmaas("model", "optimize", "mlp8", str(parent), "--recipe", "int8-dynamic", *FAST, address=plane.grpc)
     n = derived(run.stdout, "mlp8")
     assert "x at batch 1" in run.stdout and "max rel error" in run.stdout
@@ -149,7 +162,7 @@ def test_fp16_and_ort_optimize_through_the_sdk(cp: ControlPlaneClient, tmp_path:
 
 def test_the_gate_refuses_and_registers_nothing(cp: ControlPlaneClient, plane: ServerProcess,
                                                 tmp_path: Path) -> None:
-    parent = push(cp, "gated", write_mlp_onnx_at(tmp_path / "mlp.onnx"))
+    parent = push(cp, "gated", write_wide_mlp_onnx(tmp_path / "wide.onnx"))
     before = cp.list_versions("gated")
     run = lmaas("model", "optimize", "gated", str(parent), "--recipe", "int8-dynamic", "--max-error", "1e-9",
                 *FAST, address=plane.grpc, check=False)
@@ -174,6 +187,9 @@ def test_unknown_recipe_and_unsupported_model_name_both(cp: ControlPlaneClient, 
     with pytest.raises(FailedPrecondition, match=r"recipe 'fp16' does not suit model 'scripted' version 1: .*"
                                                  r"'torchscript'"):
         optimize(cp, "scripted", ts, "fp16")
+    with pytest.raises(FailedPrecondition, match=r"recipe 'int8-dynamic' does not suit model 'plain' version 1: .*"
+                                                 r"too small"):
+        optimize(cp, "plain", parent, "int8-dynamic")
     with pytest.raises(InvalidArgument, match=r"prune --sparsity 1.5"):
         optimize(cp, "plain", parent, "prune", options={"sparsity": 1.5})
 
