@@ -247,12 +247,22 @@ async function modelPage(ctx, name) {
   }
   async function refreshCharts() {
     const stats = await api('GET', `/models/${enc(name)}/statistics`, undefined, ctx.signal);
-    const series = (field) => stats.versions.map((v) => ({ label: `v${v.version}`, points: v.points.map((p) => [p.time_ms, p[field]]) }));
-    fill(charts, 
+    const line = (v, field, suffix = '') => ({ label: `v${v.version}${suffix}`,
+      points: v.points.filter((p) => p[field] !== null && p[field] !== undefined).map((p) => [p.time_ms, p[field]]) });
+    const series = (field) => stats.versions.map((v) => line(v, field));
+    const has = (field) => stats.versions.some((v) => v.points.some((p) => p[field] !== null && p[field] !== undefined));
+    const source = stats.source === 'prometheus'
+      ? `From Prometheus (a point every ${stats.sample_every_s} s, rates over 1 min).`
+      : `Sampled every ${stats.sample_every_s} s from the workers' OIP statistics while this page is open.`;
+    fill(charts,
       lineChart('Requests', 'req/s', series('requests_per_s')),
       lineChart('Errors', 'err/s', series('errors_per_s')),
-      lineChart('Mean latency', 'ms', series('mean_latency_ms')),
-      h('p', { class: 'note' }, `Sampled every ${stats.sample_every_s} s from the workers' OIP statistics while this page is open.`,
+      has('p50_latency_ms')
+        ? lineChart('Latency p50 / p99', 'ms', stats.versions.flatMap((v) => [line(v, 'p50_latency_ms', ' p50'), line(v, 'p99_latency_ms', ' p99')]))
+        : lineChart('Mean latency', 'ms', series('mean_latency_ms')),
+      has('ttft_p50_ms') ? lineChart('Time to first token p50', 'ms', series('ttft_p50_ms')) : null,
+      has('tokens_per_s') ? lineChart('Generated tokens', 'tokens/s', series('tokens_per_s')) : null,
+      h('p', { class: 'note', id: 'charts-source' }, source,
         stats.unreachable.length ? ` Unreachable: ${stats.unreachable.join(', ')}.` : ''),
     );
   }
@@ -508,6 +518,7 @@ async function route() {
     },
   };
   clear(view);
+  view.focus({ preventScroll: true }); // screen readers start at the new page
   for (const a of nav.querySelectorAll('a')) {
     if (path.startsWith(a.getAttribute('href').slice(1))) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }

@@ -16,8 +16,8 @@ function format(value) {
   return value.toPrecision(2);
 }
 
-// series: [{label, points: [[timeMs, value], ...]}]
-export function lineChart(title, unit, series) {
+// series: [{label, points: [[timeMs, value], ...]}], drawn over the last windowMs (an hour)
+export function lineChart(title, unit, series, windowMs = 3600000) {
   const width = 360;
   const height = 160;
   const pad = { left: 44, right: 8, top: 22, bottom: 22 };
@@ -30,8 +30,8 @@ export function lineChart(title, unit, series) {
   }).join('; ');
   const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': `${title}. ${latest}` });
   root.append(svg('text', { x: pad.left, y: 14, class: 'chart-title' }, `${title} (${unit})`));
-  const t0 = all.length ? Math.min(...all.map((p) => p[0])) : 0;
-  const t1 = all.length ? Math.max(...all.map((p) => p[0])) : 1;
+  const t1 = Math.max(Date.now(), ...all.map((p) => p[0]));
+  const t0 = t1 - windowMs; // the whole window, so a quiet start reads as quiet, not as a stretched line
   const highest = Math.max(0, ...all.map((p) => p[1]));
   const top = highest > 0 ? highest * 1.1 : 1; // an idle version still gets a readable axis
   const x = (t) => pad.left + ((t - t0) / Math.max(1, t1 - t0)) * (width - pad.left - pad.right);
@@ -40,11 +40,9 @@ export function lineChart(title, unit, series) {
   root.append(svg('line', { x1: pad.left, y1: pad.top, x2: pad.left, y2: y(0), class: 'axis' }));
   root.append(svg('text', { x: pad.left - 4, y: pad.top + 8, class: 'tick', 'text-anchor': 'end' }, format(top)));
   root.append(svg('text', { x: pad.left - 4, y: y(0), class: 'tick', 'text-anchor': 'end' }, '0'));
-  if (all.length) {
-    const span = Math.round((t1 - t0) / 60000);
-    root.append(svg('text', { x: width - pad.right, y: height - 6, class: 'tick', 'text-anchor': 'end' }, 'now'));
-    root.append(svg('text', { x: pad.left, y: height - 6, class: 'tick' }, span ? `-${span} min` : 'just now'));
-  } else {
+  root.append(svg('text', { x: width - pad.right, y: height - 6, class: 'tick', 'text-anchor': 'end' }, 'now'));
+  root.append(svg('text', { x: pad.left, y: height - 6, class: 'tick' }, `-${Math.round(windowMs / 60000)} min`));
+  if (!all.length) {
     root.append(svg('text', { x: width / 2, y: height / 2, class: 'tick', 'text-anchor': 'middle' },
       'collecting samples…'));
   }

@@ -8,7 +8,9 @@ the rows ``"VERB /path"`` of :data:`lmaas.control_plane.auth.METHODS`:
 * ``GET /api/v1/models/{name}/statistics``: per version, request rate, errors and mean latency over the last
   hour, from the control plane's own samples of each connected worker's OIP v2 ``ModelStatistics`` (cumulative
   counts and durations, polled over gRPC at the worker's ``inference_address`` when a client asks, at most every
-  :data:`SAMPLE_EVERY` seconds). Percentiles are not in those statistics, so none are made up.
+  :data:`SAMPLE_EVERY` seconds). Percentiles are not in those statistics, so none are made up. When the control
+  plane's settings name a Prometheus server (``prometheus_url``) that scrapes the workers, the same route answers
+  from its range queries instead, with p50/p99 latency and, for LLMs, time to first token and tokens per second.
 * ``POST /api/v1/models/{name}/generate``: streams a completion of a prompt from an LLM version as server-sent
   events, through OIP v2 ``ModelStreamInfer`` on a worker that holds the version (so a browser on the control
   plane's origin reaches the data plane without a cross-origin call).
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
@@ -32,11 +35,12 @@ from lmaas.control_plane.auth import GRANTS
 from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
 from lmaas.control_plane.tokens import role_name
 from lmaas.control_plane.workers import list_workers
-from lmaas.protos.errors import FailedPrecondition, LMaaSError
+from lmaas.protos.errors import FailedPrecondition, LMaaSError, Unavailable
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SAMPLE_EVERY", "WINDOW_S", "router"]
+__all__ = ["PROMETHEUS_STEP", "SAMPLE_EVERY", "WINDOW_S", "StatisticsSampler",
+           "prometheus_statistics", "router"]
 
 log = logging.getLogger("lmaas.rest")
 router = APIRouter(route_class=AuthorizedRoute)
@@ -81,6 +85,14 @@ class StatisticsPoint(BaseModel):
     errors_per_s: float = Field(description="Failed requests per second.", examples=[0.0])
     mean_latency_ms: float = Field(description="Mean latency of the successful requests in the interval "
                                                "(0 without requests).", examples=[3.2])
+    p50_latency_ms: float | None = Field(None, description="Median request latency (Prometheus only).",
+                                         examples=[2.9])
+    p99_latency_ms: float | None = Field(None, description="99th percentile request latency (Prometheus only).",
+                                         examples=[9.5])
+    ttft_p50_ms: float | None = Field(None, description="Median time to first token of an LLM (Prometheus only).",
+                                      examples=[41.0])
+    tokens_per_s: float | None = Field(None, description="Tokens an LLM generated per second (Prometheus only).",
+                                       examples=[80.5])
 
 
 class VersionStatistics(BaseModel):
@@ -96,7 +108,11 @@ class ModelStatistics(BaseModel):
     """Per version: request rate, errors and mean latency, from the workers' OIP v2 ModelStatistics."""
 
     model: str = Field(description="The model.", examples=["demo"])
-    sample_every_s: float = Field(description="Seconds between the control plane's samples.", examples=[5.0])
+    source: Literal["workers", "prometheus"] = Field(
+        description="workers: the control plane's samples of the workers' OIP statistics; prometheus: range queries "
+                    "of the configured Prometheus server.", examples=["workers"])
+    sample_every_s: float = Field(description="Seconds between the control plane's samples (the query step with "
+                                              "Prometheus).", examples=[5.0])
     versions: list[VersionStatistics] = Field(description="Versions some worker reported, sorted.")
     unreachable: list[str] = Field(description="Workers whose statistics could not be read this time.",
                                    examples=[[]])
@@ -174,7 +190,7 @@ def _statistics(model: str, series: _Series, every: float) -> ModelStatistics:
     out: list[VersionStatistics] = []
     for version in versions:
         points: list[StatisticsPoint] = []
-        for (t0, _, before), (t1, wall, after) in zip(samples, samples[1:], strict=False):
+        for (t0, _, before), (t1, wall, after) in itertools.pairwise(samples):
             seconds = max(t1 - t0, 1e-9)
             ok = ns = fail = 0
             for key, now in after.items():
@@ -193,7 +209,85 @@ def _statistics(model: str, series: _Series, every: float) -> ModelStatistics:
             version=version, requests=sum(t.success for k, t in last.items() if k[1] == version),
             errors=sum(t.fail for k, t in last.items() if k[1] == version), points=points,
         ))
-    return ModelStatistics(model=model, sample_every_s=every, versions=out, unreachable=series.unreachable)
+    return ModelStatistics(model=model, source="workers", sample_every_s=every, versions=out,
+                           unreachable=series.unreachable)
+
+
+PROMETHEUS_STEP = 15.0  # seconds between the points of a Prometheus range query
+_RATE = "1m"
+_QUERIES = {  # {m}: the model name (validated: letters, digits, _ . - only), {w}: the rate window
+    "requests_per_s": 'sum by (version) (rate(lmaas_inference_requests_total{{model="{m}",code="OK"}}[{w}]))',
+    "errors_per_s": 'sum by (version) (rate(lmaas_inference_requests_total{{model="{m}",code!="OK"}}[{w}]))',
+    "mean_latency_ms": '1000 * sum by (version) '
+                       '(rate(lmaas_inference_request_duration_seconds_sum{{model="{m}"}}[{w}])) / sum by (version) '
+                       '(rate(lmaas_inference_request_duration_seconds_count{{model="{m}"}}[{w}]))',
+    "p50_latency_ms": '1000 * histogram_quantile(0.5, sum by (version, le) '
+                      '(rate(lmaas_inference_request_duration_seconds_bucket{{model="{m}"}}[{w}])))',
+    "p99_latency_ms": '1000 * histogram_quantile(0.99, sum by (version, le) '
+                      '(rate(lmaas_inference_request_duration_seconds_bucket{{model="{m}"}}[{w}])))',
+    "ttft_p50_ms": '1000 * histogram_quantile(0.5, sum by (version, le) '
+                   '(rate(lmaas_llm_time_to_first_token_seconds_bucket{{model="{m}"}}[{w}])))',
+    "tokens_per_s": 'sum by (version) (rate(lmaas_llm_generation_tokens_total{{model="{m}"}}[{w}]))',
+}
+_TOTALS = {
+    "requests": 'sum by (version) (lmaas_inference_requests_total{{model="{m}",code="OK"}})',
+    "errors": 'sum by (version) (lmaas_inference_requests_total{{model="{m}",code!="OK"}})',
+}
+
+
+async def prometheus_statistics(url: str, model: str, *, step: float = PROMETHEUS_STEP) -> ModelStatistics:
+    """The statistics of ``model`` over the last hour from Prometheus's HTTP API (query_range), per version."""
+    import httpx
+
+    end = time.time()
+    base = url.rstrip("/") + "/api/v1/"
+    points: dict[int, dict[float, dict[str, float]]] = {}
+    totals: dict[int, dict[str, int]] = {}
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def query(path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+                answer = await client.get(base + path, params=params)
+                body = answer.json()
+                if answer.status_code != 200 or body.get("status") != "success":
+                    raise Unavailable(f"Prometheus at {url} refused {params['query']!r}: {body.get('error', '')}")
+                result: list[dict[str, Any]] = body["data"]["result"]
+                return result
+
+            ranges = await asyncio.gather(*(
+                query("query_range", {"query": q.format(m=model, w=_RATE), "start": end - WINDOW_S, "end": end,
+                                      "step": step}) for q in _QUERIES.values()))
+            instants = await asyncio.gather(*(query("query", {"query": q.format(m=model), "time": end})
+                                              for q in _TOTALS.values()))
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise Unavailable(f"Prometheus at {url} did not answer: {exc}") from exc
+    for key, series in zip(_QUERIES, ranges, strict=True):
+        for s in series:
+            version = s.get("metric", {}).get("version", "")
+            if not version.isdigit():
+                continue
+            for t, value in s.get("values", []):
+                number = float(value)
+                if number == number and number not in (float("inf"), float("-inf")):  # NaN: no data there
+                    points.setdefault(int(version), {}).setdefault(float(t), {})[key] = number
+    for key, series in zip(_TOTALS, instants, strict=True):
+        for s in series:
+            version = s.get("metric", {}).get("version", "")
+            if version.isdigit():
+                totals.setdefault(int(version), {})[key] = int(float(s["value"][1]))
+    versions = []
+    for version in sorted(set(points) | set(totals)):
+        by_time = points.get(version, {})
+        versions.append(VersionStatistics(
+            version=version, requests=totals.get(version, {}).get("requests", 0),
+            errors=totals.get(version, {}).get("errors", 0),
+            points=[StatisticsPoint(time_ms=int(t * 1000), requests_per_s=v.get("requests_per_s", 0.0),
+                                    errors_per_s=v.get("errors_per_s", 0.0),
+                                    mean_latency_ms=v.get("mean_latency_ms", 0.0),
+                                    p50_latency_ms=v.get("p50_latency_ms"), p99_latency_ms=v.get("p99_latency_ms"),
+                                    ttft_p50_ms=v.get("ttft_p50_ms"), tokens_per_s=v.get("tokens_per_s"))
+                    for t, v in sorted(by_time.items())],
+        ))
+    return ModelStatistics(model=model, source="prometheus", sample_every_s=step, versions=versions, unreachable=[])
 
 
 @router.get("/models/{name}/statistics", summary="Request rate, errors and latency per version",
@@ -205,6 +299,9 @@ async def statistics(name: ModelName, request: Request) -> ModelStatistics:
     of each connected worker holding the model. Workers that do not answer are listed in `unreachable`."""
     plane = request.app.state.plane
     await plane.models.get_model(name)  # 404 for an unknown model
+    prometheus = getattr(getattr(plane, "settings", None), "prometheus_url", None)
+    if prometheus:
+        return await prometheus_statistics(str(prometheus), name)
     sampler: StatisticsSampler | None = getattr(request.app.state, "statistics", None)
     if sampler is None:
         sampler = request.app.state.statistics = StatisticsSampler()
@@ -221,7 +318,8 @@ class Generate(BaseModel):
         {"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}]})
 
     prompt: str = Field(min_length=1, max_length=32768, description="The text to complete (sent as it is: no chat "
-                                                                    "template is applied).")
+                                                                    "template is applied).",
+                        examples=["The capital of France is"])
     version: int = Field(0, ge=0, description="The version; 0 = as the deployment routes (stable or canary).",
                          examples=[0])
     max_tokens: int = Field(64, ge=1, le=4096, description="At most this many new tokens.", examples=[16])
@@ -268,15 +366,18 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
     async def events() -> AsyncIterator[bytes]:
         started = time.perf_counter()
         first: float | None = None
-        tokens, finish, answered = 0, "", ""
+        chunks, total, finish, answered = 0, 0, "", ""
         try:
             async for chunk in stream:
                 if chunk.text:
                     first = first if first is not None else time.perf_counter()
-                    tokens += max(chunk.num_output_tokens, 1)
+                    chunks += 1
                     yield _event("token", {"text": chunk.text})
+                if chunk.final and chunk.num_output_tokens:  # the final response counts the whole completion
+                    total = chunk.num_output_tokens
                 finish = chunk.finish_reason or finish
                 answered = chunk.model_version or answered
+            tokens = total or chunks
             end = time.perf_counter()
             decode = end - first if first is not None else 0.0
             yield _event("done", {

@@ -23,12 +23,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "control_plane"))  # cp_harness
 
-from cp_harness import ADMIN_TOKEN, address, running, worker
+from cp_harness import ADMIN_TOKEN, address, running, settings, worker
 from lmaas.control_plane.app import ControlPlane
+from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.store.sqlite import SqliteStore
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from prometheus_client import CollectorRegistry
 
 T = TypeVar("T")
+
+
+class WithPrometheus(ControlPlaneSettings):
+    """The settings with ``prometheus_url`` (``--prometheus-url``), which the statistics route reads when set."""
+
+    prometheus_url: str = ""
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".lmaas" / "test-output" / "console"
 README_SHOTS = ROOT / "docs" / "screenshots"
@@ -42,9 +50,10 @@ WAIT = 30.0
 class Plane:
     """A control plane and workers ``w1``, ``w2`` serving in a thread of their own."""
 
-    def __init__(self, tmp: Path, workers: tuple[str, ...] = ("w1", "w2")) -> None:
+    def __init__(self, tmp: Path, workers: tuple[str, ...] = ("w1", "w2"), **overrides: object) -> None:
         self.tmp = tmp
         self.workers = workers
+        self.overrides = overrides
         self.loop = asyncio.new_event_loop()
         self.cp: ControlPlane | None = None
         self._ready = threading.Event()
@@ -72,7 +81,13 @@ class Plane:
         store = SqliteStore(self.tmp / "store.db")
         try:
             async with contextlib.AsyncExitStack() as stack:
-                self.cp = await stack.enter_async_context(running(store, self.tmp, http_port=0))
+                if "prometheus_url" in self.overrides:
+                    config = WithPrometheus(**settings(self.tmp, http_port=0).model_dump(), **self.overrides)
+                    self.cp = ControlPlane(config, CollectorRegistry(), store=store)
+                    await self.cp.start()
+                    stack.push_async_callback(self.cp.stop, 0.5)
+                else:
+                    self.cp = await stack.enter_async_context(running(store, self.tmp, http_port=0, **self.overrides))
                 for name in self.workers:
                     await stack.enter_async_context(worker(address(self.cp), self.tmp, name))
                 self._ready.set()

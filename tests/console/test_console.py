@@ -79,7 +79,7 @@ def test_login_pages_and_security_headers(plane: Plane, browser: Any, tmp_path: 
     for nav, title, name in (("Workers", "Workers", "workers"), ("Tokens", "Tokens", "tokens"),
                              ("Audit", "Audit trail", "audit")):
         browser.find_element(By.LINK_TEXT, nav).click()
-        screenshot(browser, name, title, readme=name == "workers")
+        screenshot(browser, name, title)
     browser.find_element(By.LINK_TEXT, "Workers").click()
     wait_for(browser, lambda d: "w1" in text_of(d, "#workers-table") and "w2" in text_of(d, "#workers-table"),
              "both workers listed")
@@ -96,6 +96,22 @@ def test_login_pages_and_security_headers(plane: Plane, browser: Any, tmp_path: 
     wait_for(browser, lambda d: text_of(d, "main h1") == "Tokens", "the tokens page again")
     wait_for(browser, lambda d: "made in the console" in text_of(d, "#tokens-table"), "the listed token")
     assert secret not in text_of(browser, "main")
+    token_id = secret.split("_")[1]
+    click(browser, f'button[aria-label="Revoke {token_id}"]')
+    confirm(browser, f"Revoke token {token_id} (reader: made in the console)")
+    wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'button[aria-label="Revoke {token_id}"]'),
+             "the token revoked")
+    with rest(plane, secret) as revoked:
+        assert revoked.get("/whoami").status_code == 401
+
+    # the audit trail, filtered by what was done and by whom
+    browser.find_element(By.LINK_TEXT, "Audit").click()
+    wait_for(browser, lambda d: "RevokeToken" in text_of(d, "#audit-table"), "the revocation audited")
+    browser.find_element(By.ID, "audit-what").send_keys("CreateToken")
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#audit-table tbody tr")]
+    assert rows and all("CreateToken" in r and "token:00000000ad01" in r for r in rows), rows
+    browser.find_element(By.ID, "audit-who").send_keys("token:nobody")
+    wait_for(browser, lambda d: text_of(d, "#audit-table") == "No entry matches.", "no entry for another principal")
 
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, lambda d: d.find_elements(By.ID, "token"), "signed out")
@@ -151,7 +167,7 @@ def test_deploy_canary_and_rollback_from_the_console(plane: Plane, browser: Any,
 
     browser.get(plane.url + "/#/models/scale")
     wait_for(browser, lambda d: text_of(d, "#serving") == "v2 + canary v1 (30%)", "the canary on the page")
-    screenshot(browser, "model", "Model scale", readme=True)
+    screenshot(browser, "model", "Model scale")
     click(browser, "#rollback")
     confirm(browser, "stop serving v2 + canary v1 (30%) and serve v2 again")
     rollout_done(browser, 4)

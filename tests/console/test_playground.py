@@ -1,0 +1,73 @@
+"""The LLM playground streams tokens from SmolLM2 (a real worker process) and answers one prompt from two
+versions side by side: stable and canary. SmolLM2 comes from ``llm_support`` (converted once per session)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import login, screenshot, text_of, wait_for
+from cp_harness import lmaas, start_control_plane
+from llm_support import SMOLLM2_FILES, smollm2_dir
+from lmaas.client.control import ControlPlaneClient
+from processes import ServerProcess, start_worker
+from selenium.webdriver.common.by import By
+
+
+@pytest.fixture()
+def llm_plane(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A control plane serving SmolLM2 v1 (stable) and v2 (canary, the same weights) on one real worker."""
+    source = smollm2_dir()
+    control = start_control_plane(tmp_path)
+    try:
+        w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "llm-worker", "--cache-dir",
+                         str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "1"})
+        try:
+            with ControlPlaneClient(control.grpc) as client:
+                deadline = time.monotonic() + 30
+                while not client.workers():
+                    assert time.monotonic() < deadline, "the worker never connected"
+                    time.sleep(0.05)
+            v2 = tmp_path / "v2"  # a second version: the same files, a different description
+            v2.mkdir()
+            for f in SMOLLM2_FILES:
+                os.link(source / f, v2 / f)
+            assert lmaas("model", "push", "smollm2", str(source), "-q", address=control.grpc).stdout.strip() == "1"
+            assert lmaas("model", "push", "smollm2", str(v2), "-q", "--parent", "1", "--description", "canary",
+                         address=control.grpc).stdout.strip() == "2"
+            lmaas("deploy", "smollm2", "1", "--canary", "2", "--weight", "50", "--wait", address=control.grpc,
+                  timeout=300)
+            yield control
+        finally:
+            w.stop()
+    finally:
+        control.stop()
+
+
+def test_the_playground_streams_two_versions_side_by_side(llm_plane: ServerProcess, browser: Any) -> None:
+    base = f"http://{llm_plane.http}"
+    login(browser, base)
+    browser.get(base + "/#/models/smollm2")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "playground-link"), "the playground link of an LLM")
+    browser.find_element(By.ID, "playground-link").click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "chat-form"), "the playground")
+    assert browser.find_element(By.ID, "version-a").get_attribute("value") == "1"  # stable vs canary by default
+    assert browser.find_element(By.ID, "version-b").get_attribute("value") == "2"
+    tokens = browser.find_element(By.ID, "max-tokens")
+    tokens.clear()
+    tokens.send_keys("8")
+    browser.find_element(By.ID, "send").click()
+    for pane, version in (("a", "1"), ("b", "2")):
+        stats = wait_for(browser, lambda d, p=pane: "tokens" in text_of(d, f"#stats-{p}") and text_of(d, f"#stats-{p}"),
+                         f"pane {pane} finished", 180)
+        assert stats.startswith(f"v{version} on llm-worker · "), stats
+        assert " · 8 tokens · length · TTFT " in stats and "tokens/s" in stats, stats  # max_tokens reached
+        # streamed: the text arrived as several events, each appended as its own text node
+        assert browser.execute_script(f"return document.getElementById('out-{pane}').childNodes.length") > 1
+    a, b = text_of(browser, "#out-a"), text_of(browser, "#out-b")
+    assert a.strip() and a == b  # the same weights, greedy: the same text
+    screenshot(browser, "playground", "Playground smollm2", readme=True)
