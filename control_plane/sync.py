@@ -45,6 +45,7 @@ __all__ = ["SyncSettings", "WorkerSync"]
 
 log = logging.getLogger(__name__)
 _REMEMBERED_SNAPSHOTS = 32
+_FLUSH_DELAY = 0.5  # seconds a sent snapshot's desired revision waits to ride along with the worker's Ack write
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class _Session:
         self.observed_models: set[str] = set()
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
+        self.unwritten = False  # info changed (desired revision) since the last write
+        self.flusher: asyncio.Task[None] | None = None
 
     async def register(self) -> None:
         """Write the worker key, replacing a record of an older stream of the same worker."""
@@ -151,6 +154,19 @@ class _Session:
         if not result.succeeded:
             raise Aborted(f"worker {self.worker_id} registered again on another stream; closing this one")
         self.revision = result.revision
+        self.unwritten = False
+
+    def _write_soon(self) -> None:
+        """Coalesce: the desired revision is written with the next Ack, or alone after a short delay."""
+        self.unwritten = True
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush(), name=f"lmaas-sync-flush-{self.worker_id}")
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(_FLUSH_DELAY)
+        async with self.lock:
+            if self.unwritten:
+                await self._write([])
 
     async def run(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> AsyncIterator[sync_pb2.Snapshot]:
         sync = self.sync
@@ -179,14 +195,15 @@ class _Session:
                     self.sent[snapshot.revision] = {r.model: r.generation for r in snapshot.routes}
                     for old in sorted(self.sent)[:-_REMEMBERED_SNAPSHOTS]:
                         del self.sent[old]
-                    async with self.lock:
-                        self.info.desired_revision = snapshot.revision
-                        await self._write([])
+                    self.info.desired_revision = snapshot.revision
+                    if self.flusher is not None and self.flusher.done():
+                        self.flusher.result()  # ABORTED when another stream of this worker took over
+                    self._write_soon()
                     sync._metrics.worker_revision.labels(self.worker_id, "desired").set(snapshot.revision)
                     yield snapshot
                     last = snapshot
             finally:
-                for task in (reader, closing, revoked):
+                for task in (reader, closing, revoked, *([self.flusher] if self.flusher else [])):
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
