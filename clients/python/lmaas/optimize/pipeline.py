@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class Optimized:
 
 
 def _tool_versions(tools: Sequence[str]) -> dict[str, str]:
-    out = {}
+    out = {"python": platform.python_version()}
     for t in tools:
         try:
             out[t] = importlib.metadata.version(t)
@@ -114,6 +115,8 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
     current deployment's stable version. Over the gate: FailedPrecondition, and nothing is registered.
     """
     get_recipe(recipe, model, version)
+    if with_versions and recipe != "merge":
+        raise InvalidArgument(f"--with is for recipe 'merge', not {recipe!r}")
     if not 0 <= deploy_canary <= 100:
         raise InvalidArgument(f"--deploy-canary {deploy_canary}: expected a percentage 0-100")
     say = progress or (lambda _step: None)
