@@ -259,3 +259,20 @@ def test_version_that_does_not_fit_in_memory_fails_to_load(client: tc.InferenceS
     index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
     assert index["huge"]["state"] == "UNAVAILABLE"
     assert "does not fit in memory" in index["huge"]["reason"] and "kv_cache_mb=100000000" in index["huge"]["reason"]
+
+
+async def test_eight_concurrent_streams_equal_each_prompt_alone(
+    client: tc.InferenceServerClient, engine: LLMEngine
+) -> None:
+    """Batching never changes a result: 8 greedy generations multiplexed on one stream = each run alone."""
+    prompts = [f"{word} is" for word in ("Paris", "Water", "Music", "Python", "Winter", "Gold", "A cat", "The sun")]
+    alone = {f"p{i}": await _engine_text(engine, p, 8) for i, p in enumerate(prompts)}
+    s = Stream(client)
+    try:
+        for i, p in enumerate(prompts):
+            s.send(f"p{i}", inputs(p, greedy(8), stream=True))
+        got, errors = s.until_final(set(alone))
+    finally:
+        client.stop_stream()
+    assert not errors
+    assert {rid: text_of(results) for rid, results in got.items()} == alone
