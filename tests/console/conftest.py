@@ -65,6 +65,7 @@ class Plane:
             raise RuntimeError(f"the control plane did not start: {self._error!r}")
 
     def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)  # grpc.aio looks the loop up from the thread
         try:
             self.loop.run_until_complete(self._main())
         except BaseException as exc:  # reported by __init__
