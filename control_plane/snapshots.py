@@ -92,6 +92,9 @@ class SnapshotBuilder:
         return snapshot
 
 
+_REMEMBERED = 256  # generation maps kept (pools x recent snapshots)
+
+
 class _Pool:
     def __init__(self) -> None:
         self.snapshot: sync_pb2.Snapshot | None = None
@@ -109,6 +112,17 @@ class SnapshotCache:
         self._watcher = watcher
         self._pools: dict[str, _Pool] = {}
         self._task: asyncio.Task[None] | None = None
+        self._generations: dict[tuple[str, int], dict[str, int]] = {}
+
+    def generations(self, pool: str, snapshot: sync_pb2.Snapshot) -> dict[str, int]:
+        """model → generation routed by ``snapshot``: one shared map per snapshot, not one per stream."""
+        key = (pool, snapshot.revision)
+        found = self._generations.get(key)
+        if found is None:
+            found = self._generations[key] = {r.model: r.generation for r in snapshot.routes}
+            while len(self._generations) > _REMEMBERED:
+                del self._generations[next(iter(self._generations))]
+        return found
 
     def builds(self, pool: str) -> int:
         """How many snapshots of ``pool`` were built (tests: one per change, however many streams)."""

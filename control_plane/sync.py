@@ -192,7 +192,7 @@ class _Session:
                     if closing in done:
                         return
                     snapshot = waiter.result()
-                    self.sent[snapshot.revision] = {r.model: r.generation for r in snapshot.routes}
+                    self.sent[snapshot.revision] = sync.cache.generations(pool, snapshot)
                     for old in sorted(self.sent)[:-_REMEMBERED_SNAPSHOTS]:
                         del self.sent[old]
                     self.info.desired_revision = snapshot.revision
