@@ -125,14 +125,22 @@ function lineage(versions) {
 }
 
 function recipe(v) {
-  // a derived version carries what was done in its description; its config may name a recipe and measurements
-  let config = {};
-  try { config = v.config_json ? JSON.parse(v.config_json) : {}; } catch { config = {}; }
-  const params = config.parameters || {};
-  const parts = [];
-  for (const key of ['recipe', 'speedup', 'speed_up', 'accuracy', 'accuracy_delta']) {
-    if (params[key] !== undefined) parts.push(`${key}: ${typeof params[key] === 'object' ? JSON.stringify(params[key]) : params[key]}`);
+  // what `lmaas model optimize` recorded for a derived version: recipe, measured speed-up, size and accuracy
+  const d = v.derivation;
+  if (!d) return '';
+  const params = Object.entries(d.params || {}).map(([k, x]) => `${k}=${x}`).join(', ');
+  const parts = [`recipe ${d.recipe}${params ? ` (${params})` : ''}`];
+  if (d.speed && d.speed.length) {
+    parts.push(`speed-up ${d.speed.map((m) => `×${m.speedup.toFixed(2)} at batch ${m.batch}`).join(', ')}`);
   }
+  if (d.parent_size_bytes) parts.push(`size ${bytes(d.size_bytes)} (parent ${bytes(d.parent_size_bytes)})`);
+  if (d.accuracy) {
+    const a = d.accuracy;
+    let text = `accuracy vs ${a.reference}: max rel. error ${a.max_rel_error.toPrecision(2)} on ${a.samples} samples`;
+    if (a.top1_agreement !== null && a.top1_agreement !== undefined) text += `, top-1 agreement ${(a.top1_agreement * 100).toFixed(1)}%`;
+    parts.push(text);
+  }
+  if (d.merged_versions && d.merged_versions.length) parts.push(`merges ${d.merged_versions.map((n) => `v${n}`).join(', ')}`);
   return parts.join(' · ');
 }
 

@@ -149,6 +149,7 @@ def new_browser(tmp: Path) -> Any:
     profile = tmp / "chromium-profile"
     profile.mkdir(exist_ok=True)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_script_timeout(WAIT)
     return driver
@@ -194,6 +195,9 @@ def screenshot(driver: Any, name: str, title: str, *, readme: bool = False) -> P
     """Waits for the page titled ``title``, saves a PNG of it and checks it is a non-empty image."""
     wait_for(driver, lambda d: text_of(d, "main h1") == title, f"a page titled {title!r}")
     assert driver.title == f"{title} · LMaaS console"
+    problems = [e["message"] for e in driver.get_log("browser")
+                if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
+    assert not problems, problems  # no script error, nothing the CSP had to block
     words = text_of(driver, "main").split()
     assert "null" not in words and "undefined" not in words, "a missing value was rendered"
     SHOTS.mkdir(parents=True, exist_ok=True)

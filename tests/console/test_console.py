@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 from conftest import Plane, login, screenshot, text_of, wait_for
-from cp_harness import ADMIN_TOKEN, lmaas
+from cp_harness import ADMIN_TOKEN, lmaas, write_scale_onnx
 from lmaas.control_plane.console import CONTENT_SECURITY_POLICY
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from selenium.webdriver.common.by import By
@@ -75,6 +75,12 @@ def test_login_pages_and_security_headers(plane: Plane, browser: Any, tmp_path: 
     assert browser.execute_script("return document.cookie") == ""  # nothing a cross-site request could carry
     assert ADMIN_TOKEN not in browser.current_url
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "a.model-link"), "the model list")
+    # the browser enforces the policy: an inline script (what an injection would add) does not run
+    browser.execute_script("const s = document.createElement('script'); s.textContent = 'window.__inline = 1';"
+                           "document.body.append(s);")
+    assert browser.execute_script("return window.__inline") is None
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert blocked, "the CSP violation was not reported"
     screenshot(browser, "models", "Models", readme=True)
     for nav, title, name in (("Workers", "Workers", "workers"), ("Tokens", "Tokens", "tokens"),
                              ("Audit", "Audit trail", "audit")):
@@ -132,6 +138,16 @@ def test_a_version_pushed_with_the_cli_appears_without_a_reload(plane: Plane, br
     assert browser.execute_script("return window.__sameDocument") == 42  # never reloaded
     row = browser.find_element(By.ID, "version-2").find_element(By.XPATH, "./ancestor::tr")
     assert "v1 → v2" in row.text and "pruned 30%" in row.text and "onnx" in row.text
+
+    # a derived version shows its recipe and what optimize measured beside the parent
+    onnx = write_scale_onnx(tmp_path / "real.onnx", 2.0)
+    assert lmaas("model", "push", "iris", str(onnx), "-q", address=plane.grpc).stdout.strip() == "3"
+    lmaas("model", "optimize", "iris", "3", "--recipe", "fp16", "--seconds", "0.2", address=plane.grpc, timeout=300)
+    wait_for(browser, lambda d: d.find_elements(By.ID, "version-4"), "the derived v4")
+    row = browser.find_element(By.ID, "version-4").find_element(By.XPATH, "./ancestor::tr")
+    assert "v3 → v4" in row.text and "recipe fp16" in row.text, row.text
+    assert "speed-up \u00d7" in row.text and "at batch 1" in row.text and "accuracy vs " in row.text, row.text
+    screenshot(browser, "model-lineage", "Model iris")
 
 
 def test_deploy_canary_and_rollback_from_the_console(plane: Plane, browser: Any, tmp_path: Path) -> None:
