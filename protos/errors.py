@@ -80,9 +80,14 @@ class NotFound(LMaaSError):
 
 
 class ModelNotFound(NotFound):
-    def __init__(self, name: str, version: str | int | None = None) -> None:
-        what = f"model '{name}'" if not version else f"version {version} of model '{name}'"
-        super().__init__(f"{what} is not found" if version else f"{what} is not found or not ready")
+    def __init__(self, name: str, version: str | int | None = None, *, triton: bool = False) -> None:
+        if triton:  # the worker: Triton's wording, which its clients and examples match on
+            suffix = f" version {version}" if version else ""
+            message = f"Request for unknown model: '{name}'{suffix} is not found"
+        else:
+            what = f"model '{name}'" if not version else f"version {version} of model '{name}'"
+            message = f"{what} is not found" if version else f"{what} is not found or not ready"
+        super().__init__(message)
         self.name = name
         self.version = str(version or "")
 

@@ -16,6 +16,12 @@ Example (YAML)::
       max_queue_size: 1024        # beyond it: RESOURCE_EXHAUSTED at once (0 = unbounded)
     instance_count: 1             # concurrent executions
     parameters: {intra_op_threads: 1, inter_op_threads: 1}
+    model_warmup:                 # Triton's: run at load; a failure fails the load
+      - {name: w, batch_size: 4, count: 2, inputs: {x: {random_data: true}}}   # or zero_data, or data: [...]
+
+Without ``model_warmup`` the worker runs one synthetic request on zeros (empty
+strings) to pay lazy initialisation; if the model rejects it the load goes on
+with a warning, because zeros are not valid input for every valid model.
 """
 
 from __future__ import annotations
@@ -26,9 +32,18 @@ from typing import Any, Literal
 
 import yaml
 from lmaas.protos.errors import InvalidArgument
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["BatchingConfig", "ModelConfig", "TensorSpec", "dump_config", "load_config", "parse_config"]
+__all__ = [
+    "BatchingConfig",
+    "ModelConfig",
+    "TensorSpec",
+    "WarmupInput",
+    "WarmupSpec",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]
 
 Datatype = Literal[
     "BOOL",
@@ -68,6 +83,30 @@ class BatchingConfig(_Strict):
     max_queue_size: int = Field(0, ge=0, description="0 = unbounded")
 
 
+class WarmupInput(_Strict):
+    """Data of one input of a warm-up request: zeros (the default), random values or the given values."""
+
+    dims: tuple[int, ...] | None = Field(None, description="without the batch dim; default: the model's, -1 → 1")
+    zero_data: bool = False
+    random_data: bool = False
+    data: tuple[Any, ...] | None = Field(None, description="values, flattened in row-major order")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WarmupInput:
+        if sum((self.zero_data, self.random_data, self.data is not None)) > 1:
+            raise ValueError("give at most one of zero_data, random_data and data")
+        return self
+
+
+class WarmupSpec(_Strict):
+    """One configured warm-up request (Triton's ``model_warmup`` entry)."""
+
+    name: str = ""
+    batch_size: int = Field(1, ge=0, le=1024, description="ignored for a model that does not batch")
+    count: int = Field(1, ge=1, le=1000)
+    inputs: dict[str, WarmupInput] = Field(default_factory=dict, description="inputs left out get zeros")
+
+
 class ModelConfig(_Strict):
     """What the worker needs to know about a model besides its file."""
 
@@ -78,6 +117,7 @@ class ModelConfig(_Strict):
     dynamic_batching: BatchingConfig | None = None
     instance_count: int = Field(1, ge=1, le=64)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    model_warmup: tuple[WarmupSpec, ...] = ()
 
 
 def parse_config(data: str | bytes, *, source: str = "config") -> ModelConfig:

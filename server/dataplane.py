@@ -174,7 +174,7 @@ class DataPlane:
                 else [mv for mv in self.manager.loaded() if mv.name == name]
             )
             if not versions:
-                raise ModelNotFound(name)
+                raise ModelNotFound(name, triton=True)
         else:
             versions = self.manager.loaded()
         return pb.ModelStatisticsResponse(model_stats=[self._stats(mv) for mv in versions])
@@ -243,14 +243,15 @@ class DataPlane:
         if not self.repository_rpcs:
             raise FailedPrecondition("model control is managed by the control plane; repository RPCs are disabled")
 
-    async def load_model(self, name: str, config_json: str | None) -> None:
+    async def load_model(self, name: str, config_json: str | None, files: dict[str, bytes] | None = None) -> None:
+        """RepositoryModelLoad: from the repository, or from ``files`` sent by the client (``file:<path>``)."""
         self._check_repository_rpcs()
-        await self.manager.load_from_repository(name, config_json)
+        await self.manager.load_from_repository(name, config_json, files)
 
     async def unload_model(self, name: str) -> None:
         self._check_repository_rpcs()
         if not any(mv.name == name for mv in self.manager.loaded()):
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, triton=True)
         await self.manager.unload(name)
 
 

@@ -45,6 +45,13 @@ def _check_shape(model: ModelVersion, name: str, declared: tuple[int, ...], shap
 
 def decode_request(model: ModelVersion, request: pb.ModelInferRequest, max_elements: int) -> DecodedRequest:
     raw = request.raw_input_contents
+    if raw:  # before the count check, as Triton: the mixed input is what the caller needs to hear about
+        for tensor in request.inputs:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"contents field must not be specified when using raw_input_contents for '{tensor.name}' "
+                    f"for model '{model.name}'"
+                )
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     inputs: dict[str, Array] = {}
@@ -68,8 +75,6 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, max_eleme
         if count > max_elements:
             raise InvalidArgument(f"input '{name}': {count} elements exceed the limit of {max_elements}")
         if raw:
-            if tensor.HasField("contents"):
-                raise InvalidArgument(f"input '{name}': typed contents and raw_input_contents cannot be mixed")
             inputs[name] = decode_raw(name, sig.datatype, shape, raw[i])
         else:
             if not tensor.HasField("contents"):

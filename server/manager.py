@@ -26,6 +26,7 @@ from lmaas.server.config import ModelConfig, dump_config, load_config, parse_con
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
+from lmaas.server.uploads import UploadArea
 
 __all__ = ["ModelManager", "ModelState"]
 
@@ -56,6 +57,7 @@ class ModelManager:
         self._states: dict[tuple[str, int], ModelState] = {}
         self._load_lock = asyncio.Lock()
         self.on_change: list[object] = []  # callables(name) notified when readiness changes
+        self._uploads: UploadArea | None = None  # models sent as files (RepositoryModelLoad)
 
     # ---- lookups (request path) ----
 
@@ -63,14 +65,17 @@ class ModelManager:
         """The version a request names, or the routed one when it names none (sticky by conversation ``key``)."""
         versions = self._models.get(name)
         if not versions:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, triton=True)
         if version:
             try:
                 mv = versions.get(int(version))
             except ValueError:
-                raise InvalidArgument(f"model version '{version}' is not an integer") from None
+                raise InvalidArgument(  # Triton's wording
+                    f"failed to get model version from specified version string '{version}' "
+                    "(details: not an integer), version should be an integral value > 0"
+                ) from None
             if mv is None:
-                raise ModelNotFound(name, version)
+                raise ModelNotFound(name, version, triton=True)
             return mv
         chosen = pick_version(self._routes.get(name), versions, key=key)  # type: ignore[arg-type]
         assert chosen is not None
@@ -107,7 +112,7 @@ class ModelManager:
             except (BackendError, InvalidArgument) as exc:
                 self._states[(name, version)] = ModelState("UNAVAILABLE", str(exc))
                 log.warning("load failed model=%s version=%d error=%s", name, version, exc)
-                raise FailedPrecondition(f"model '{name}' version {version} failed to load: {exc}") from exc
+                raise FailedPrecondition(f"failed to load '{name}' version {version}: {exc}") from exc
             mv.start()
             old = self._models.setdefault(name, {}).get(version)
             self._models[name][version] = mv  # atomic flip: one dict assignment on the event loop
@@ -185,13 +190,21 @@ class ModelManager:
             return []
         return sorted(p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    async def load_from_repository(self, name: str, config_override: str | None = None) -> list[int]:
-        """Load every version directory of ``REPO/name``; versions no longer present are unloaded."""
-        if self.repository is None:
+    async def load_from_repository(
+        self, name: str, config_override: str | None = None, files: dict[str, bytes] | None = None
+    ) -> list[int]:
+        """Load every version directory of ``REPO/name`` (or of the ``files`` the client sent, Triton's file
+        override); versions no longer present are unloaded."""
+        if files:
+            if self._uploads is None:
+                self._uploads = UploadArea(self)
+            model_dir = await asyncio.to_thread(self._uploads.write, name, files)
+        elif self.repository is None:
             raise FailedPrecondition("this worker has no model repository")
-        model_dir = self.repository / name
+        else:
+            model_dir = self.repository / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, triton=True)
         config = parse_config(config_override, source="parameter") if config_override else load_config(model_dir)
         found = {}
         for child in model_dir.iterdir():
@@ -202,7 +215,7 @@ class ModelManager:
             elif is_llm_dir(child):  # an LLM version is recognised by its files: config.json + *.safetensors
                 found[int(child.name)] = child
         if not found:
-            raise FailedPrecondition(f"model '{name}' has no version directory with a model file")
+            raise FailedPrecondition(f"failed to load '{name}': no version directory holds a model file")
         errors = []
         for version, file in sorted(found.items()):
             try:

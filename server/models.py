@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -14,7 +15,7 @@ from lmaas.protos.inference import model_config_pb2 as mc
 from lmaas.protos.tensors import DTYPES
 from lmaas.server.backends import Backend, Signature
 from lmaas.server.batching import Batcher, BatchPolicy
-from lmaas.server.config import ModelConfig
+from lmaas.server.config import ModelConfig, WarmupInput, WarmupSpec
 from lmaas.server.llm.types import ChatMessage, GenerationChunk, SamplingParams
 from lmaas.server.metrics import LLMMetrics, ModelMetrics
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # the engine imports torch: only a worker that loads an LLM p
     from lmaas.server.llm.engine import LLMEngine
 
 __all__ = ["LLMVersion", "ModelVersion", "effective_max_batch_size"]
+
+log = logging.getLogger("lmaas.worker")
 
 DEFAULT_MAX_BATCH_SIZE = 64
 _CONFIG_TYPES = {name: getattr(mc, "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DTYPES}
@@ -34,6 +37,28 @@ def effective_max_batch_size(config: ModelConfig, backend: Backend) -> int:
     if backend.inputs and all(s.shape and s.shape[0] == -1 for s in backend.inputs):
         return DEFAULT_MAX_BATCH_SIZE
     return 0
+
+
+def _warmup_array(datatype: str, shape: list[int], given: WarmupInput, rng: np.random.Generator) -> Any:
+    if given.data is not None:
+        values = np.array(
+            [str(v).encode() for v in given.data] if datatype == "BYTES" else given.data,
+            dtype=object if datatype == "BYTES" else DTYPES[datatype],
+        )
+        if values.size != int(np.prod(shape)):
+            raise ValueError(f"warm-up data has {values.size} values for shape {shape}")
+        return values.reshape(shape)
+    if datatype == "BYTES":
+        fill = [str(v).encode() for v in rng.integers(0, 100, int(np.prod(shape)))] if given.random_data else None
+        return np.array(fill, dtype=object).reshape(shape) if fill else np.full(shape, b"", dtype=object)
+    dtype = DTYPES[datatype]
+    if not given.random_data:
+        return np.zeros(shape, dtype)
+    if np.issubdtype(dtype, np.floating) or datatype == "BF16":
+        return rng.standard_normal(shape).astype(dtype)
+    if datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(1, 100, shape).astype(dtype)  # from 1: a random integer input never divides by zero
 
 
 def _timed(fn: Any, arg: Any) -> float:
@@ -69,6 +94,7 @@ class ModelVersion:
         self._idle = asyncio.Event()
         self._idle.set()
         self.last_inference_ms = 0
+        self.warmup = "not run"  # what warm() did: ModelConfig parameters["warmup"]
 
     @property
     def label(self) -> str:
@@ -78,17 +104,48 @@ class ModelVersion:
         return self.backend.run(inputs, self.output_names)
 
     def warm(self) -> None:
-        """Run once on zeros so the first real request pays no lazy initialisation (thread)."""
-
-        def zeros(sig: Signature) -> Any:
-            shape = [1 if d == -1 else d for d in sig.shape]
-            return (
-                np.full(shape, b"", dtype=object) if sig.datatype == "BYTES" else np.zeros(shape, DTYPES[sig.datatype])
-            )
-
-        feed = {n: zeros(s) for n, s in self.inputs.items()}
-        self._run(feed)
+        """Warm up at load (thread): the configured ``model_warmup`` (a failure fails the load), else one
+        synthetic request on zeros whose failure is only a warning (zeros are not valid input for every model).
+        """
+        if self.config.model_warmup:
+            runs = 0
+            for spec in self.config.model_warmup:
+                feed = self._warmup_feed(spec)
+                for _ in range(spec.count):
+                    try:
+                        seconds = _timed(self._run, feed)
+                    except Exception as exc:
+                        raise ValueError(f"configured warm-up '{spec.name or runs}' failed: {exc}") from exc
+                    runs += 1
+            self.batcher.estimate(seconds)
+            self.warmup = f"configured: {runs} request(s) of {len(self.config.model_warmup)} sample(s) ran"
+            return
+        feed = self._warmup_feed(WarmupSpec())
+        try:
+            self._run(feed)
+        except Exception as exc:
+            self.warmup = f"synthetic zeros rejected by the model, loaded without warm-up: {exc}"[:500]
+            log.warning("model %s: %s", self.label, self.warmup)
+            return
         self.batcher.estimate(min(_timed(self._run, feed) for _ in range(3)))
+        self.warmup = "synthetic: zeros, batch 1"
+
+    def _warmup_feed(self, spec: WarmupSpec) -> dict[str, Any]:
+        unknown = set(spec.inputs) - set(self.inputs)
+        if unknown:
+            raise ValueError(f"warm-up names unknown input(s) {sorted(unknown)}")
+        rng = np.random.default_rng(0)
+        feed = {}
+        for name, sig in self.inputs.items():
+            given = spec.inputs.get(name, WarmupInput())
+            if given.dims is not None:
+                shape = [*([spec.batch_size] if self.max_batch_size else []), *given.dims]
+            else:
+                shape = [1 if d == -1 else d for d in sig.shape]
+                if self.max_batch_size and spec.batch_size:
+                    shape[0] = spec.batch_size
+            feed[name] = _warmup_array(sig.datatype, shape, given, rng)
+        return feed
 
     def start(self) -> None:
         self.batcher.start()
@@ -144,10 +201,23 @@ class ModelVersion:
             )
         for key, value in self.config.parameters.items():
             cfg.parameters[key].string_value = str(value)
+        for spec in self.config.model_warmup:
+            w = cfg.model_warmup.add(name=spec.name, batch_size=spec.batch_size if self.max_batch_size else 0)
+            w.count = spec.count
+            for name, given in spec.inputs.items():
+                sig = self.inputs[name]
+                entry = w.inputs[name]
+                entry.data_type = _CONFIG_TYPES[sig.datatype]
+                entry.dims.extend(given.dims if given.dims is not None else sig.shape[strip:])
+                if given.random_data:
+                    entry.random_data = True
+                elif given.data is None:
+                    entry.zero_data = True
+        cfg.parameters["warmup"].string_value = self.warmup
         return cfg
 
 
-class _LLMBackend:
+
     """What the manager and the metadata RPCs read of a backend (``platform``, signatures, ``close``)."""
 
     platform = "lmaas_llm"

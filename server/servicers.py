@@ -12,6 +12,7 @@ from lmaas.protos.errors import LMaaSError
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.server.dataplane import DataPlane
+from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["InferenceServicer"]
 
@@ -119,8 +120,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Ctx
     ) -> pb.RepositoryModelLoadResponse:
-        config = request.parameters["config"].string_param if "config" in request.parameters else None
-        await self.dp.load_model(request.model_name, config)
+        params = request.parameters
+        check_parameters(list(params))
+        config = params["config"].string_param if "config" in params else None
+        files = {k: v.bytes_param for k, v in params.items() if k.startswith(FILE_PREFIX)}
+        await self.dp.load_model(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -17,6 +17,8 @@ else as JSON ``data``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +31,7 @@ from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.tensors import DTYPES, decode_raw, element_count, encode_bytes, encode_raw
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http.asgi import Request, Response, Route, json_response
+from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["build_routes", "decode_infer_request", "encode_infer_response", "message_dict"]
 
@@ -125,10 +128,20 @@ class _Handlers:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument("'parameters' must be an object")
+        check_parameters(list(params))
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidArgument("parameters.config must be a JSON string")
-        await self.dp.load_model(request.params["model"], config)
+        files = {}
+        for key, value in params.items():
+            if key.startswith(FILE_PREFIX):
+                if not isinstance(value, str):
+                    raise InvalidArgument(f"parameters['{key}'] must be a base64 string")
+                try:  # Triton's HTTP form: the file's bytes in base64
+                    files[key] = base64.b64decode(value, validate=True)
+                except binascii.Error:
+                    raise InvalidArgument(f"parameters['{key}'] is not valid base64") from None
+        await self.dp.load_model(request.params["model"], config, files)
         return Response(b"", media_type=None)
 
     async def unload(self, request: Request) -> Response:

@@ -91,7 +91,7 @@ CASES = {
     "typed and raw mixed": (
         _with(mlp(), lambda r: r.inputs[0].contents.fp32_contents.extend([1, 2, 3, 4])),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "cannot be mixed",
+        "contents field must not be specified when using raw_input_contents for 'x' for model 'mlp'",
     ),
     "typed count mismatch": (
         _with(mlp(raw=None), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0])),
