@@ -417,7 +417,10 @@ async function chatPage(ctx, name) {
   const a = choices('version-a', false);
   const b = choices('version-b', true);
   if (spec && spec.canary_version) { a.value = String(spec.stable_version); b.value = String(spec.canary_version); }
-  const prompt = h('textarea', { id: 'prompt', rows: 4, required: true }, 'The capital of France is');
+  const mode = h('select', { id: 'mode' }, h('option', { value: 'chat' }, 'Chat (the version\'s chat template)'),
+    h('option', { value: 'completion' }, 'Completion (the prompt as it is)'));
+  const system = h('input', { id: 'system', placeholder: 'optional system message', size: 60 });
+  const prompt = h('textarea', { id: 'prompt', rows: 4, required: true }, 'What is the capital of France?');
   const maxTokens = h('input', { id: 'max-tokens', type: 'number', min: 1, max: 4096, value: 32 });
   const temperature = h('input', { id: 'temperature', type: 'number', min: 0, max: 2, step: 0.1, value: 0 });
   const send = h('button', { type: 'submit', id: 'send', class: 'primary' }, 'Send');
@@ -425,7 +428,8 @@ async function chatPage(ctx, name) {
     h('pre', { id: `out-${id}`, class: 'output', 'aria-live': 'polite' }), h('p', { id: `stats-${id}`, class: 'note' }));
   const panes = h('div', { class: 'panes' }, pane('a', 'A'), pane('b', 'B'));
   const form = h('form', { id: 'chat-form' },
-    h('label', { for: 'prompt' }, 'Prompt (sent as it is: no chat template)'), prompt,
+    h('div', { class: 'inline' }, h('label', { for: 'mode' }, 'Mode'), mode, h('label', { for: 'system' }, 'System'), system),
+    h('label', { for: 'prompt' }, 'Message'), prompt,
     h('div', { class: 'inline' }, h('label', { for: 'version-a' }, 'A'), a, h('label', { for: 'version-b' }, 'B'), b,
       h('label', { for: 'max-tokens' }, 'Max tokens'), maxTokens, h('label', { for: 'temperature' }, 'Temperature'), temperature, send));
   view.append(h('p', {}, link(`#/models/${enc(name)}`, `← Model ${name}`)), form, panes);
@@ -435,7 +439,10 @@ async function chatPage(ctx, name) {
     out.textContent = '';
     stats.textContent = 'streaming…';
     try {
-      const body = { prompt: prompt.value, version: Number(version), max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) };
+      const body = { version: Number(version), max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) };
+      if (mode.value === 'chat') {
+        body.messages = [...(system.value.trim() ? [{ role: 'system', content: system.value }] : []), { role: 'user', content: prompt.value }];
+      } else body.prompt = prompt.value;
       for await (const message of events('POST', `/models/${enc(name)}/generate`, body, ctx.signal)) {
         if (message.event === 'token') out.append(document.createTextNode(message.data.text));
         else if (message.event === 'done') {

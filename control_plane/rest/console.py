@@ -11,7 +11,8 @@ the rows ``"VERB /path"`` of :data:`lmaas.control_plane.auth.METHODS`:
   :data:`SAMPLE_EVERY` seconds). Percentiles are not in those statistics, so none are made up. When the control
   plane's settings name a Prometheus server (``prometheus_url``) that scrapes the workers, the same route answers
   from its range queries instead, with p50/p99 latency and, for LLMs, time to first token and tokens per second.
-* ``POST /api/v1/models/{name}/generate``: streams a completion of a prompt from an LLM version as server-sent
+* ``POST /api/v1/models/{name}/generate``: streams a completion of a prompt (or the answer to chat messages,
+  formatted by the version's chat template with the worker's own code) from an LLM version as server-sent
   events, through OIP v2 ``ModelStreamInfer`` on a worker that holds the version (so a browser on the control
   plane's origin reaches the data plane without a cross-origin call).
 """
@@ -23,10 +24,12 @@ import contextlib
 import itertools
 import json
 import logging
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
@@ -35,9 +38,9 @@ from lmaas.control_plane.auth import GRANTS
 from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
 from lmaas.control_plane.tokens import role_name
 from lmaas.control_plane.workers import list_workers
-from lmaas.protos.errors import FailedPrecondition, LMaaSError, Unavailable
+from lmaas.protos.errors import FailedPrecondition, InvalidArgument, LMaaSError, Unavailable
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["PROMETHEUS_STEP", "SAMPLE_EVERY", "WINDOW_S", "StatisticsSampler",
            "prometheus_statistics", "router"]
@@ -311,19 +314,39 @@ async def statistics(name: ModelName, request: Request) -> ModelStatistics:
 # -- generation ---------------------------------------------------------------------------------------------
 
 
+class ChatTurn(BaseModel):
+    """One message of a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who says it.", examples=["user"])
+    content: str = Field(max_length=32768, description="What is said.", examples=["What is the capital of France?"])
+
+
 class Generate(BaseModel):
-    """A prompt to complete."""
+    """A prompt to complete, or a conversation to answer: exactly one of `prompt` and `messages`."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16},
         {"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}]})
 
-    prompt: str = Field(min_length=1, max_length=32768, description="The text to complete (sent as it is: no chat "
-                                                                    "template is applied).",
-                        examples=["The capital of France is"])
+    prompt: str | None = Field(None, min_length=1, max_length=32768,
+                               description="Text to complete as it is (no chat template).",
+                               examples=["The capital of France is"])
+    messages: list[ChatTurn] | None = Field(
+        None, min_length=1, max_length=64,
+        description="A conversation, formatted with the version's chat template (tokenizer_config.json), as the "
+                    "worker's /v1/chat/completions does; with version 0, the stable version's template.")
     version: int = Field(0, ge=0, description="The version; 0 = as the deployment routes (stable or canary).",
                          examples=[0])
     max_tokens: int = Field(64, ge=1, le=4096, description="At most this many new tokens.", examples=[16])
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.", examples=[0.0])
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Generate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt and messages")
+        return self
 
 
 _GENERATE_EVENTS = {
@@ -359,8 +382,9 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
         which = f"{name} v{body.version}" if body.version else name
         raise FailedPrecondition(f"no connected worker holds {which}: deploy it first")
     target = holding[0]
+    prompt = body.prompt if body.messages is None else await _chat_prompt(request, name, body.version, body.messages)
     client = AsyncLLMClient(target.inference_address)
-    stream = client.stream(name, body.prompt, version=body.version or "", max_tokens=body.max_tokens,
+    stream = client.stream(name, prompt, version=body.version or "", max_tokens=body.max_tokens,
                            temperature=body.temperature)
 
     async def events() -> AsyncIterator[bytes]:
@@ -394,6 +418,47 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _chat_prompt(request: Request, name: str, version: int, messages: list[ChatTurn]) -> str:
+    """The conversation as the version's chat template formats it: the worker's own TextCodec, over the version's
+    tokenizer files linked from the artifact store into a scratch folder (kept per digest)."""
+    from lmaas.protos.manifests import Manifest
+    from lmaas.server.llm.text import TextCodec
+    from lmaas.server.llm.types import ChatMessage
+
+    plane = request.app.state.plane
+    if not version:
+        deployment, _, _ = await plane.deployments.get(name)
+        version = deployment.spec.stable_version
+    v, _ = await plane.models.get_version(name, version)
+    if v.format != "llm":
+        raise FailedPrecondition(f"{name} v{version} is {v.format}, not an LLM: send a prompt")
+    codecs: dict[str, Any] = request.app.state.__dict__.setdefault("_chat_codecs", {})
+    codec = codecs.get(v.digest)
+    if codec is None:
+        manifest = Manifest.parse(plane.artifacts.path(v.digest).read_bytes())
+        files = {f.path: plane.artifacts.path(f.sha256) for f in manifest.files
+                 if f.path in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")}
+
+        def load() -> Any:
+            with tempfile.TemporaryDirectory(prefix="lmaas-chat-") as folder:  # read at once, then removed
+                for path, blob in files.items():
+                    (FilePath(folder) / path).symlink_to(blob)
+                return TextCodec(FilePath(folder))
+
+        try:
+            codec = await asyncio.to_thread(load)
+        except (ValueError, OSError) as exc:
+            raise FailedPrecondition(f"{name} v{version} has no usable tokenizer: {exc}") from exc
+        if len(codecs) >= 16:
+            codecs.clear()
+        codecs[v.digest] = codec
+    try:
+        text: str = codec.chat_prompt([ChatMessage(m.role, m.content) for m in messages])
+    except Exception as exc:  # the template's own raise_exception (e.g. roles out of order)
+        raise InvalidArgument(f"the chat template of {name} v{version} refused the messages: {exc}") from exc
+    return text
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:

@@ -4,6 +4,7 @@ versions side by side: stable and canary. SmolLM2 comes from ``llm_support`` (co
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,15 +60,31 @@ def test_the_playground_streams_two_versions_side_by_side(llm_plane: ServerProce
     assert browser.find_element(By.ID, "version-b").get_attribute("value") == "2"
     tokens = browser.find_element(By.ID, "max-tokens")
     tokens.clear()
-    tokens.send_keys("8")
+    tokens.send_keys("16")
+    assert browser.find_element(By.ID, "mode").get_attribute("value") == "chat"
     browser.find_element(By.ID, "send").click()
     for pane, version in (("a", "1"), ("b", "2")):
         stats = wait_for(browser, lambda d, p=pane: "tokens" in text_of(d, f"#stats-{p}") and text_of(d, f"#stats-{p}"),
                          f"pane {pane} finished", 180)
         assert stats.startswith(f"v{version} on llm-worker · "), stats
-        assert " · 8 tokens · length · TTFT " in stats and "tokens/s" in stats, stats  # max_tokens reached
+        counted = re.search(r" · (\d+) tokens · (stop|length) · TTFT [\d.]+ ms · [\d.]+ tokens/s$", stats)
+        assert counted and 1 < int(counted.group(1)) <= 16, stats  # within max_tokens, as the worker counted
         # streamed: the text arrived as several events, each appended as its own text node
         assert browser.execute_script(f"return document.getElementById('out-{pane}').childNodes.length") > 1
     a, b = text_of(browser, "#out-a"), text_of(browser, "#out-b")
     assert a.strip() and a == b  # the same weights, greedy: the same text
+    assert "Paris" in a, a  # the chat template made it an answer to the question
     screenshot(browser, "playground", "Playground smollm2", readme=True)
+
+    # a prompt as it is (no template) is continued, on the version the deployment routes to
+    browser.find_element(By.CSS_SELECTOR, '#mode option[value="completion"]').click()
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("The capital of France is")
+    browser.find_element(By.CSS_SELECTOR, '#version-a option[value="0"]').click()
+    browser.find_element(By.CSS_SELECTOR, '#version-b option[value="none"]').click()
+    browser.find_element(By.ID, "send").click()
+    stats = wait_for(browser, lambda d: "tokens" in text_of(d, "#stats-a") and text_of(d, "#stats-a"),
+                     "the completion", 180)
+    assert stats.split(" ")[0] in ("v1", "v2") and text_of(browser, "#out-a") not in ("", a), stats
+    assert text_of(browser, "#out-b") == ""
