@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.auth import current_principal
@@ -77,6 +78,7 @@ class WorkerSync:
         self._metrics = metrics
         self._settings = settings
         self._closing = asyncio.Event()
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._owns_cache:
@@ -104,6 +106,23 @@ class WorkerSync:
         lease = await self._store.lease(self._settings.lease_ttl)
         session = _Session(self, hello, pool, lease, token_id)
         registered = False
+        ended = False
+
+        async def end() -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended = True
+            with contextlib.suppress(Exception):
+                await lease.revoke()  # deletes the worker key and its observed state
+            if registered:
+                self._metrics.connected_workers.dec()
+                self._metrics.worker_gone(hello.worker_id)
+                log.info("worker %s disconnected", hello.worker_id)
+
+        # A stream cancelled while this generator waits at ``yield`` may never resume it (gRPC drops it; only
+        # garbage collection would close it): the end of the worker's side of the stream cleans up as well.
+        session.on_end = lambda: self._background(end())
         try:
             await session.register()
             registered = True
@@ -112,12 +131,12 @@ class WorkerSync:
             async for snapshot in session.run(incoming):
                 yield snapshot
         finally:
-            with contextlib.suppress(Exception):
-                await lease.revoke()  # deletes the worker key and its observed state
-            if registered:
-                self._metrics.connected_workers.dec()
-                self._metrics.worker_gone(hello.worker_id)
-                log.info("worker %s disconnected", hello.worker_id)
+            await end()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
 
 class _Session:
@@ -136,6 +155,7 @@ class _Session:
         self.observed_models: set[str] = set()
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
+        self.on_end: Callable[[], None] = lambda: None
         self.unwritten = False  # info changed (desired revision) since the last write
         self.flusher: asyncio.Task[None] | None = None
 
@@ -173,6 +193,7 @@ class _Session:
         pool = self.info.pool
         with sync.cache.stream(pool):
             reader = asyncio.create_task(self._read(incoming), name=f"lmaas-sync-read-{self.worker_id}")
+            reader.add_done_callback(lambda _: self.on_end())
             closing = asyncio.create_task(sync._closing.wait())
             revoked = asyncio.create_task(self._watch_token())
             try:
