@@ -26,10 +26,20 @@ from lmaas.server.llm import oip
 from lmaas.server.llm.types import GenerationChunk, LLMModel
 from lmaas.server.manager import ModelManager
 from lmaas.server.models import LLMVersion, ModelVersion
+from lmaas.server.shm import SharedMemory
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
+# One list for both transports, as Triton: binary_tensor_data is the HTTP port's (every worker binds one).
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+    "system_shared_memory",
+    "logging",
+)
 
 
 class DataPlane:
@@ -38,6 +48,7 @@ class DataPlane:
         self.max_elements = max_elements
         self.repository_rpcs = repository_rpcs
         self.draining = False
+        self.shm = SharedMemory()  # system shared-memory regions, shared by the gRPC and HTTP transports
 
     # ---- health and metadata ----
 
@@ -86,9 +97,13 @@ class DataPlane:
             return response
         mv.enter()
         try:
+            targets = self.shm.output_targets(request) if request.outputs else {}
+            self.shm.resolve_inputs(request)
             decoded = decode_request(mv, request, self.max_elements)
             outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline)
             response = encode_response(mv, request, outputs, decoded.outputs)
+            if targets:
+                self.shm.write_outputs(response, targets)
         except LMaaSError as exc:
             mv.metrics.failed(exc.code.name)
             raise

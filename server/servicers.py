@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
-from lmaas.protos.errors import LMaaSError
+from lmaas.protos.errors import LMaaSError, Unimplemented
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.server.dataplane import DataPlane
+from lmaas.server.logsettings import LogValue, log_settings, trace_settings
 from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["InferenceServicer"]
@@ -19,6 +20,9 @@ __all__ = ["InferenceServicer"]
 log = logging.getLogger("lmaas.worker")
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+_NO_CUDA = "CUDA shared memory is not supported: this worker has no GPU backend (use system shared memory)"
 
 
 def _deadline(context: Ctx) -> float | None:
@@ -132,3 +136,64 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self.dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # ---- system shared memory (Triton extension); CUDA shared memory needs a GPU backend ----
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in self.dp.shm.status(request.name):
+            response.regions[r.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+                )
+            )
+        return response
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await asyncio.to_thread(self.dp.shm.register, request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dp.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Ctx) -> Any:
+        raise Unimplemented(_NO_CUDA)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Ctx) -> Any:
+        raise Unimplemented(_NO_CUDA)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Ctx) -> Any:
+        raise Unimplemented(_NO_CUDA)
+
+    # ---- logging and tracing (Triton extensions) ----
+
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Ctx) -> pb.LogSettingsResponse:
+        updates: dict[str, LogValue] = {}
+        for key, value in request.settings.items():
+            which = value.WhichOneof("parameter_choice")
+            if which is not None:
+                updates[key] = getattr(value, which)
+        response = pb.LogSettingsResponse()
+        for key, current in log_settings(updates).items():
+            entry = response.settings[key]
+            if isinstance(current, bool):
+                entry.bool_param = current
+            elif isinstance(current, int):
+                entry.uint32_param = current
+            else:
+                entry.string_param = current
+        return response
+
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Ctx) -> pb.TraceSettingResponse:
+        updates = {key: list(value.value) for key, value in request.settings.items()}
+        response = pb.TraceSettingResponse()
+        for key, values in trace_settings(updates, request.model_name).items():
+            response.settings[key].value.extend(values)
+        return response

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from lmaas.protos.errors import InvalidArgument, Unavailable
+from lmaas.protos.errors import InvalidArgument, Unavailable, Unimplemented
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.tensors import DTYPES, decode_raw, element_count, encode_bytes, encode_raw
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http.asgi import Request, Response, Route, json_response
+from lmaas.server.logsettings import log_settings, trace_settings
 from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["build_routes", "decode_infer_request", "encode_infer_response", "message_dict"]
@@ -52,6 +53,22 @@ def build_routes(dp: DataPlane) -> list[Route]:
         Route("POST", "/v2/repository/index", h.repository_index),
         Route("POST", "/v2/repository/models/{model}/load", h.load),
         Route("POST", "/v2/repository/models/{model}/unload", h.unload),
+        Route("GET", "/v2/systemsharedmemory/status", h.shm_status),
+        Route("GET", "/v2/systemsharedmemory/region/{region}/status", h.shm_status),
+        Route("POST", "/v2/systemsharedmemory/region/{region}/register", h.shm_register),
+        Route("POST", "/v2/systemsharedmemory/unregister", h.shm_unregister),
+        Route("POST", "/v2/systemsharedmemory/region/{region}/unregister", h.shm_unregister),
+        Route("GET", "/v2/cudasharedmemory/status", h.no_cuda),
+        Route("GET", "/v2/cudasharedmemory/region/{region}/status", h.no_cuda),
+        Route("POST", "/v2/cudasharedmemory/region/{region}/register", h.no_cuda),
+        Route("POST", "/v2/cudasharedmemory/unregister", h.no_cuda),
+        Route("POST", "/v2/cudasharedmemory/region/{region}/unregister", h.no_cuda),
+        Route("GET", "/v2/logging", h.logging),
+        Route("POST", "/v2/logging", h.logging),
+        Route("GET", "/v2/trace/setting", h.trace),
+        Route("POST", "/v2/trace/setting", h.trace),
+        Route("GET", "/v2/models/{model}/trace/setting", h.trace),
+        Route("POST", "/v2/models/{model}/trace/setting", h.trace),
     ]
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
@@ -143,6 +160,43 @@ class _Handlers:
                     raise InvalidArgument(f"parameters['{key}'] is not valid base64") from None
         await self.dp.load_model(request.params["model"], config, files)
         return Response(b"", media_type=None)
+
+    async def shm_status(self, request: Request) -> Response:
+        regions = self.dp.shm.status(request.params.get("region", ""))
+        return json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def shm_register(self, request: Request) -> Response:
+        body = await _json_object(request)
+        key, offset, size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        if not isinstance(key, str):
+            raise InvalidArgument("'key' must be a string")
+        for field, value in (("offset", offset), ("byte_size", size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"'{field}' must be a non-negative integer")
+        await asyncio.to_thread(self.dp.shm.register, request.params["region"], key, offset, size)
+        return Response(b"", media_type=None)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        self.dp.shm.unregister(request.params.get("region", ""))
+        return Response(b"", media_type=None)
+
+    async def no_cuda(self, request: Request) -> Response:
+        raise Unimplemented(
+            "CUDA shared memory is not supported: this worker has no GPU backend (use system shared memory)"
+        )
+
+    async def logging(self, request: Request) -> Response:
+        updates = await _json_object(request, allow_empty=True) if request.method == "POST" else {}
+        return json_response(log_settings(updates))
+
+    async def trace(self, request: Request) -> Response:
+        updates = await _json_object(request, allow_empty=True) if request.method == "POST" else {}
+        values = {k: v if isinstance(v, list) else [v] for k, v in updates.items()}
+        settings = trace_settings({k: [str(x) for x in v] for k, v in values.items()}, request.params.get("model", ""))
+        # Triton's JSON: trace_level is a list, the other settings single strings.
+        return json_response({k: v if k == "trace_level" else (v[0] if v else "") for k, v in settings.items()})
 
     async def unload(self, request: Request) -> Response:
         await _json_object(request, allow_empty=True)
@@ -281,6 +335,10 @@ def _add_input(request: pb.ModelInferRequest, spec: Any, i: int, blob: memoryvie
             )
         request.raw_input_contents.append(bytes(blob[offset : offset + size]))
         return offset + size
+    if "shared_memory_region" in params:  # the core reads it from the region (lmaas.server.shm)
+        if "data" in spec:
+            raise InvalidArgument(f"input '{name}' has both 'data' and shared_memory_region")
+        return offset
     if "data" not in spec:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor binary_data_size")
     request.raw_input_contents.append(_encode_json_data(name, datatype, shape, spec["data"]))
@@ -370,7 +428,9 @@ def encode_infer_response(response: pb.ModelInferResponse, binary: BinaryOutputs
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         params = {k: _parameter_value(v) for k, v in tensor.parameters.items()}
         wanted_binary = tensor.name in asked_binary or (default and tensor.name not in asked_json)
-        if wanted_binary:
+        if "shared_memory_region" in tensor.parameters:
+            pass  # the data is in the client's region; the parameters say where
+        elif wanted_binary:
             params["binary_data_size"] = len(raw)
             blobs.append(raw)
         else:

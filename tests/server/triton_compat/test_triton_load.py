@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,10 +24,17 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("triton-repo")
     write_model(root, "parse", parse_graph())
     write_model(root, "div", div_graph())
-    write_model(root, "div_warm", div_graph(), {"model_warmup": [{"name": "r", "batch_size": 4, "count": 2, "inputs": DIV_INPUTS}]})
+    write_model(
+        root,
+        "div_warm",
+        div_graph(),
+        {"model_warmup": [{"name": "r", "batch_size": 4, "count": 2, "inputs": DIV_INPUTS}]},
+    )
     write_model(root, "div_data", div_graph(), {"model_warmup": [{"inputs": {"a": {"data": [6]}, "d": {"data": [3]}}}]})
     # Zeros for 'd' (the default of a configured sample): a configured warm-up that fails must fail the load.
-    write_model(root, "div_bad", div_graph(), {"model_warmup": [{"name": "zeros", "inputs": {"a": {"random_data": True}}}]})
+    write_model(
+        root, "div_bad", div_graph(), {"model_warmup": [{"name": "zeros", "inputs": {"a": {"random_data": True}}}]}
+    )
     proc = start_worker(root)
     yield proc
     proc.stop()
@@ -54,7 +60,9 @@ def _divide(client: tc.InferenceServerClient, model: str, a: list[int], d: list[
 
 def test_models_that_reject_zeros_load_and_answer(client: tc.InferenceServerClient) -> None:
     text = np.array([[b"1.5"], [b"-4"]], dtype=object)
-    np.testing.assert_array_equal(client.infer("parse", [_tensor("text", text, "BYTES")]).as_numpy("value"), [[3.0], [-8.0]])
+    np.testing.assert_array_equal(
+        client.infer("parse", [_tensor("text", text, "BYTES")]).as_numpy("value"), [[3.0], [-8.0]]
+    )
     np.testing.assert_array_equal(_divide(client, "div", [7, 9], [2, 3]), [[3], [3]])
     for model in ("parse", "div"):
         warmup = client.get_model_config(model).config.parameters["warmup"].string_value
@@ -80,7 +88,9 @@ def test_failing_configured_warmup_fails_the_load(client: tc.InferenceServerClie
     with pytest.raises(InferenceServerException) as err:
         client.load_model("div_bad")
     assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
-    assert "failed to load 'div_bad' version 1: warm-up failed: configured warm-up 'zeros' failed" in err.value.message()
+    assert (
+        "failed to load 'div_bad' version 1: warm-up failed: configured warm-up 'zeros' failed" in err.value.message()
+    )
 
 
 def test_load_model_from_files_sent_by_the_client(client: tc.InferenceServerClient, worker: ServerProcess) -> None:
@@ -164,5 +174,7 @@ def test_server_metadata_lists_what_is_served(client: tc.InferenceServerClient, 
     finally:
         http.close()
     assert "binary_tensor_data" in meta.extensions  # served on the HTTP port every worker binds
+    for served in ("model_repository", "model_configuration", "statistics", "system_shared_memory", "logging"):
+        assert served in meta.extensions
     for absent in ("cuda_shared_memory", "classification", "sequence", "trace"):
         assert absent not in meta.extensions
