@@ -336,7 +336,8 @@ class Generate(BaseModel):
     messages: list[ChatTurn] | None = Field(
         None, min_length=1, max_length=64,
         description="A conversation, formatted with the version's chat template (tokenizer_config.json), as the "
-                    "worker's /v1/chat/completions does; with version 0, the stable version's template.")
+                    "worker's /v1/chat/completions does; with version 0, the stable version's template.",
+        examples=[[{"role": "user", "content": "What is the capital of France?"}]])
     version: int = Field(0, ge=0, description="The version; 0 = as the deployment routes (stable or canary).",
                          examples=[0])
     max_tokens: int = Field(64, ge=1, le=4096, description="At most this many new tokens.", examples=[16])
@@ -383,6 +384,7 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
         raise FailedPrecondition(f"no connected worker holds {which}: deploy it first")
     target = holding[0]
     prompt = body.prompt if body.messages is None else await _chat_prompt(request, name, body.version, body.messages)
+    assert prompt is not None  # Generate admits exactly one of prompt and messages
     client = AsyncLLMClient(target.inference_address)
     stream = client.stream(name, prompt, version=body.version or "", max_tokens=body.max_tokens,
                            temperature=body.temperature)
@@ -422,7 +424,7 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
 
 async def _chat_prompt(request: Request, name: str, version: int, messages: list[ChatTurn]) -> str:
     """The conversation as the version's chat template formats it: the worker's own TextCodec, over the version's
-    tokenizer files linked from the artifact store into a scratch folder (kept per digest)."""
+    tokenizer files linked from the artifact store into a scratch folder (the codec is kept per digest)."""
     from lmaas.protos.manifests import Manifest
     from lmaas.server.llm.text import TextCodec
     from lmaas.server.llm.types import ChatMessage
@@ -434,14 +436,16 @@ async def _chat_prompt(request: Request, name: str, version: int, messages: list
     v, _ = await plane.models.get_version(name, version)
     if v.format != "llm":
         raise FailedPrecondition(f"{name} v{version} is {v.format}, not an LLM: send a prompt")
-    codecs: dict[str, Any] = request.app.state.__dict__.setdefault("_chat_codecs", {})
+    codecs: dict[str, TextCodec] | None = getattr(request.app.state, "chat_codecs", None)
+    if codecs is None:
+        codecs = request.app.state.chat_codecs = {}
     codec = codecs.get(v.digest)
     if codec is None:
         manifest = Manifest.parse(plane.artifacts.path(v.digest).read_bytes())
         files = {f.path: plane.artifacts.path(f.sha256) for f in manifest.files
                  if f.path in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")}
 
-        def load() -> Any:
+        def load() -> TextCodec:
             with tempfile.TemporaryDirectory(prefix="lmaas-chat-") as folder:  # read at once, then removed
                 for path, blob in files.items():
                     (FilePath(folder) / path).symlink_to(blob)
