@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -217,7 +217,7 @@ class ModelVersion:
         return cfg
 
 
-
+class _LLMBackend:
     """What the manager and the metadata RPCs read of a backend (``platform``, signatures, ``close``)."""
 
     platform = "lmaas_llm"
