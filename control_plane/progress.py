@@ -56,6 +56,7 @@ class RolloutProgress:
         self.revision = 0  # the newest store revision applied
         self._since: dict[str, int] = {}  # prefix → revision its last listing reflects
         self._workers: dict[str, str] = {}  # worker → pool
+        self._created: dict[str, tuple[int, int]] = {}  # worker → (create_revision, lease): one per stream
         self._pools: dict[str, set[str]] = {}  # pool → workers
         self._observed: dict[str, dict[str, _Obs]] = {}  # model → worker → observed
         self._rollouts: dict[str, _Tracked] = {}
@@ -67,8 +68,9 @@ class RolloutProgress:
         workers = await self._store.range(keys.WORKERS)
         observed = await self._store.range(keys.OBSERVED)
         rollouts = await self._store.range(keys.ROLLOUTS)
-        self._workers, self._pools, self._observed, self._rollouts = {}, {}, {}, {}
+        self._workers, self._pools, self._observed, self._rollouts, self._created = {}, {}, {}, {}, {}
         for kv in workers.kvs:
+            self._created[kv.key[len(keys.WORKERS) :]] = (kv.create_revision, kv.lease)
             self._add_worker(kv.key[len(keys.WORKERS) :], pb.WorkerInfo.FromString(kv.value).pool)
         for kv in observed.kvs:
             obs = pb.ObservedModel.FromString(kv.value)
@@ -97,6 +99,7 @@ class RolloutProgress:
     def _on_worker(self, worker: str, event: Event) -> None:
         if event.type is EventType.DELETE:
             pool = self._workers.pop(worker, None)
+            self._created.pop(worker, None)
             if pool is None:
                 return
             self._pools.get(pool, set()).discard(worker)
@@ -107,9 +110,13 @@ class RolloutProgress:
                 tracked.nacked.pop(worker, None)
                 self._check(model, tracked)
             return
+        identity = (event.kv.create_revision, event.kv.lease)
+        if worker in self._workers and self._created.get(worker) == identity:
+            return  # the common case: the same session rewrote its key (desired/acked revision); its pool is fixed
+        self._created[worker] = identity
         pool = pb.WorkerInfo.FromString(event.kv.value).pool
         if self._workers.get(worker) == pool:
-            return  # the common case: the session rewrote its key (desired/acked revision)
+            return
         self._add_worker(worker, pool)
         for model, tracked in self._rollouts.items():
             self._classify(model, tracked, worker)

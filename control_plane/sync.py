@@ -5,8 +5,9 @@ sends the pool's complete desired state, and sends it again whenever a
 deployment changes (the replica's store watch wakes it; a state equal to the
 last one sent is not resent). Each Ack is written as leased observed state
 (``/lmaas/v1/observed/<worker>/<model>``) and the acknowledged models'
-rollouts are evaluated. The session's writes are compare-and-swap on the
-worker key: if the same worker id registered again (it reconnected, maybe to
+rollouts are evaluated (an observed key is written only when the model's state changed: its
+``snapshot_revision`` is the snapshot whose Ack first reported that state). The session's
+writes are compare-and-swap on the worker key: if the same worker id registered again (it reconnected, maybe to
 another replica), this older session's write fails and it ends. When the
 stream ends, revoking the lease removes the worker and its observed state.
 
@@ -153,6 +154,7 @@ class _Session:
         )
         self.sent: dict[int, dict[str, int]] = {}  # snapshot revision → model → generation
         self.observed_models: set[str] = set()
+        self.observed_state: dict[str, tuple[int, bool, str, tuple[int, ...]]] = {}  # as last written
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
         self.on_end: Callable[[], None] = lambda: None
@@ -258,11 +260,16 @@ class _Session:
         now = now_ms()
         ops: list[Put | Delete] = []
         reported = set()
+        written: dict[str, tuple[int, bool, str, tuple[int, ...]]] = {}
         for status in ack.models:
             generation = generations.get(status.model)
             if generation is None:
                 continue
             reported.add(status.model)
+            state = (generation, status.ok, status.error[:MAX_ERROR], tuple(status.loaded_versions[:MAX_HELD]))
+            written[status.model] = state
+            if self.observed_state.get(status.model) == state:
+                continue  # unchanged since the Ack that first reported it: O(changed models) writes per Ack
             observed = pb.ObservedModel(
                 worker_id=self.worker_id, model=status.model, generation=generation,
                 snapshot_revision=ack.snapshot_revision, ok=status.ok, error=status.error[:MAX_ERROR],
@@ -278,6 +285,7 @@ class _Session:
             self.info.held.extend(pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in ack.held)
             await self._write(ops)
         self.observed_models = reported
+        self.observed_state = written
         self.sync._metrics.worker_revision.labels(self.worker_id, "acked").set(ack.snapshot_revision)
         if self.sync._deployments.progress is None:  # without a progress mirror, evaluate here
             for model in sorted(reported):
