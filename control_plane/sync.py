@@ -1,6 +1,6 @@
 """WorkerSync, control-plane side: one session per worker stream.
 
-A session registers the worker under a lease (``/lmaas/v1/workers/<id>``),
+A session registers the worker under its replica's lease (``/lmaas/v1/workers/<id>``),
 sends the pool's complete desired state, and sends it again whenever a
 deployment changes (the replica's store watch wakes it; a state equal to the
 last one sent is not resent). Each Ack is written as leased observed state
@@ -9,7 +9,11 @@ rollouts are evaluated (an observed key is written only when the model's state c
 ``snapshot_revision`` is the snapshot whose Ack first reported that state). The session's
 writes are compare-and-swap on the worker key: if the same worker id registered again (it reconnected, maybe to
 another replica), this older session's write fails and it ends. When the
-stream ends, revoking the lease removes the worker and its observed state.
+stream ends, the session deletes the worker and its observed state (if no newer
+stream of the worker replaced them); if the replica dies, its one lease expires
+and takes every key of its workers with it. One lease per replica, not one per
+worker: a thousand leases refreshed every few seconds would load the store and
+expire under CPU pressure.
 
 Fleet scale: the pool's snapshot comes from the shared
 :class:`~lmaas.control_plane.snapshots.SnapshotCache` (built once per change,
@@ -80,6 +84,8 @@ class WorkerSync:
         self._settings = settings
         self._closing = asyncio.Event()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._lease: Lease | None = None
+        self._lease_lock = asyncio.Lock()
 
     def start(self) -> None:
         if self._owns_cache:
@@ -92,6 +98,10 @@ class WorkerSync:
     async def stop(self) -> None:
         if self._owns_cache:
             await self.cache.stop()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await lease.revoke()
 
     async def session(
         self, hello: sync_pb2.Hello, incoming: AsyncIterator[sync_pb2.WorkerMessage]
@@ -104,7 +114,7 @@ class WorkerSync:
         _check_held(hello.held)
         principal = current_principal()
         token_id = principal.name.removeprefix("token:") if principal and principal.name.startswith("token:") else ""
-        lease = await self._store.lease(self._settings.lease_ttl)
+        lease = await self._presence_lease()
         session = _Session(self, hello, pool, lease, token_id)
         registered = False
         ended = False
@@ -114,9 +124,9 @@ class WorkerSync:
             if ended:
                 return
             ended = True
-            with contextlib.suppress(Exception):
-                await lease.revoke()  # deletes the worker key and its observed state
             if registered:
+                with contextlib.suppress(Exception):
+                    await session.unregister()
                 self._metrics.connected_workers.dec()
                 self._metrics.worker_gone(hello.worker_id)
                 log.info("worker %s disconnected", hello.worker_id)
@@ -133,6 +143,13 @@ class WorkerSync:
                 yield snapshot
         finally:
             await end()
+
+    async def _presence_lease(self) -> Lease:
+        """The replica's lease for worker presence, granted again after it expired (the store was unreachable)."""
+        async with self._lease_lock:
+            if self._lease is None or self._lease.expired:
+                self._lease = await self._store.lease(self._settings.lease_ttl)
+            return self._lease
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -169,6 +186,14 @@ class _Session:
             ops.append(Put(self.key, self.info.SerializeToString(), self.lease.id))
             result = await self.sync._store.txn([], ops)
             self.revision = result.revision
+
+    async def unregister(self) -> None:
+        """Delete the worker key and its observed state, unless a newer stream of the worker wrote them."""
+        async with self.lock:
+            await self.sync._store.txn(
+                [Compare.unchanged(self.key, self.revision)],
+                [Delete(self.key), Delete(keys.observed(self.worker_id), prefix=True)],
+            )
 
     async def _write(self, extra: list[Put | Delete]) -> None:
         ops: list[Put | Delete] = [Put(self.key, self.info.SerializeToString(), self.lease.id), *extra]

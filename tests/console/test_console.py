@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import Plane, login, screenshot, text_of, wait_for
+from console_support import Plane, login, screenshot, text_of, wait_for
 from cp_harness import ADMIN_TOKEN, lmaas, write_scale_onnx
 from lmaas.control_plane.console import CONTENT_SECURITY_POLICY
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from conftest import login, screenshot, text_of, wait_for
+from console_support import login, screenshot, text_of, wait_for
 from lmaas.client import InferenceClient
 from selenium.webdriver.common.by import By
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import Plane, login, screenshot, wait_for
+from console_support import Plane, login, screenshot, wait_for
 from cp_harness import ADMIN_TOKEN, lmaas, write_scale_onnx
 from lmaas.client import InferenceClient
 from processes import ServerProcess, start_worker

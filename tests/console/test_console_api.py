@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from conftest import Plane
+from console_support import Plane
 from cp_harness import ADMIN_TOKEN, lmaas
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import login, screenshot, text_of, wait_for
+from console_support import login, screenshot, text_of, wait_for
 from cp_harness import lmaas, start_control_plane
 from llm_support import SMOLLM2_FILES, smollm2_dir
 from lmaas.client.control import ControlPlaneClient
