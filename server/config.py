@@ -38,6 +38,7 @@ __all__ = [
     "BatchingConfig",
     "ModelConfig",
     "TensorSpec",
+    "TransactionPolicy",
     "WarmupInput",
     "WarmupSpec",
     "dump_config",
@@ -107,6 +108,16 @@ class WarmupSpec(_Strict):
     inputs: dict[str, WarmupInput] = Field(default_factory=dict, description="inputs left out get zeros")
 
 
+class TransactionPolicy(_Strict):
+    """Triton's ``model_transaction_policy``: a decoupled model answers 0..N responses per request."""
+
+    decoupled: bool = Field(
+        False,
+        description="outputs carry a leading response dimension N: response i gets row i of every output; "
+        "served over ModelStreamInfer only; implies max_batch_size 0",
+    )
+
+
 class ModelConfig(_Strict):
     """What the worker needs to know about a model besides its file."""
 
@@ -118,6 +129,7 @@ class ModelConfig(_Strict):
     instance_count: int = Field(1, ge=1, le=64)
     parameters: dict[str, Any] = Field(default_factory=dict)
     model_warmup: tuple[WarmupSpec, ...] = ()
+    model_transaction_policy: TransactionPolicy | None = None
 
 
 def parse_config(data: str | bytes, *, source: str = "config") -> ModelConfig:

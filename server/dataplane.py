@@ -95,6 +95,11 @@ class DataPlane:
             mv.metrics.ok.inc()
             mv.metrics.request_duration.observe(time.perf_counter() - started)
             return response
+        if mv.decoupled:  # Triton's wording
+            raise InvalidArgument(
+                f"ModelInfer RPC doesn't support models with decoupled transaction policy: stream to "
+                f"'{mv.name}' with ModelStreamInfer"
+            )
         mv.enter()
         try:
             targets = self.shm.output_targets(request) if request.outputs else {}
@@ -134,6 +139,53 @@ class DataPlane:
         if not isinstance(mv, LLMVersion):
             raise InvalidArgument(f"model '{name}' is not a generative model")
         return mv
+
+    def is_decoupled(self, request: pb.ModelInferRequest) -> bool:
+        """Whether a stream request gets 0..N responses (generative or decoupled tensor model), run concurrently."""
+        try:
+            mv = self.manager.get(request.model_name, request.model_version)
+        except (NotFound, InvalidArgument):
+            return False
+        return isinstance(mv, LLMVersion) or mv.decoupled
+
+    async def stream_decoupled(self, request: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+        """Responses of a decoupled request in Triton's shape: ``triton_final_response`` on the last one, or on
+        an extra empty response when the request sets ``triton_enable_empty_final_response`` (always when 0)."""
+        mv = self.manager.get(request.model_name, request.model_version)
+        if isinstance(mv, LLMVersion):
+            async for response in self.stream_llm(request):
+                yield response
+            return
+        if self.draining:
+            raise Unavailable("worker is shutting down")
+        started = time.perf_counter()
+        mv.enter()
+        try:
+            decoded = decode_request(mv, request, self.max_elements)
+            outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, None)
+            counts = {name: (array.shape[0] if array.ndim else -1) for name, array in outputs.items()}
+            if len(set(counts.values())) != 1 or -1 in counts.values():
+                raise Internal(
+                    f"decoupled model '{mv.name}' returned outputs without one leading response dim: {counts}"
+                )
+            n = next(iter(counts.values()))
+        except LMaaSError as exc:
+            mv.metrics.failed(exc.code.name)
+            raise
+        finally:
+            mv.leave()
+        mv.metrics.ok.inc()
+        mv.metrics.request_duration.observe(time.perf_counter() - started)
+        empty = request.parameters.get("triton_enable_empty_final_response")
+        empty_final = n == 0 or bool(empty is not None and empty.bool_param)
+        for i in range(n):
+            response = encode_response(mv, request, {k: v[i] for k, v in outputs.items()}, decoded.outputs)
+            response.parameters["triton_final_response"].bool_param = i == n - 1 and not empty_final
+            yield response
+        if empty_final:
+            final = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=request.id)
+            final.parameters["triton_final_response"].bool_param = True
+            yield final
 
     def is_llm(self, request: pb.ModelInferRequest) -> bool:
         try:

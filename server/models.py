@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from lmaas.protos.inference import model_config_pb2 as mc
 from lmaas.protos.tensors import DTYPES
-from lmaas.server.backends import Backend, Signature
+from lmaas.server.backends import Backend, BackendError, Signature
 from lmaas.server.batching import Batcher, BatchPolicy
 from lmaas.server.config import ModelConfig, WarmupInput, WarmupSpec
 from lmaas.server.llm.types import ChatMessage, GenerationChunk, SamplingParams
@@ -31,7 +31,11 @@ _CONFIG_TYPES = {name: getattr(mc, "TYPE_STRING" if name == "BYTES" else f"TYPE_
 
 
 def effective_max_batch_size(config: ModelConfig, backend: Backend) -> int:
-    """The config's value, else batching when every input's first dimension is dynamic."""
+    """The config's value, else batching when every input's first dimension is dynamic (never when decoupled)."""
+    if config.model_transaction_policy is not None and config.model_transaction_policy.decoupled:
+        if config.max_batch_size:
+            raise BackendError("a decoupled model does not batch: set max_batch_size 0 or leave it out")
+        return 0
     if config.max_batch_size is not None:
         return config.max_batch_size
     if backend.inputs and all(s.shape and s.shape[0] == -1 for s in backend.inputs):
@@ -95,6 +99,8 @@ class ModelVersion:
         self._idle.set()
         self.last_inference_ms = 0
         self.warmup = "not run"  # what warm() did: ModelConfig parameters["warmup"]
+        policy = config.model_transaction_policy
+        self.decoupled = policy is not None and policy.decoupled  # 0..N responses, streamed
 
     @property
     def label(self) -> str:
@@ -201,6 +207,8 @@ class ModelVersion:
             )
         for key, value in self.config.parameters.items():
             cfg.parameters[key].string_value = str(value)
+        if self.decoupled:
+            cfg.model_transaction_policy.decoupled = True
         for spec in self.config.model_warmup:
             w = cfg.model_warmup.add(name=spec.name, batch_size=spec.batch_size if self.max_batch_size else 0)
             w.count = spec.count

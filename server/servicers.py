@@ -78,7 +78,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def generate(request: pb.ModelInferRequest) -> None:
             try:
-                async for response in self.dp.stream_llm(request):
+                async for response in self.dp.stream_decoupled(request):
                     out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except LMaaSError as exc:
                 out.put_nowait(_stream_error(request, exc.message))
@@ -89,7 +89,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    if self.dp.is_llm(request):
+                    if self.dp.is_decoupled(request):
                         task = asyncio.create_task(generate(request))
                         generations.add(task)
                         task.add_done_callback(generations.discard)
