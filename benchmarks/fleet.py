@@ -268,7 +268,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "ops": {r.name: {**asdict(r), "p50": r.p(0.5), "p99": r.p(0.99)} for r in results},
         }
         if kill is not None:
-            out["kill"] = {"seconds": kill.seconds[0], "delay_vs_deploy_p50": kill.seconds[0] - results[0].p(0.5)}
+            out["kill"] = {"seconds": kill.seconds[0], "delay_vs_deploy_p50": kill.seconds[0] - results[0].p(0.5),
+                           "failures": kill.failures}
             print(f"kill: converged {kill.seconds[0]:.2f} s, {out['kill']['delay_vs_deploy_p50']:+.2f} s vs deploy "
                   f"p50", flush=True)
         return out
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers, --models, --replicas and --rollouts must be at least 1")
     with tempfile.TemporaryDirectory(prefix="lmaas-fleet-") as tmp:
         out = asyncio.run(_bench(args, Path(tmp)))
-    failures = sum(op["failures"] for op in out["ops"].values())
+    failures = sum(op["failures"] for op in out["ops"].values()) + out.get("kill", {}).get("failures", 0)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"fleet-{args.workers}w-{args.models}m.json").write_text(json.dumps(out, indent=2) + "\n")
