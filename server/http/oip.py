@@ -175,6 +175,7 @@ class _Handlers:
         for field, value in (("offset", offset), ("byte_size", size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(f"'{field}' must be a non-negative integer")
+        assert isinstance(offset, int) and isinstance(size, int)
         await asyncio.to_thread(self.dp.shm.register, request.params["region"], key, offset, size)
         return Response(b"", media_type=None)
 
