@@ -56,6 +56,8 @@ class ModelManager:
         self._routes: dict[str, Route] = {}
         self._states: dict[tuple[str, int], ModelState] = {}
         self._load_lock = asyncio.Lock()
+        self._draining: dict[tuple[str, int], ModelVersion] = {}  # unloaded, still draining: a re-deploy revives
+        self._drains: set[asyncio.Task[None]] = set()
         self.on_change: list[object] = []  # callables(name) notified when readiness changes
         self._uploads: UploadArea | None = None  # models sent as files (RepositoryModelLoad)
 
@@ -100,8 +102,16 @@ class ModelManager:
     # ---- loading ----
 
     async def load(self, name: str, version: int, path: Path, config: ModelConfig, digest: str = "") -> ModelVersion:
-        """Load and warm one version beside the others, then let it take traffic."""
+        """Load and warm one version beside the others, then let it take traffic.
+
+        A version that is still draining after an unload (a rollback right after a rollout) is taken back as it
+        is: loaded and warm already, at once.
+        """
+        if (revived := self._revive(name, version, digest)) is not None:
+            return revived
         async with self._load_lock:
+            if (revived := self._revive(name, version, digest)) is not None:
+                return revived
             current = self._models.get(name, {}).get(version)
             if current is not None and (not digest or current.digest == digest):
                 return current
@@ -116,14 +126,53 @@ class ModelManager:
             mv.start()
             old = self._models.setdefault(name, {}).get(version)
             self._models[name][version] = mv  # atomic flip: one dict assignment on the event loop
+            self._draining.pop((name, version), None)  # another digest drains on; it must not come back
             self._states.pop((name, version), None)
             elapsed = time.perf_counter() - started
             self.metrics.load_duration.labels(name).observe(elapsed)
             log.info("loaded model=%s version=%d platform=%s seconds=%.3f", name, version, mv.backend.platform, elapsed)
         self._notify(name)
         if old is not None:
-            await old.drain_and_close(self.drain_timeout)
+            self._start_drain(old, revivable=False)
         return mv
+
+    def _revive(self, name: str, version: int, digest: str) -> ModelVersion | None:
+        """Take a draining version back into service (one event-loop step); None if there is none to take."""
+        key = (name, version)
+        mv = self._draining.get(key)
+        if mv is None or (digest and mv.digest != digest) or version in self._models.get(name, {}):
+            return None
+        del self._draining[key]
+        if not mv.revive():  # already closing: load it anew
+            return None
+        self._models.setdefault(name, {})[version] = mv
+        self._states.pop(key, None)
+        log.info("revived model=%s version=%d (it was draining)", name, version)
+        self._notify(name)
+        return mv
+
+    def _start_drain(self, mv: ModelVersion, *, revivable: bool = True) -> asyncio.Task[None]:
+        key = (mv.name, mv.version)
+        if revivable:
+            self._draining[key] = mv
+            self._states[key] = ModelState("UNLOADING")
+        task = asyncio.create_task(self._drain(mv), name=f"lmaas-drain-{mv.name}-v{mv.version}")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return task
+
+    async def _drain(self, mv: ModelVersion) -> None:
+        key = (mv.name, mv.version)
+        closed = await mv.drain_and_close(self.drain_timeout)
+        if self._draining.get(key) is mv:
+            del self._draining[key]
+        if not closed:
+            return  # revived: serving again
+        if mv.version not in self._models.get(mv.name, {}):
+            self._states[key] = ModelState("UNAVAILABLE", "unloaded")
+        log.info("unloaded model=%s version=%d", mv.name, mv.version)
+        gc.collect()
+        _malloc_trim()
 
     def _build(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
         if path.is_dir():  # a multi-file version: from the repository or the artifact cache
@@ -156,7 +205,12 @@ class ModelManager:
         return mv
 
     async def unload(self, name: str, version: int | None = None) -> None:
-        """Stop routing to a version (or all of a model), drain it, free it."""
+        """Stop routing to a version (or all of a model) at once, then wait while it drains and is freed.
+
+        Everything up to the wait happens before the first ``await``: a caller that runs this as a task (the
+        sync) sees the version gone once the task took its first step. The drain itself is the manager's task,
+        so cancelling the caller never cuts it; a re-deploy meanwhile revives the version instead.
+        """
         versions = self._models.get(name, {})
         targets = list(versions) if version is None else [version]
         gone = [versions.pop(v) for v in targets if v in versions]
@@ -166,18 +220,15 @@ class ModelManager:
         for v in targets:
             self._states.pop((name, v), None)
         self._notify(name)
-        for mv in gone:
-            self._states[(name, mv.version)] = ModelState("UNLOADING")
-            await mv.drain_and_close(self.drain_timeout)
-            self._states[(name, mv.version)] = ModelState("UNAVAILABLE", "unloaded")
-            log.info("unloaded model=%s version=%d", name, mv.version)
-        if gone:
-            gc.collect()
-            _malloc_trim()
+        drains = [self._start_drain(mv) for mv in gone]
+        if drains:
+            await asyncio.shield(asyncio.gather(*drains))
 
     async def close(self) -> None:
         for name in list(self._models):
             await self.unload(name)
+        if self._drains:  # drains the sync started in the background
+            await asyncio.gather(*list(self._drains), return_exceptions=True)
 
     def _notify(self, name: str) -> None:
         for cb in self.on_change:

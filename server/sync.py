@@ -10,7 +10,9 @@ that arrive during an apply coalesce into the latest):
 2. ``ensure_loaded`` every assigned version (loads and warms beside what serves);
 3. ``set_routes``: one atomic flip; a model whose versions failed keeps its last good route;
 4. send the Ack: per routed model ok, or the error (NACK);
-5. ``unload`` versions this sync loaded earlier that are neither assigned nor routed any more.
+5. ``unload`` versions this sync loaded earlier that are neither assigned nor routed any more, in the
+   background: the next snapshot never waits for a drain (long LLM streams run to their end meanwhile), and
+   a version re-deployed while it drains is taken back by the host as it is (an instant rollback).
 
 Versions the host holds from elsewhere (a local model repository) are never
 unloaded here. While disconnected, the host keeps serving what it has.
@@ -58,7 +60,10 @@ class ModelHost(Protocol):
         """Atomically replace the default routing of requests that name no version."""
 
     async def unload(self, name: str, version: int) -> None:
-        """Unload a version after its in-flight requests drain."""
+        """Stop serving a version before the first ``await`` (the sync runs this as a task), then drain and free it.
+
+        A later ``ensure_loaded`` of the same version and digest while it drains may revive it.
+        """
 
 
 async def run_sync(
@@ -138,6 +143,7 @@ class Syncer:
         self._delivered = False  # whether the current stream delivered a snapshot
         self._latest: tuple[sync_pb2.Snapshot, _Stream] | None = None
         self._wake = asyncio.Event()
+        self._unloads: set[asyncio.Task[None]] = set()  # drains in the background; held so they are not collected
 
     async def run(self, addresses: list[str]) -> None:
         if not addresses:
@@ -264,16 +270,29 @@ class Syncer:
             keep.add((name, route.stable))
             if route.canary is not None:
                 keep.add((name, route.canary))
+        started = False
         for h in self.host.held():
             key = (h.name, h.version)
             if key in self.managed and key not in keep:
-                try:
-                    await self.host.unload(h.name, h.version)
-                    self.managed.discard(key)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.error("unloading model %s version %d failed: %s", h.name, h.version, _describe(exc))
+                self.managed.discard(key)
+                task = asyncio.create_task(self._unload(h.name, h.version), name=f"lmaas-unload-{h.name}-v{h.version}")
+                self._unloads.add(task)
+                task.add_done_callback(self._unloads.discard)
+                started = True
+        if started:
+            # One loop step: each task runs up to its first await, so the host stopped serving those versions
+            # before the next snapshot reads held() (else it could route to a version about to go).
+            await asyncio.sleep(0)
+
+    async def _unload(self, name: str, version: int) -> None:
+        try:
+            await self.host.unload(name, version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("unloading model %s version %d failed: %s", name, version, _describe(exc))
+            if any((h.name, h.version) == (name, version) for h in self.host.held()):
+                self.managed.add((name, version))  # still held: the next snapshot tries again
 
 
 def _describe(exc: BaseException) -> str:
