@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -71,7 +70,63 @@ def _timed(fn: Any, arg: Any) -> float:
     return time.perf_counter() - started
 
 
-class ModelVersion:
+class _Retirable:
+    """In-flight count, drain and revival of a version: shared by tensor and generative versions.
+
+    A retired (unloaded) version drains in the background; a re-deploy of it before it closes takes it back
+    (:meth:`revive`). The check that it is idle and the decision to close happen in one event-loop step, so a
+    version is never closed while a request holds it, nor after it was revived.
+    """
+
+    inflight: int
+    _idle: asyncio.Event
+    _revived: asyncio.Event
+    _closing: bool
+    last_inference_ms: int
+
+    def _init_drain(self) -> None:
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._revived = asyncio.Event()
+        self._closing = False
+        self.last_inference_ms = 0
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.last_inference_ms = int(time.time() * 1000)
+        if self.inflight == 0:
+            self._idle.set()
+
+    def revive(self) -> bool:
+        """Stop a drain in progress and keep serving; False once the version started closing (load it anew)."""
+        if self._closing:
+            return False
+        self._revived.set()
+        return True
+
+    async def _drained(self, timeout: float) -> bool:
+        """Wait until nothing is in flight or ``timeout`` passed (True: close now), or a revival (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._revived.is_set():
+            remaining = deadline - loop.time()
+            if self.inflight == 0 or remaining <= 0:
+                self._closing = True  # same loop step as the check: no request or revival can slip in between
+                return True
+            waiters = {asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(self._revived.wait())}
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        self._revived.clear()  # consumed here, not at the start: a revival may come before the drain task runs
+        return False
+
+
+class ModelVersion(_Retirable):
     """One version of one model, ready to serve once :meth:`start` ran."""
 
     def __init__(
@@ -94,10 +149,7 @@ class ModelVersion:
         )
         self._executor = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"{name}-v{version}")
         self.batcher = Batcher(self._run, self.policy, self._executor, metrics)
-        self.inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.last_inference_ms = 0
+        self._init_drain()
         self.warmup = "not run"  # what warm() did: ModelConfig parameters["warmup"]
         policy = config.model_transaction_policy
         self.decoupled = policy is not None and policy.decoupled  # 0..N responses, streamed
@@ -157,25 +209,17 @@ class ModelVersion:
         self.batcher.start()
         self.metrics.loaded.set(1)
 
-    def enter(self) -> None:
-        self.inflight += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.inflight -= 1
-        self.last_inference_ms = int(time.time() * 1000)
-        if self.inflight == 0:
-            self._idle.set()
-
-    async def drain_and_close(self, timeout: float) -> None:
-        """Let in-flight requests finish (up to ``timeout``), then free the model."""
+    async def drain_and_close(self, timeout: float) -> bool:
+        """Let in-flight requests finish (up to ``timeout``), then free the model; False if revived meanwhile."""
         self.metrics.loaded.set(0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+        if not await self._drained(timeout):
+            self.metrics.loaded.set(1)
+            return False
         await self.batcher.stop()
         self._executor.shutdown(wait=True)
         self.backend.close()
         self.metrics.forget()
+        return True
 
     def config_pb(self) -> mc.ModelConfig:
         """The Triton-compatible configuration (what perf_analyzer and tritonclient read)."""
@@ -275,7 +319,7 @@ class _Held:
         self._release()
 
 
-class LLMVersion:
+class LLMVersion(_Retirable):
     """A loaded generative version: the manager's bookkeeping around an engine; what ``DataPlane.llm`` returns.
 
     Implements :class:`lmaas.server.llm.types.LLMModel`; every stream holds the in-flight count, so an unload
@@ -302,10 +346,7 @@ class LLMVersion:
         self.output_names = tuple(self.outputs)
         self.context_length = engine.context_length
         self.max_new_tokens = engine.max_new_tokens
-        self.inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.last_inference_ms = 0
+        self._init_drain()
 
     @property
     def label(self) -> str:
@@ -337,25 +378,19 @@ class LLMVersion:
     def start(self) -> None:
         self.metrics.loaded.set(1)
 
-    def enter(self) -> None:
-        self.inflight += 1
-        self._idle.clear()
+    async def drain_and_close(self, timeout: float) -> bool:
+        """Let open streams finish (up to ``timeout``); streams still open then are cut (counted), then free it.
 
-    def leave(self) -> None:
-        self.inflight -= 1
-        self.last_inference_ms = int(time.time() * 1000)
-        if self.inflight == 0:
-            self._idle.set()
-
-    async def drain_and_close(self, timeout: float) -> None:
-        """Let open streams finish (up to ``timeout``); streams still open then are cut (counted), then free it."""
+        False if the version was revived meanwhile (it serves on)."""
         self.metrics.loaded.set(0)
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await self._drained(timeout):
+            self.metrics.loaded.set(1)
+            return False
+        if self.inflight:
             self.llm_metrics.streams_cut.inc(self.inflight)
         await asyncio.to_thread(self.engine.close)
         self.metrics.forget()
+        return True
 
     def config_pb(self) -> mc.ModelConfig:
         cfg = mc.ModelConfig(
