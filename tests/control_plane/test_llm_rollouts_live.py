@@ -1,0 +1,97 @@
+"""LLM rollouts with real processes and 8 streams always open: a control plane, a worker serving SmolLM2 pushed as
+two directory versions (v2 shares the weights), deploy v2 → rollback cycles while stock ``openai`` streams run: no
+stream cut, no error, every stream's ``system_fingerprint`` names one version (the deployed one once the rollout
+ACKed), ``lmaas_llm_streams_cut_total`` stays 0; a version that fails to load is NACKed while the streams of the
+serving one keep flowing. The soak variant runs the issue's 20 cycles (``-m soak``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cp_harness import lmaas, start_control_plane
+from llm_support import smollm2_dir
+from lmaas.client.control import ControlPlaneClient
+from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+from processes import ServerProcess, start_worker
+from test_push_llm_e2e import variant
+
+from benchmarks.llm_rollouts import Streams, run_cycles
+
+
+@pytest.fixture()
+def serving(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Control plane + worker; smollm2 v1 and v2 pushed, v1 deployed."""
+    smollm2_dir()
+    control = start_control_plane(tmp_path)
+    try:
+        w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "w1", "--cache-dir",
+                         str(tmp_path / "cache"), "--drain-timeout", "60", env={"HF_HUB_OFFLINE": "1"})
+        try:
+            with ControlPlaneClient(control.grpc) as client:
+                deadline = time.monotonic() + 30
+                while not client.workers():
+                    assert time.monotonic() < deadline, "the worker never connected"
+                    time.sleep(0.05)
+            cp = control.grpc
+            assert lmaas("model", "push", "smollm2", str(smollm2_dir()), "-q", address=cp).stdout.strip() == "1"
+            v2 = variant(tmp_path, "v2", generation_max=64)
+            assert lmaas("model", "push", "smollm2", str(v2), "-q", address=cp).stdout.strip() == "2"
+            lmaas("deploy", "smollm2", "1", "--wait", address=cp, timeout=300)
+            yield control, w
+        finally:
+            w.stop()
+    finally:
+        control.stop()
+
+
+def streams_cut(worker: ServerProcess) -> float:
+    text = httpx.get(worker.metrics_url, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("lmaas_llm_streams_cut_total{"))
+
+
+def check_cycles(serving: tuple[ServerProcess, ServerProcess], cycles: int) -> None:
+    control, w = serving
+    run = run_cycles(control.grpc, w.http_url, cycles=cycles, concurrency=8, max_tokens=24, report=True)
+    assert run.problems == []
+    assert len(run.cycles) == cycles and all(c.cut == 0 and c.errors == 0 for c in run.cycles)
+    assert run.streams >= 8
+    assert streams_cut(w) == 0
+    print(f"rollback→ACK ms: {[round(c.rollback_ack_s * 1000) for c in run.cycles]}")
+
+
+def test_deploy_and_rollback_cycles_with_8_open_streams_cut_none(
+    serving: tuple[ServerProcess, ServerProcess], tmp_path: Path
+) -> None:
+    check_cycles(serving, 3)
+    control, w = serving
+    # A version that cannot load (no tokenizer) is NACKed; the streams on v1 keep flowing meanwhile.
+    broken = variant(tmp_path, "no-tokenizer", drop="tokenizer.json")
+    assert lmaas("model", "push", "smollm2", str(broken), "-q", address=control.grpc).stdout.strip() == "3"
+    streams = Streams(w.http_url, "smollm2", 8, 24)
+    streams.expected = 1
+    streams.start()
+    try:
+        failed = lmaas("deploy", "smollm2", "3", "--wait", address=control.grpc, check=False, timeout=300)
+        served_during = streams.served
+        deadline = time.monotonic() + 120
+        while streams.served < served_during + 8:  # and still flowing after the NACK
+            assert time.monotonic() < deadline and not streams.problems, streams.problems
+            time.sleep(0.1)
+    finally:
+        streams.close()
+    assert failed.returncode == 1, failed.stderr
+    with ControlPlaneClient(control.grpc) as client:
+        got = client.get_deployment("smollm2")
+    assert got.rollout.phase == pb.ROLLOUT_PHASE_FAILED and got.deployment.spec.stable_version == 1
+    assert streams.problems == [] and streams.errors == 0 and streams.cut == 0
+    assert streams_cut(w) == 0
+
+
+@pytest.mark.soak
+def test_twenty_cycles_with_8_open_streams_cut_none(serving: tuple[ServerProcess, ServerProcess]) -> None:
+    check_cycles(serving, 20)
