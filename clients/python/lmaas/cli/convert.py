@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from lmaas.cli._options import option
+
 __all__ = ["convert", "convert_model"]
 
 
@@ -85,16 +87,19 @@ def _template_into_config(output: Path, template: Any) -> None:
 
 
 @click.command("convert")
-@click.option("--gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A GGUF file.")
-@click.option("--hf", type=click.Path(exists=True, file_okay=False, path_type=Path), help="A Hugging Face directory.")
-@click.option(
+@option("--gguf", env="LMAAS_CONVERT_GGUF", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A GGUF file.")
+@option("--hf", env="LMAAS_CONVERT_HF", type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="A Hugging Face directory.")
+@option(
     "--output",
     "-o",
+    env="LMAAS_CONVERT_OUTPUT",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="The version directory to write (REPO/<model>/<version>/ serves it).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@option("--quiet", "-q", env="LMAAS_QUIET", is_flag=True, help="No progress lines.")
 def convert(gguf: Path | None, hf: Path | None, output: Path, quiet: bool) -> None:
     """Build an LLM version directory (fp32 safetensors + tokenizer + chat template), offline."""
     convert_model(output, gguf=gguf, hf=hf, quiet=quiet)
