@@ -75,6 +75,10 @@ class ControlPlaneSettings(BaseSettings):
         3600.0, ge=0, description="seconds before an abandoned partial upload or an unreferenced blob is deleted"
     )
 
+    prometheus_url: str = Field(
+        "", description="a Prometheus server that scrapes the workers: the console's charts query it (p50/p99, TTFT)"
+    )
+
     @field_validator("rollout_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:

@@ -302,7 +302,7 @@ async def statistics(name: ModelName, request: Request) -> ModelStatistics:
     of each connected worker holding the model. Workers that do not answer are listed in `unreachable`."""
     plane = request.app.state.plane
     await plane.models.get_model(name)  # 404 for an unknown model
-    prometheus = getattr(getattr(plane, "settings", None), "prometheus_url", None)
+    prometheus = plane.settings.prometheus_url or None
     if prometheus:
         return await prometheus_statistics(str(prometheus), name)
     sampler: StatisticsSampler | None = getattr(request.app.state, "statistics", None)

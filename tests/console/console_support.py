@@ -26,17 +26,12 @@ __all__ = ["Plane", "login", "new_browser", "screenshot", "text_of", "wait_for"]
 
 from cp_harness import ADMIN_TOKEN, address, running, settings, worker
 from lmaas.control_plane.app import ControlPlane
-from lmaas.control_plane.settings import ControlPlaneSettings
 from lmaas.control_plane.store.sqlite import SqliteStore
 from prometheus_client import CollectorRegistry
 
 T = TypeVar("T")
 
 
-class WithPrometheus(ControlPlaneSettings):
-    """The settings with ``prometheus_url`` (``--prometheus-url``), which the statistics route reads when set."""
-
-    prometheus_url: str = ""
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".lmaas" / "test-output" / "console"
 README_SHOTS = ROOT / "docs" / "screenshots"
@@ -83,7 +78,7 @@ class Plane:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if "prometheus_url" in self.overrides:
-                    config = WithPrometheus(**settings(self.tmp, http_port=0).model_dump(), **self.overrides)
+                    config = settings(self.tmp, http_port=0).model_copy(update=self.overrides)  # --prometheus-url
                     self.cp = ControlPlane(config, CollectorRegistry(), store=store)
                     await self.cp.start()
                     stack.push_async_callback(self.cp.stop, 0.5)

@@ -141,6 +141,8 @@ def _duration(value: str) -> float:
 @_opt("--rollout-timeout", env="LMAAS_ROLLOUT_TIMEOUT", default="600s", callback=lambda c, p, v: _duration(v),
       help="A rollout not acknowledged by every worker within this fails and the previous deployment is restored "
            "(60s, 10m, 1h; 0 = never).")
+@_opt("--prometheus-url", env="LMAAS_PROMETHEUS_URL", default="",
+      help="Prometheus server that scrapes the workers; the console's charts query it (p50/p99 latency, TTFT).")
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_opt("--log-format", env="LMAAS_LOG_FORMAT", default="text", type=click.Choice(["text", "json"]))
 def control_plane(log_level: str, log_format: str, replica_id: str, **options: Any) -> None:
