@@ -149,6 +149,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.manager.close()
+        self.dataplane.shm.close()  # release client shared-memory mappings (the clients own and unlink them)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._stopped.set()
