@@ -30,10 +30,17 @@ def _deadline(context: Ctx) -> float | None:
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    """An error for one request of a stream: ``error_message`` (the stream stays open), with its id and final flag."""
+def _stream_error(
+    request: pb.ModelInferRequest, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+) -> pb.ModelStreamInferResponse:
+    """An error for one request of a stream: ``error_message`` (the stream stays open), with its id and final flag.
+
+    Triton's in-band error is a message only; the status name rides in the parameter ``error_code`` so a
+    client (our SDK) raises the right class.
+    """
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
     response.parameters["triton_final_response"].bool_param = True
+    response.parameters["error_code"].string_param = code.name
     return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
@@ -81,7 +88,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for response in self.dp.stream_decoupled(request):
                     out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except LMaaSError as exc:
-                out.put_nowait(_stream_error(request, exc.message))
+                out.put_nowait(_stream_error(request, exc.message, exc.code))
             except Exception as exc:  # a bug must not leave the client waiting for a final response
                 log.exception("generation failed model=%s", request.model_name)
                 out.put_nowait(_stream_error(request, f"internal error: {exc}"))
@@ -97,7 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     try:
                         response = await self.dp.infer(request, deadline)
                     except LMaaSError as exc:
-                        out.put_nowait(pb.ModelStreamInferResponse(error_message=exc.message))
+                        out.put_nowait(_stream_error(request, exc.message, exc.code))
                         continue
                     out.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
                 while generations:
