@@ -1,36 +1,55 @@
-"""HTTP beside gRPC on one LMaaS worker: ``perf_analyzer -i http`` (binary tensors) and ``-i grpc``.
+"""HTTP on one LMaaS worker: perf_analyzer (binary tensors) beside gRPC, and JSON REST beside MLServer 1.7.1.
 
-One worker serves the benchmark models (``benchmarks/models.py``); for each model and concurrency level,
-perf_analyzer measures gRPC and then HTTP back to back with the same real input data, and the table shows
-infer/s, p50/p99 and the HTTP/gRPC throughput ratio (issue target: >= 0.8)::
+Part 1 (perf_analyzer): one worker serves the benchmark models (``benchmarks/models.py``); for each model
+and concurrency level, perf_analyzer measures gRPC and then HTTP back to back with the same real input data,
+and the table shows infer/s, p50/p99 and the HTTP/gRPC throughput ratio (issue target: >= 0.8).
 
-    python -m benchmarks.http                      # mlp, cnn at c=1,4,16, 2 s windows
+Part 2 (JSON REST): perf_analyzer's HTTP client always sends Triton's binary tensor extension, which
+MLServer 1.7.1 does not read, so this part drives both REST ports with ``wrk`` and
+``benchmarks/wrk_post_json.lua``: the same OIP v2 JSON infer request (batch 1, ``data`` as a flat JSON
+list) POSTed to ``/v2/models/<model>/infer`` on the LMaaS worker's HTTP port and on MLServer's, back to back
+for each model and concurrency (wrk connections), in the same run. Both servers' JSON answers are checked
+against in-process ONNX Runtime first. The table shows infer/s, p50/p99 and the LMaaS/MLServer throughput
+ratio (issue target: >= 3). Needs ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``) and builds MLServer's
+venv as ``benchmarks/run.py`` does (PyPI, first run only)::
+
+    python -m benchmarks.http                      # both parts: mlp, cnn at c=1,4,16, 2 s windows
     python -m benchmarks.http --models mlp --concurrency 1,4 --window-ms 1000 --json out.json
-
-MLServer's REST is not measured here: perf_analyzer's HTTP client always sends Triton's binary tensor
-extension, which MLServer 1.7.1 does not read, so a JSON load generator would be needed for that comparison.
+    python -m benchmarks.http --skip-perf-analyzer --window-ms 3000   # JSON REST vs MLServer only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.models import MODELS, build_repository, write_perf_analyzer_data
+import httpx
+import numpy as np
+
+from benchmarks.models import MODELS, ModelSpec, build_repository, example_batch, write_perf_analyzer_data
 from benchmarks.perf_analyzer import PerfAnalyzerError, run_perf_analyzer
-from benchmarks.servers import free_port, lmaas_worker
+from benchmarks.servers import MLSERVER_VERSION, free_port, lmaas_worker, mlserver_peer
+
+__all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("grpc", "http")
+REST_SERVERS = ("lmaas", "mlserver")
+WRK_SCRIPT = HERE / "wrk_post_json.lua"
+WRK_MISSING = "wrk not found on PATH; install it (Debian/Ubuntu: apt-get install -y wrk) or pass --skip-rest"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.http", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.http", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", default="mlp,cnn", help="comma-separated, from benchmarks/models.py")
     p.add_argument("--concurrency", default="1,4,16", help="perf_analyzer concurrency levels")
     p.add_argument("--window-ms", type=int, default=2000, help="perf_analyzer measurement window")
@@ -38,6 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "results", help="logs and input data go under here")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
     p.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="extra `lmaas worker` argument")
+    p.add_argument("--skip-perf-analyzer", action="store_true", help="skip part 1 (perf_analyzer HTTP vs gRPC)")
+    p.add_argument("--skip-rest", action="store_true", help="skip part 2 (JSON REST, LMaaS vs MLServer)")
+    p.add_argument("--mlserver-venv", type=Path, default=HERE / ".venvs" / "mlserver")
+    p.add_argument("--wrk", default="wrk", help="wrk executable")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -50,8 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def measure(url: str, protocol: str, model: str, concurrency: int, data: Path, window_ms: int) -> dict[str, Any]:
     try:
         r = run_perf_analyzer(
-            url, model, concurrency=concurrency, measurement_ms=window_ms,
-            extra=["-i", protocol, "--input-data", str(data)], timeout=max(60, 15 * window_ms / 1000 + 30),
+            url,
+            model,
+            concurrency=concurrency,
+            measurement_ms=window_ms,
+            extra=["-i", protocol, "--input-data", str(data)],
+            timeout=max(60, 15 * window_ms / 1000 + 30),
         )
     except PerfAnalyzerError as exc:
         return {"error": str(exc).splitlines()[0]}
@@ -77,9 +104,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    build_repository(args.repo, args.models)
+def perf_analyzer_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     data = {m: write_perf_analyzer_data(MODELS[m], args.out / "input-data" / f"{m}.json") for m in args.models}
     http_port = free_port()
     rows: list[dict[str, Any]] = []
@@ -92,17 +117,191 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for proto in PROTOCOLS:
                     row[proto] = measure(urls[proto], proto, model, c, data[model], args.window_ms)
                     r = row[proto]
-                    shown = r.get("error") or (f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
-                                               f"  p99 {r['p99_us'] / 1000:6.2f} ms")
+                    shown = r.get("error") or (
+                        f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
+                        f"  p99 {r['p99_us'] / 1000:6.2f} ms"
+                    )
                     print(f"  {model:6} c={c:<3} {proto:4} {shown}", file=sys.stderr, flush=True)
                 g, h = row["grpc"], row["http"]
                 if "throughput" in g and "throughput" in h and g["throughput"]:
                     row["ratio"] = round(h["throughput"] / g["throughput"], 3)
                 rows.append(row)
-    print(table(rows))
+    return rows
+
+
+# ------------------------------------------------------------------------------ part 2: JSON REST vs MLServer
+def json_request(spec: ModelSpec, x: np.ndarray) -> dict[str, Any]:
+    """The OIP v2 JSON infer request both servers get: flat ``data`` list, the output asked for by name."""
+    return {
+        "inputs": [
+            {"name": spec.input_name, "shape": list(x.shape), "datatype": spec.datatype, "data": x.reshape(-1).tolist()}
+        ],
+        "outputs": [{"name": spec.output_name}],
+    }
+
+
+def verify_json(name: str, base: str, spec: ModelSpec, body: bytes, expected: np.ndarray) -> None:
+    """POST the benchmark body once; the JSON answer must match in-process ONNX Runtime."""
+    r = httpx.post(
+        f"{base}/v2/models/{spec.name}/infer", content=body, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    if r.status_code != 200:
+        raise AssertionError(f"{name}/{spec.name}: HTTP {r.status_code}: {r.text[:300]}")
+    outs = {o["name"]: o for o in r.json()["outputs"]}
+    out = outs.get(spec.output_name)
+    if out is None:
+        raise AssertionError(f"{name}/{spec.name}: no output {spec.output_name!r} in {list(outs)}")
+    got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"{name}/{spec.name}: answer differs from in-process ORT: {got} vs {expected}")
+
+
+def run_wrk(wrk: str, base: str, model: str, body_file: Path, concurrency: int, window_ms: int) -> dict[str, Any]:
+    """One wrk run (``concurrency`` keep-alive connections, closed loop); infer/s and p50/p99 from its summary."""
+    threads = min(concurrency, 2)
+    seconds = max(1, round(window_ms / 1000))
+    command = [
+        wrk,
+        "-c",
+        str(concurrency),
+        "-t",
+        str(threads),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(WRK_SCRIPT),
+        base,
+        "--",
+        f"/v2/models/{model}/infer",
+        str(body_file),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": "wrk timed out"}
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        return {"error": f"wrk rc={done.returncode}: {(done.stderr or done.stdout).strip()[:200]}"}
+    r = json.loads(line.removeprefix("WRK_JSON "))
+    failed = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if failed or not r["requests"]:
+        # a non-2xx answer or a dropped connection would make a fast-failing server look fast
+        return {"error": f"{failed} failed of {r['requests']} requests: {r}"}
+    return {
+        "throughput": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_us": float(r["p50_us"]),
+        "p99_us": float(r["p99_us"]),
+    }
+
+
+def rest_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | c | LMaaS infer/s | LMaaS p50 / p99 ms | MLServer infer/s | MLServer p50 / p99 ms"
+        " | LMaaS/MLServer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row["model"], str(row["concurrency"])]
+        for name in REST_SERVERS:
+            r = row[name]
+            if "error" in r:
+                cells += ["error", r["error"][:40]]
+            else:
+                cells += [f"{r['throughput']:,.0f}", f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}"]
+        ratio = row.get("ratio")
+        cells.append("-" if ratio is None else f"{ratio:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _rest_servers(args: argparse.Namespace) -> Iterator[dict[str, str]]:
+    """Both servers up at once (the idle one costs ~nothing), so each point is measured back to back."""
+    from benchmarks.inprocess import worker_session_options
+
+    lmaas_http = free_port()
+    with contextlib.ExitStack() as stack:
+        extra = ["--http-port", str(lmaas_http), *args.worker_arg]
+        stack.enter_context(lmaas_worker(args.repo, args.out / "logs" / "lmaas-rest.log", extra_args=extra))
+        stack.enter_context(
+            mlserver_peer(
+                args.mlserver_venv,
+                args.out / "mlserver-workspace-http",
+                args.repo,
+                args.models,
+                args.out / "logs" / "mlserver-rest.log",
+                intra_op_threads=worker_session_options()[0].intra_op_num_threads,
+            )
+        )
+        settings = json.loads((args.out / "mlserver-workspace-http" / "settings.json").read_text())
+        yield {"lmaas": f"http://127.0.0.1:{lmaas_http}", "mlserver": f"http://127.0.0.1:{settings['http_port']}"}
+
+
+def rest_part(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+
+    from benchmarks.inprocess import worker_session_options
+
+    wrk = shutil.which(args.wrk)
+    if wrk is None:
+        raise SystemExit(WRK_MISSING)
+    bodies: dict[str, Path] = {}
+    expected: dict[str, np.ndarray] = {}
+    opts, _ = worker_session_options()
+    for m in args.models:
+        spec = MODELS[m]
+        x = example_batch(spec, 1, seed=99)
+        sess = ort.InferenceSession(facts[m]["path"], sess_options=opts, providers=["CPUExecutionProvider"])
+        expected[m] = sess.run(None, {spec.input_name: x})[0]
+        del sess
+        bodies[m] = args.out / "input-data" / f"{m}-infer.json"
+        bodies[m].parent.mkdir(parents=True, exist_ok=True)
+        bodies[m].write_text(json.dumps(json_request(spec, x)))
+    rows: list[dict[str, Any]] = []
+    print(f"JSON REST: LMaaS vs MLServer {MLSERVER_VERSION} with wrk ({wrk})", file=sys.stderr, flush=True)
+    with _rest_servers(args) as bases:
+        for m in args.models:
+            for name in REST_SERVERS:
+                verify_json(name, bases[name], MODELS[m], bodies[m].read_bytes(), expected[m])
+        print("  both servers answer the JSON request like in-process ORT", file=sys.stderr, flush=True)
+        for m in args.models:
+            for c in args.concurrency:
+                row: dict[str, Any] = {"model": m, "concurrency": c}
+                for name in REST_SERVERS:
+                    row[name] = r = run_wrk(wrk, bases[name], m, bodies[m], c, args.window_ms)
+                    shown = r.get("error") or (
+                        f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
+                        f"  p99 {r['p99_us'] / 1000:6.2f} ms"
+                    )
+                    print(f"  {m:6} c={c:<3} {name:8} {shown}", file=sys.stderr, flush=True)
+                a, b = row["lmaas"], row["mlserver"]
+                if "throughput" in a and "throughput" in b and b["throughput"]:
+                    row["ratio"] = round(a["throughput"] / b["throughput"], 3)
+                rows.append(row)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.skip_rest and shutil.which(args.wrk) is None:
+        raise SystemExit(WRK_MISSING)  # before minutes of building
+    facts = build_repository(args.repo, args.models)
+    rows: list[dict[str, Any]] = []
+    if not args.skip_perf_analyzer:
+        rows = perf_analyzer_part(args)
+        print(table(rows))
+    rest_rows: list[dict[str, Any]] = []
+    if not args.skip_rest:
+        rest_rows = rest_part(args, facts)
+        if rows:
+            print()
+        print(rest_table(rest_rows))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 1 if any("error" in row[p] for row in rows for p in PROTOCOLS) else 0
+        args.json.write_text(json.dumps({"perf_analyzer": rows, "json_rest": rest_rows}, indent=2))
+    failed = any("error" in row[p] for row in rows for p in PROTOCOLS)
+    return 1 if failed or any("error" in row[n] for row in rest_rows for n in REST_SERVERS) else 0
 
 
 if __name__ == "__main__":
