@@ -20,9 +20,8 @@ import contextlib
 import fcntl
 import os
 import re
-from collections.abc import AsyncIterator
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +36,7 @@ from lmaas.protos.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["CHUNK_SIZE", "ArtifactStore", "GarbageCollected", "collect_garbage", "check_digest", "sha256_file"]
+__all__ = ["CHUNK_SIZE", "ArtifactStore", "GarbageCollected", "check_digest", "collect_garbage", "sha256_file"]
 
 CHUNK_SIZE = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
