@@ -72,10 +72,15 @@ class Election:
         kv = await self._store.get(self.key)
         if kv is None:
             return
-        async with contextlib.aclosing(self._store.watch(self.key, revision + 1)) as events:
+        events = self._store.watch(self.key, revision + 1)
+        try:
             async for event in events:
                 if event.kv.key == self.key and event.type is EventType.DELETE:
                     return
+        finally:  # end the store's watch now, not when the generator is collected
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     async def lost(self) -> None:
         """Return when this candidate stops leading (its lease expired or it resigned)."""
