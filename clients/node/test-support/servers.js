@@ -128,7 +128,7 @@ async function startWorker({ mlpInput = [[0.1, 0.2, 0.3, 0.4]], repository = nul
     expected = JSON.parse(await runPython(['-c', BUILD_REPOSITORY, repo, JSON.stringify(mlpInput)]));
   }
   const worker = await startServer(
-    ['-m', 'lmaas.cli', 'worker', '--model-repository', repo, '--grpc-port', '0', '--metrics-port', '0',
+    ['-m', 'lmaas.cli', 'worker', '--model-repository', repo, '--grpc-port', '0', '--metrics-port', '0', '--http-port', '0',
       '--host', '127.0.0.1', ...args],
     { tmp, env },
   );
