@@ -89,9 +89,11 @@ def test_binary_part_shorter_than_its_header_says(client: httpx.Client) -> None:
 
 
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
-    _error(client.post("/v2/models/nope/infer", json=GOOD), 404, "model 'nope'")
-    _error(client.post("/v2/models/mlp/versions/9/infer", json=GOOD), 404, "version 9 of model 'mlp'")
-    _error(client.get("/v2/models/nope"), 404, "model 'nope'")
+    # Triton's wording (its clients match on it), the same text as over gRPC
+    _error(client.post("/v2/models/nope/infer", json=GOOD), 404, "Request for unknown model: 'nope' is not found")
+    _error(client.post("/v2/models/mlp/versions/9/infer", json=GOOD), 404,
+           "Request for unknown model: 'mlp' version 9 is not found")
+    _error(client.get("/v2/models/nope"), 404, "Request for unknown model: 'nope' is not found")
     _error(client.get("/v2/models/nope/config"), 404)
     _error(client.get("/v2/models/mlp/versions/1/nothing"), 404, "no route")
 
