@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -43,3 +44,16 @@ def triton(worker: ServerProcess):  # type: ignore[no-untyped-def]
     client = tc.InferenceServerClient(worker.grpc)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def binary() -> str:
+    """perf_analyzer's path: CI must have it (.ci/install-perf-analyzer.sh); elsewhere its tests skip."""
+    from benchmarks.perf_analyzer import perf_analyzer_path
+
+    path = perf_analyzer_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("perf_analyzer is not installed; .ci/install-perf-analyzer.sh should have installed it")
+        pytest.skip("perf_analyzer is not installed (run .ci/install-perf-analyzer.sh .venv)")
+    return path

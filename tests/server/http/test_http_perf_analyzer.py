@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from processes import ServerProcess
 
-from benchmarks.perf_analyzer import perf_analyzer_path, run_perf_analyzer
-
-
-@pytest.fixture(scope="module")
-def binary() -> str:
-    path = perf_analyzer_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("perf_analyzer is not installed; .ci/install-perf-analyzer.sh should have installed it")
-        pytest.skip("perf_analyzer is not installed (run .ci/install-perf-analyzer.sh .venv)")
-    return path
+from benchmarks.perf_analyzer import run_perf_analyzer
 
 
 @pytest.mark.parametrize(

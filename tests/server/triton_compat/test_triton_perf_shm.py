@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +10,7 @@ import tritonclient.grpc as tc
 from processes import ServerProcess, start_worker
 
 from benchmarks.models import build_repository
-from benchmarks.perf_analyzer import perf_analyzer_path, run_perf_analyzer
-
-
-@pytest.fixture(scope="module")
-def binary() -> str:
-    path = perf_analyzer_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("perf_analyzer is not installed; .ci/install-perf-analyzer.sh should have installed it")
-        pytest.skip("perf_analyzer is not installed (run .ci/install-perf-analyzer.sh .venv)")
-    return path
+from benchmarks.perf_analyzer import run_perf_analyzer
 
 
 @pytest.fixture(scope="module")
