@@ -85,21 +85,24 @@ def measure(url: str, protocol: str, model: str, concurrency: int, data: Path, w
     return {k: r[k] for k in ("throughput", "p50_us", "p99_us")}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], sides: tuple[str, str], heads: tuple[str, str], ratio: str) -> str:
+    """One row per (model, concurrency): each side's infer/s and p50/p99, then the row's ``ratio``."""
+    first, second = heads
     lines = [
-        "| model | c | gRPC infer/s | gRPC p50 / p99 ms | HTTP infer/s | HTTP p50 / p99 ms | HTTP/gRPC |",
+        f"| model | c | {first} infer/s | {first} p50 / p99 ms | {second} infer/s | {second} p50 / p99 ms"
+        f" | {ratio} |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [row["model"], str(row["concurrency"])]
-        for proto in PROTOCOLS:
-            r = row[proto]
+        for side in sides:
+            r = row[side]
             if "error" in r:
                 cells += ["error", r["error"][:40]]
             else:
                 cells += [f"{r['throughput']:,.0f}", f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}"]
-        ratio = row.get("ratio")
-        cells.append("-" if ratio is None else f"{ratio:.2f}")
+        value = row.get("ratio")
+        cells.append("-" if value is None else f"{value:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -196,26 +199,6 @@ def run_wrk(wrk: str, base: str, model: str, body_file: Path, concurrency: int, 
     }
 
 
-def rest_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | c | LMaaS infer/s | LMaaS p50 / p99 ms | MLServer infer/s | MLServer p50 / p99 ms"
-        " | LMaaS/MLServer |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cells = [row["model"], str(row["concurrency"])]
-        for name in REST_SERVERS:
-            r = row[name]
-            if "error" in r:
-                cells += ["error", r["error"][:40]]
-            else:
-                cells += [f"{r['throughput']:,.0f}", f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}"]
-        ratio = row.get("ratio")
-        cells.append("-" if ratio is None else f"{ratio:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 @contextlib.contextmanager
 def _rest_servers(args: argparse.Namespace) -> Iterator[dict[str, str]]:
     """Both servers up at once (the idle one costs ~nothing), so each point is measured back to back."""
@@ -291,13 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if not args.skip_perf_analyzer:
         rows = perf_analyzer_part(args)
-        print(table(rows))
+        print(table(rows, PROTOCOLS, ("gRPC", "HTTP"), "HTTP/gRPC"))
     rest_rows: list[dict[str, Any]] = []
     if not args.skip_rest:
         rest_rows = rest_part(args, facts)
         if rows:
             print()
-        print(rest_table(rest_rows))
+        print(table(rest_rows, REST_SERVERS, ("LMaaS", "MLServer"), "LMaaS/MLServer"))
     if args.json is not None:
         args.json.write_text(json.dumps({"perf_analyzer": rows, "json_rest": rest_rows}, indent=2))
     failed = any("error" in row[p] for row in rows for p in PROTOCOLS)
