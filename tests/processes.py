@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,3 +94,43 @@ def start_worker(repository: Path | None = None, *extra: str, env: dict[str, str
     if repository is not None:
         args += ["--model-repository", str(repository)]
     return start_server(args, env=env)
+
+
+@dataclass
+class UpProcess:
+    """A running ``lmaas up``: the fields of its ready line (``worker=…``, ``control-plane-http=…``) and its output."""
+
+    fields: dict[str, str]
+    lines: list[str]
+    ready_line: str
+
+
+@contextlib.contextmanager
+def running_up(
+    args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[UpProcess]:
+    """Run ``lmaas up ARGS`` until its 'lmaas up ready' line; on exit, Ctrl-C it and require exit code 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmaas.cli", "up", *args], cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("lmaas up ready"):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(timeout) and proc.poll() is None, "".join(lines)
+        ready_line = next(x for x in lines if x.startswith("lmaas up ready"))
+        yield UpProcess(dict(f.split("=", 1) for f in ready_line.split()[3:]), lines, ready_line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines)

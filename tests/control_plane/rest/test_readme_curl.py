@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cp_harness import write_scale_onnx
+from processes import running_up
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 MARKER = "<!-- curl-examples:"
@@ -64,29 +62,9 @@ def up(tmp_path: Path) -> Iterator[Path]:
     busy = [p for p in PORTS if not _free(p)]
     if busy:
         pytest.skip(f"lmaas up's default ports are in use: {busy}")
-    proc = subprocess.Popen([sys.executable, "-m", "lmaas.cli", "up"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("lmaas up ready"):
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        assert ready.wait(120) and proc.poll() is None, "".join(lines)
-        ready_line = next(x for x in lines if x.startswith("lmaas up ready"))
-        assert "control-plane-http=127.0.0.1:8080" in ready_line and "worker-http=127.0.0.1:8000" in ready_line
+    with running_up([], cwd=tmp_path) as up:
+        assert "control-plane-http=127.0.0.1:8080" in up.ready_line and "worker-http=127.0.0.1:8000" in up.ready_line
         yield tmp_path
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    assert code == 0, "".join(lines)
 
 
 def test_readme_curl_examples(up: Path) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import openai
 from llm_http_kit import MODEL
 from llm_support import SMOLLM2_FILES, gguf_path, smollm2_dir
 from lmaas.protos.digests import sha256_file
+from processes import running_up
 
 
 def test_up_llm_serves_smollm2(tmp_path: Path) -> None:
@@ -22,36 +19,14 @@ def test_up_llm_serves_smollm2(tmp_path: Path) -> None:
     seeded.mkdir(parents=True)
     for name in SMOLLM2_FILES:
         os.link(smollm2_dir() / name, seeded / name)
-    args = ["up", "--llm", "--no-demo", "--state-dir", str(state)]
+    args = ["--llm", "--no-demo", "--state-dir", str(state)]
     for port in ("--control-plane-port", "--control-plane-metrics-port", "--control-plane-http-port", "--worker-port",
                  "--worker-metrics-port", "--worker-http-port"):
         args += [port, "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "lmaas.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("lmaas up ready"):
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        assert ready.wait(300) and proc.poll() is None, "".join(lines)
-        line = next(x for x in lines if x.startswith("lmaas up ready"))
-        fields = dict(f.split("=", 1) for f in line.split()[3:])
-        client = openai.OpenAI(base_url=f"http://{fields['worker-http']}/v1", api_key="unused", max_retries=0)
+    with running_up(args, env={"HF_HUB_OFFLINE": "1"}, timeout=300) as up:
+        client = openai.OpenAI(base_url=f"http://{up.fields['worker-http']}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=4, temperature=0)
         assert reply.choices[0].message.content
         assert (reply.system_fingerprint or "").startswith(f"lmaas-{MODEL}-v1-")
-        assert not any("converting" in x for x in lines), "the seeded conversion was not reused"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    assert code == 0, "".join(lines)
+        assert not any("converting" in x for x in up.lines), "the seeded conversion was not reused"
