@@ -104,48 +104,22 @@ def test_every_flag_has_an_env_var() -> None:
 
 
 def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-    import threading
-
     from lmaas.client import InferenceClient
+    from processes import running_up
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmaas.cli", "up", "--state-dir", str(tmp_path / "up"), "--control-plane-port", "0",
-         "--control-plane-metrics-port", "0", "--worker-port", "0", "--worker-metrics-port", "0",
-         "--control-plane-http-port", "0", "--worker-http-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("lmaas up ready"):
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        assert ready.wait(120) and proc.poll() is None, "".join(lines)
-        fields = dict(f.split("=", 1) for f in next(x for x in lines if x.startswith("lmaas up ready")).split()[3:])
+    ports = ["--control-plane-port", "--control-plane-metrics-port", "--worker-port", "--worker-metrics-port",
+             "--control-plane-http-port", "--worker-http-port"]
+    with running_up(["--state-dir", str(tmp_path / "up"), *(a for p in ports for a in (p, "0"))]) as up:
         x = np.arange(4, dtype=np.float32).reshape(1, 4)
-        with InferenceClient(fields["worker"]) as client:
+        with InferenceClient(up.fields["worker"]) as client:
             np.testing.assert_array_equal(client.infer("demo", {"x": x})["y"], 2 * x + 1)
         # auth is on: up made its own admin token (and the worker's), readable by the owner only
         admin, worker = tmp_path / "up" / "admin.token", tmp_path / "up" / "worker.token"
         assert admin.stat().st_mode & 0o777 == 0o600 and worker.stat().st_mode & 0o777 == 0o600
         token = admin.read_text().strip()
-        assert "demo" in lmaas("status", address=fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
-        assert any("export LMAAS_TOKEN=$(cat" in line for line in lines)
-        denied = lmaas("status", address=fields["control-plane"], env={"LMAAS_TOKEN": ""}, check=False)
+        assert "demo" in lmaas("status", address=up.fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
+        assert any("export LMAAS_TOKEN=$(cat" in line for line in up.lines)
+        denied = lmaas("status", address=up.fields["control-plane"], env={"LMAAS_TOKEN": ""}, check=False)
         assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
-        tokens = lmaas("token", "list", address=fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
+        tokens = lmaas("token", "list", address=up.fields["control-plane"], env={"LMAAS_TOKEN": token}).stdout
         assert "lmaas up worker" in tokens and "bootstrap" in tokens
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    assert code == 0, "".join(lines)
