@@ -21,7 +21,7 @@ done
 mkdir -p "$out"
 cd "$out"
 if ! ls llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
-  $pip download --no-binary :all: --no-deps --dest . "llama-cpp-python${version:+==$version}"
+  $pip download --no-binary llama-cpp-python --no-deps --dest . "llama-cpp-python${version:+==$version}"
 fi
 sdist="$(ls -1 llama_cpp_python-*.tar.gz | sort -V | tail -n 1)"
 src="${sdist%.tar.gz}"
