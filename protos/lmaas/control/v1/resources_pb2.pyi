@@ -238,17 +238,47 @@ class Rollout(_message.Message):
     def __init__(self, model: _Optional[str] = ..., generation: _Optional[int] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., restored_generation: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRollout, _Mapping]]] = ...) -> None: ...
 
 class HeldVersion(_message.Message):
-    __slots__ = ("model", "version", "digest")
+    __slots__ = ("model", "version", "digest", "memory_bytes", "memory_peak_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     digest: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+    memory_bytes: int
+    memory_peak_bytes: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ...) -> None: ...
+
+class LatencyHistogram(_message.Message):
+    __slots__ = ("bounds", "counts", "count", "sum")
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    bounds: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    count: int
+    sum: float
+    def __init__(self, bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ...) -> None: ...
+
+class VersionLatency(_message.Message):
+    __slots__ = ("model", "version", "request_duration", "time_to_first_token", "generation_tokens")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    request_duration: LatencyHistogram
+    time_to_first_token: LatencyHistogram
+    generation_tokens: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., request_duration: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., time_to_first_token: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., generation_tokens: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "pool", "inference_address", "control_plane", "connected_at_ms", "desired_revision", "acked_revision", "held", "models")
+    __slots__ = ("worker_id", "pool", "inference_address", "control_plane", "connected_at_ms", "desired_revision", "acked_revision", "held", "models", "memory_capacity_bytes", "memory_used_bytes", "latency", "reported_at_ms")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +288,10 @@ class WorkerInfo(_message.Message):
     ACKED_REVISION_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     pool: str
     inference_address: str
@@ -267,7 +301,11 @@ class WorkerInfo(_message.Message):
     acked_revision: int
     held: _containers.RepeatedCompositeFieldContainer[HeldVersion]
     models: _containers.RepeatedCompositeFieldContainer[ObservedModel]
-    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., inference_address: _Optional[str] = ..., control_plane: _Optional[str] = ..., connected_at_ms: _Optional[int] = ..., desired_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldVersion, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ObservedModel, _Mapping]]] = ...) -> None: ...
+    memory_capacity_bytes: int
+    memory_used_bytes: int
+    latency: _containers.RepeatedCompositeFieldContainer[VersionLatency]
+    reported_at_ms: int
+    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., inference_address: _Optional[str] = ..., control_plane: _Optional[str] = ..., connected_at_ms: _Optional[int] = ..., desired_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldVersion, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ObservedModel, _Mapping]]] = ..., memory_capacity_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[VersionLatency, _Mapping]]] = ..., reported_at_ms: _Optional[int] = ...) -> None: ...
 
 class ObservedModel(_message.Message):
     __slots__ = ("worker_id", "model", "generation", "snapshot_revision", "ok", "error", "loaded_versions", "updated_at_ms")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1almaas/worker/v1/sync.proto\x12\x0flmaas.worker.v1\"6\n\x04Held\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"h\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x19\n\x11inference_address\x18\x03 \x01(\t\x12#\n\x04held\x18\x04 \x03(\x0b\x32\x15.lmaas.worker.v1.Held\"P\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0floaded_versions\x18\x02 \x03(\x03\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"s\n\x03\x41\x63k\x12\x19\n\x11snapshot_revision\x18\x01 \x01(\x03\x12,\n\x06models\x18\x02 \x03(\x0b\x32\x1c.lmaas.worker.v1.ModelStatus\x12#\n\x04held\x18\x03 \x03(\x0b\x32\x15.lmaas.worker.v1.Held\"e\n\rWorkerMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.lmaas.worker.v1.HelloH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.lmaas.worker.v1.AckH\x00\x42\x06\n\x04kind\"u\n\nAssignment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"q\n\x05Route\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x03 \x01(\x03\x12\x15\n\rcanary_weight\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\"v\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x30\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1b.lmaas.worker.v1.Assignment\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.lmaas.worker.v1.Route2U\n\nWorkerSync\x12G\n\x04Sync\x12\x1e.lmaas.worker.v1.WorkerMessage\x1a\x19.lmaas.worker.v1.Snapshot\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1almaas/worker/v1/sync.proto\x12\x0flmaas.worker.v1\"6\n\x04Held\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"h\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x19\n\x11inference_address\x18\x03 \x01(\t\x12#\n\x04held\x18\x04 \x03(\x0b\x32\x15.lmaas.worker.v1.Held\"P\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0floaded_versions\x18\x02 \x03(\x03\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x9c\x01\n\x03\x41\x63k\x12\x19\n\x11snapshot_revision\x18\x01 \x01(\x03\x12,\n\x06models\x18\x02 \x03(\x0b\x32\x1c.lmaas.worker.v1.ModelStatus\x12#\n\x04held\x18\x03 \x03(\x0b\x32\x15.lmaas.worker.v1.Held\x12\'\n\x06memory\x18\x04 \x01(\x0b\x32\x17.lmaas.worker.v1.Memory\"R\n\rVersionMemory\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x12\n\npeak_bytes\x18\x04 \x01(\x03\"f\n\x06Memory\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x03\x12\x12\n\nused_bytes\x18\x02 \x01(\x03\x12\x30\n\x08versions\x18\x03 \x03(\x0b\x32\x1e.lmaas.worker.v1.VersionMemory\"G\n\tHistogram\x12\x0e\n\x06\x62ounds\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0b\n\x03sum\x18\x04 \x01(\x01\"\xba\x01\n\x0eVersionLatency\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x34\n\x10request_duration\x18\x03 \x01(\x0b\x32\x1a.lmaas.worker.v1.Histogram\x12\x37\n\x13time_to_first_token\x18\x04 \x01(\x0b\x32\x1a.lmaas.worker.v1.Histogram\x12\x19\n\x11generation_tokens\x18\x05 \x01(\x03\"c\n\x06Report\x12\'\n\x06memory\x18\x01 \x01(\x0b\x32\x17.lmaas.worker.v1.Memory\x12\x30\n\x07latency\x18\x02 \x03(\x0b\x32\x1f.lmaas.worker.v1.VersionLatency\"\x90\x01\n\rWorkerMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.lmaas.worker.v1.HelloH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.lmaas.worker.v1.AckH\x00\x12)\n\x06report\x18\x03 \x01(\x0b\x32\x17.lmaas.worker.v1.ReportH\x00\x42\x06\n\x04kind\"u\n\nAssignment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"q\n\x05Route\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x03 \x01(\x03\x12\x15\n\rcanary_weight\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\"\xa7\x01\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x30\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1b.lmaas.worker.v1.Assignment\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.lmaas.worker.v1.Route\x12\x17\n\x0f\x61\x63\x63\x65pts_reports\x18\x04 \x01(\x08\x12\x16\n\x0ereport_every_s\x18\x05 \x01(\x01\x32U\n\nWorkerSync\x12G\n\x04Sync\x12\x1e.lmaas.worker.v1.WorkerMessage\x1a\x19.lmaas.worker.v1.Snapshot\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,16 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_end=207
   _globals['_MODELSTATUS']._serialized_start=209
   _globals['_MODELSTATUS']._serialized_end=289
-  _globals['_ACK']._serialized_start=291
-  _globals['_ACK']._serialized_end=406
-  _globals['_WORKERMESSAGE']._serialized_start=408
-  _globals['_WORKERMESSAGE']._serialized_end=509
-  _globals['_ASSIGNMENT']._serialized_start=511
-  _globals['_ASSIGNMENT']._serialized_end=628
-  _globals['_ROUTE']._serialized_start=630
-  _globals['_ROUTE']._serialized_end=743
-  _globals['_SNAPSHOT']._serialized_start=745
-  _globals['_SNAPSHOT']._serialized_end=863
-  _globals['_WORKERSYNC']._serialized_start=865
-  _globals['_WORKERSYNC']._serialized_end=950
+  _globals['_ACK']._serialized_start=292
+  _globals['_ACK']._serialized_end=448
+  _globals['_VERSIONMEMORY']._serialized_start=450
+  _globals['_VERSIONMEMORY']._serialized_end=532
+  _globals['_MEMORY']._serialized_start=534
+  _globals['_MEMORY']._serialized_end=636
+  _globals['_HISTOGRAM']._serialized_start=638
+  _globals['_HISTOGRAM']._serialized_end=709
+  _globals['_VERSIONLATENCY']._serialized_start=712
+  _globals['_VERSIONLATENCY']._serialized_end=898
+  _globals['_REPORT']._serialized_start=900
+  _globals['_REPORT']._serialized_end=999
+  _globals['_WORKERMESSAGE']._serialized_start=1002
+  _globals['_WORKERMESSAGE']._serialized_end=1146
+  _globals['_ASSIGNMENT']._serialized_start=1148
+  _globals['_ASSIGNMENT']._serialized_end=1265
+  _globals['_ROUTE']._serialized_start=1267
+  _globals['_ROUTE']._serialized_end=1380
+  _globals['_SNAPSHOT']._serialized_start=1383
+  _globals['_SNAPSHOT']._serialized_end=1550
+  _globals['_WORKERSYNC']._serialized_start=1552
+  _globals['_WORKERSYNC']._serialized_end=1637
 # @@protoc_insertion_point(module_scope)
