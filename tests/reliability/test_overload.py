@@ -268,16 +268,24 @@ def test_sustained_overload_stays_bounded(worker: ServerProcess) -> None:
 
 
 def test_expired_requests_are_dropped_before_execution(worker: ServerProcess) -> None:
-    """One request runs (~45 ms); six more queue behind it with a 20 ms deadline: all six expire while queued."""
+    """Each round: two requests without a deadline keep the model busy; once the worker shows the second one
+    queued (so at least one whole execution lies ahead of anything sent now), six more are sent with a deadline of
+    three quarters of an execution: all six expire while queued and none runs."""
     execution = _execution_seconds(worker)
     assert execution > 0.03, f"the model runs too fast ({execution * 1000:.0f} ms) for this test"
-    rounds, expired = 5, 6
+    rounds, blockers, expired = 5, 2, 6
+
+    async def blockers_queued(running: list[asyncio.Task[Outcome]]) -> None:
+        """Until the worker reports one request pending (the first blocker executing, the second queued)."""
+        while (await asyncio.to_thread(_counters, worker))["pending"] < 1:
+            assert not all(t.done() for t in running), "the blockers finished before the worker showed them queued"
+            await asyncio.sleep(0.002)
 
     async def one_round(stub: pb_grpc.GRPCInferenceServiceStub) -> list[Outcome]:
-        blocker = asyncio.create_task(_call(stub))
-        await asyncio.sleep(0.005)  # the blocker is executing
-        late = await asyncio.gather(*(_call(stub, timeout=0.02) for _ in range(expired)))
-        return [await blocker, *late]
+        running = [asyncio.create_task(_call(stub)) for _ in range(blockers)]
+        await blockers_queued(running)
+        late = await asyncio.gather(*(_call(stub, timeout=execution * 0.75) for _ in range(expired)))
+        return [*(await asyncio.gather(*running)), *late]
 
     async def run() -> list[Outcome]:
         out: list[Outcome] = []
@@ -286,20 +294,23 @@ def test_expired_requests_are_dropped_before_execution(worker: ServerProcess) ->
             await channel.channel_ready()
             for _ in range(rounds):
                 out += await one_round(stub)
-                await asyncio.sleep(execution * 2)  # let the queue empty
         return out
 
     before = _counters(worker)
     outcomes = asyncio.run(run())
-    time.sleep(0.2)
     delta = _delta(_counters(worker), before)
+    settle = time.monotonic() + 5  # a dropped call is counted when the worker sees it cancelled: wait for that
+    while delta["deadline_exceeded"] < rounds * expired and time.monotonic() < settle:
+        time.sleep(0.01)
+        delta = _delta(_counters(worker), before)
     codes = Counter(o.code for o in outcomes)
     print(
-        f"\ndeadlines: {rounds} rounds of 1 running + {expired} queued requests with a 20 ms deadline behind a "
-        f"~{execution * 1000:.0f} ms execution: clients saw {dict(codes)}; worker counters {delta}"
+        f"\ndeadlines: {rounds} rounds of {blockers} requests without a deadline + {expired} queued behind them with "
+        f"a {execution * 750:.0f} ms deadline (~{execution * 1000:.0f} ms executions): clients saw {dict(codes)}; "
+        f"worker counters {delta}"
     )
-    assert codes == {"OK": rounds, "DEADLINE_EXCEEDED": rounds * expired}, codes
-    assert delta["executions"] == rounds, "an expired request was executed"
+    assert codes == {"OK": rounds * blockers, "DEADLINE_EXCEEDED": rounds * expired}, codes
+    assert delta["executions"] == rounds * blockers, "an expired request was executed"
     assert delta["deadline"] == rounds * expired == delta["deadline_exceeded"], delta
 
 
