@@ -64,7 +64,7 @@ class SnapshotBuilder:
 
     async def build(self, pool: str) -> sync_pb2.Snapshot:
         result = await self._store.range(keys.DEPLOYMENTS)
-        snapshot = sync_pb2.Snapshot(revision=result.revision)
+        snapshot = sync_pb2.Snapshot(revision=result.revision, accepts_reports=True)  # this version reads Reports
         for kv in result.kvs:
             deployment = pb.Deployment.FromString(kv.value)
             spec = deployment.spec

@@ -51,6 +51,7 @@ __all__ = ["SyncSettings", "WorkerSync"]
 
 log = logging.getLogger(__name__)
 _REMEMBERED_SNAPSHOTS = 32
+_MAX_BUCKETS = 64  # bounds of one reported histogram (the worker's have 15-20)
 _FLUSH_DELAY = 0.5  # seconds a sent snapshot's desired revision waits to ride along with the worker's Ack write
 
 
@@ -176,6 +177,7 @@ class _Session:
         self.lock = asyncio.Lock()
         self.on_end: Callable[[], None] = lambda: None
         self.unwritten = False  # info changed (desired revision) since the last write
+        self.memory: dict[tuple[str, int], tuple[int, int]] = {}  # (model, version) → measured (bytes, peak)
         self.flusher: asyncio.Task[None] | None = None
 
     async def register(self) -> None:
@@ -272,9 +274,48 @@ class _Session:
 
     async def _read(self, incoming: AsyncIterator[sync_pb2.WorkerMessage]) -> None:
         async for message in incoming:
-            if message.WhichOneof("kind") != "ack":
-                raise InvalidArgument("only the first WorkerSync message may be a hello; then acks")
+            kind = message.WhichOneof("kind")
+            if kind == "report":
+                await self._on_report(message.report)
+                continue
+            if kind != "ack":
+                raise InvalidArgument("only the first WorkerSync message may be a hello; then acks and reports")
             await self._on_ack(message.ack)
+
+    def _take_memory(self, memory: sync_pb2.Memory) -> bool:
+        """Put the worker's memory figures on its record; True if they changed enough to be written."""
+        check_count(memory.versions, "version memory entries", MAX_HELD)
+        by_version = {(v.model, v.version): (max(0, v.bytes), max(0, v.peak_bytes)) for v in memory.versions}
+        info = self.info
+        before = (info.memory_capacity_bytes, info.memory_used_bytes, self.memory)
+        self.memory = by_version
+        info.memory_capacity_bytes = max(0, memory.capacity_bytes)
+        info.memory_used_bytes = max(0, memory.used_bytes)
+        _held_memory(info, by_version)
+        used_moved = abs(info.memory_used_bytes - before[1]) > max(before[1] // 50, 1 << 20)  # 2 % or 1 MiB
+        return used_moved or before[0] != info.memory_capacity_bytes or before[2] != by_version
+
+    async def _on_report(self, report: sync_pb2.Report) -> None:
+        """Memory and cumulative latency histograms; the record is written only when a figure moved (an idle
+        worker costs no store writes)."""
+        check_count(report.latency, "latency entries", MAX_HELD)
+        latency = []
+        for v in report.latency:
+            check_text(v.model, "latency model name", MAX_SHORT_TEXT)
+            for h in (v.request_duration, v.time_to_first_token):
+                check_count(h.bounds, "histogram bounds", _MAX_BUCKETS)
+                if len(h.counts) != len(h.bounds):
+                    raise InvalidArgument("a histogram needs one count per bound")
+            latency.append(pb.VersionLatency.FromString(v.SerializeToString()))  # same fields, other package
+        async with self.lock:
+            changed = self._take_memory(report.memory) if report.HasField("memory") else False
+            if list(self.info.latency) != latency:
+                del self.info.latency[:]
+                self.info.latency.extend(latency)
+                changed = True
+            if changed:
+                self.info.reported_at_ms = now_ms()
+                await self._write([])
 
     async def _on_ack(self, ack: sync_pb2.Ack) -> None:
         _check_held(ack.held)
@@ -308,6 +349,11 @@ class _Session:
             self.info.acked_revision = ack.snapshot_revision
             del self.info.held[:]
             self.info.held.extend(pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in ack.held)
+            if ack.HasField("memory"):
+                self._take_memory(ack.memory)
+                self.info.reported_at_ms = now
+            else:
+                _held_memory(self.info, self.memory)
             await self._write(ops)
         self.observed_models = reported
         self.observed_state = written
@@ -316,6 +362,11 @@ class _Session:
             for model in sorted(reported):
                 with contextlib.suppress(Aborted):
                     await self.sync._deployments.evaluate(model)
+
+
+def _held_memory(info: pb.WorkerInfo, memory: dict[tuple[str, int], tuple[int, int]]) -> None:
+    for h in info.held:
+        h.memory_bytes, h.memory_peak_bytes = memory.get((h.model, h.version), (0, 0))
 
 
 def _check_held(held: Sequence[sync_pb2.Held]) -> None:

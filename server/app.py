@@ -15,11 +15,14 @@ from lmaas.protos.credentials import channel_credentials, server_credentials
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.protos.interceptors import guard_servicer
+from lmaas.protos.lmaas.worker.v1 import sync_pb2
+from lmaas.server import reports
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http.app import build_app
 from lmaas.server.http.serve import HttpServer
 from lmaas.server.manager import ModelManager
+from lmaas.server.memory import MemoryTracker
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer
 from lmaas.server.settings import WorkerSettings
@@ -38,7 +41,8 @@ class Worker:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
-        self.manager = ModelManager(self.metrics, settings.model_repository, settings.drain_timeout)
+        self.memory = MemoryTracker(self.registry, settings.memory_limit)
+        self.manager = ModelManager(self.metrics, settings.model_repository, settings.drain_timeout, self.memory)
         self.dataplane = DataPlane(
             self.manager, max_elements=settings.max_elements, repository_rpcs=settings.control_plane is None
         )
@@ -125,11 +129,18 @@ class Worker:
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                         on_ack=self.metrics.snapshot_revision.set,
+                        report=self._report,
+                        report_every=s.report_every,
                         max_download_bytes_per_second=s.max_download_rate or None,
                     )
                 )
             )
         return self.grpc_port, self.metrics_port
+
+    def _report(self) -> sync_pb2.Report:
+        """Memory and latency figures for the control plane (each Ack carries the memory part)."""
+        held = self.manager.held()
+        return sync_pb2.Report(memory=reports.memory(self.memory, held), latency=reports.latency(self.metrics, held))
 
     async def wait(self) -> None:
         await self._stopped.wait()

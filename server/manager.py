@@ -23,6 +23,7 @@ from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFou
 from lmaas.server.backends import BackendError, find_model_file, load_backend
 from lmaas.server.backends.llm import is_llm_dir, local_digest
 from lmaas.server.config import ModelConfig, dump_config, load_config, parse_config
+from lmaas.server.memory import MemoryTracker
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
@@ -48,8 +49,15 @@ def _malloc_trim() -> None:
 
 
 class ModelManager:
-    def __init__(self, metrics: WorkerMetrics, repository: Path | None = None, drain_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        repository: Path | None = None,
+        drain_timeout: float = 30.0,
+        memory: MemoryTracker | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.memory = memory or MemoryTracker()  # what each loaded version took (measured around its load)
         self.repository = repository
         self.drain_timeout = drain_timeout
         self._models: dict[str, dict[int, ModelVersion]] = {}
@@ -118,7 +126,7 @@ class ModelManager:
             self._states[(name, version)] = ModelState("LOADING")
             started = time.perf_counter()
             try:
-                mv = await asyncio.to_thread(self._build, name, version, path, config, digest)
+                mv = await asyncio.to_thread(self._build_measured, name, version, path, config, digest)
             except (BackendError, InvalidArgument) as exc:
                 self._states[(name, version)] = ModelState("UNAVAILABLE", str(exc))
                 log.warning("load failed model=%s version=%d error=%s", name, version, exc)
@@ -173,6 +181,12 @@ class ModelManager:
         log.info("unloaded model=%s version=%d", mv.name, mv.version)
         gc.collect()
         _malloc_trim()
+        if mv.version not in self._models.get(mv.name, {}):  # else a reload of it holds the figure now
+            self.memory.forget(mv.name, mv.version)
+
+    def _build_measured(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
+        with self.memory.measure(name, version):  # loads run one at a time: the RSS growth is this version's
+            return self._build(name, version, path, config, digest)
 
     def _build(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
         if path.is_dir():  # a multi-file version: from the repository or the artifact cache

@@ -22,6 +22,10 @@ class WorkerSettings(BaseModel):
     max_download_rate: float = Field(
         256 << 20, ge=0, description="artifact download limit in bytes/s (0 = none), so deploys spare serving models"
     )
+    memory_limit: int | None = Field(
+        None, gt=0, description="bytes this worker may use, reported to the control plane (default: cgroup or RAM)"
+    )
+    report_every: float = Field(15.0, gt=0, description="seconds between memory/latency reports to the control plane")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
     max_message_bytes: int = Field(
         64 << 20, ge=1024, description="largest gRPC message and HTTP request body (after decompression) accepted"

@@ -35,7 +35,7 @@ from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2, sync_pb2_
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.routing import HeldModel, Route
 
-__all__ = ["HeldModel", "ModelHost", "Route", "Syncer", "run_sync"]
+__all__ = ["REPORT_EVERY", "HeldModel", "ModelHost", "Route", "Syncer", "run_sync"]
 
 log = logging.getLogger("lmaas.worker.sync")
 
@@ -46,6 +46,7 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
+REPORT_EVERY = 15.0  # seconds between two Reports, unless the control plane's snapshots ask otherwise
 
 
 class ModelHost(Protocol):
@@ -78,6 +79,8 @@ async def run_sync(
     credentials: grpc.ChannelCredentials | None = None,
     max_download_bytes_per_second: float | None = None,
     on_ack: Callable[[int], None] | None = None,
+    report: Callable[[], sync_pb2.Report] | None = None,
+    report_every: float = REPORT_EVERY,
 ) -> None:
     """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever.
 
@@ -88,7 +91,7 @@ async def run_sync(
     cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second)
     syncer = Syncer(
         host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token,
-        credentials=credentials, on_ack=on_ack,
+        credentials=credentials, on_ack=on_ack, report=report, report_every=report_every,
     )
     await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
 
@@ -126,8 +129,12 @@ class Syncer:
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
         on_ack: Callable[[int], None] | None = None,
+        report: Callable[[], sync_pb2.Report] | None = None,
+        report_every: float = REPORT_EVERY,
     ) -> None:
         self.host = host
+        self.report = report  # memory and latency figures: with each Ack, and every report_every seconds
+        self.report_every = report_every
         self.on_ack = on_ack  # called with each acknowledged snapshot revision (lmaas_worker_snapshot_revision)
         self.worker_id = worker_id
         self.pool = pool
@@ -187,17 +194,35 @@ class Syncer:
             stub = sync_pb2_grpc.WorkerSyncStub(channel)
             call = stub.Sync(stream.requests(self._hello()), metadata=self.metadata)
             received = False
+            reporter: asyncio.Task[None] | None = None
             try:
                 async for snapshot in call:
                     if not received:
                         log.info("syncing with control plane %s", address)
                     received = self._delivered = True
+                    if reporter is None and snapshot.accepts_reports and self.report is not None:
+                        every = snapshot.report_every_s or self.report_every
+                        reporter = asyncio.create_task(self._report_loop(stream, every), name="lmaas-sync-report")
                     self._latest = (snapshot, stream)
                     self._wake.set()
             finally:
+                if reporter is not None:
+                    reporter.cancel()
                 stream.close()
                 call.cancel()
             return received
+
+    async def _report_loop(self, stream: _Stream, every: float) -> None:
+        """Memory and latency every ``every`` seconds while the stream is open (an older control plane, whose
+        snapshots do not set accepts_reports, never gets one: it would end the stream)."""
+        assert self.report is not None
+        while stream.open:
+            await asyncio.sleep(every)
+            if stream.open:
+                try:
+                    stream.outgoing.put_nowait(sync_pb2.WorkerMessage(report=self.report()))
+                except Exception:  # a figure that cannot be read must not end the stream
+                    log.exception("building the worker report failed")
 
     async def _apply_loop(self) -> None:
         while True:
@@ -252,6 +277,9 @@ class Syncer:
             snapshot_revision=snapshot.revision,
             held=[sync_pb2.Held(model=h.name, version=h.version, digest=h.digest) for h in now_held],
         )
+        if self.report is not None:
+            with contextlib.suppress(Exception):  # best effort: the Ack itself must go
+                ack.memory.CopyFrom(self.report().memory)
         for r in snapshot.routes:
             ack.models.add(
                 model=r.model, loaded_versions=sorted(h.version for h in now_held if h.name == r.model),

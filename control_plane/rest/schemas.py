@@ -410,6 +410,9 @@ class HeldVersion(_Out):
     model: str = Field(description="The model.", examples=["demo"])
     version: int = Field(description="The version.", examples=[2])
     digest: Digest
+    memory_bytes: int = Field(description="Memory it took, measured by the worker: growth of its RSS around the "
+                                          "load and warm-up (0 = not measured).", examples=[104857600])
+    memory_peak_bytes: int = Field(description="Highest RSS growth sampled during its load.", examples=[127926272])
 
 
 class ObservedModel(_Out):
@@ -434,8 +437,14 @@ class Worker(_Out):
     connected_at_ms: TimeMs
     desired_revision: int = Field(description="Revision of the latest snapshot sent to it.", examples=[17])
     acked_revision: int = Field(description="Revision of the latest snapshot it acknowledged.", examples=[17])
-    held: list[HeldVersion] = Field(description="What it holds loaded.")
+    held: list[HeldVersion] = Field(description="What it holds loaded, with the memory each version took.")
     models: list[ObservedModel] = Field(description="Per model: what it acknowledged.")
+    memory_capacity_bytes: int = Field(description="Memory it may use: its --memory-limit, else its cgroup limit "
+                                                   "or RAM (0 = not reported).", examples=[314572800])
+    memory_used_bytes: int = Field(description="Its resident memory (RSS) at its latest report.",
+                                   examples=[157286400])
+    reported_at_ms: int = Field(description="When it last reported memory or latency (Unix epoch ms; 0 = never).",
+                                examples=[1764586800000])
 
 
 class WorkerList(_Out):
@@ -449,7 +458,10 @@ def worker(w: pb.WorkerInfo) -> Worker:
     return Worker(
         worker_id=w.worker_id, pool=w.pool, inference_address=w.inference_address, control_plane=w.control_plane,
         connected_at_ms=w.connected_at_ms, desired_revision=w.desired_revision, acked_revision=w.acked_revision,
-        held=[HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in w.held],
+        held=[HeldVersion(model=h.model, version=h.version, digest=h.digest, memory_bytes=h.memory_bytes,
+                          memory_peak_bytes=h.memory_peak_bytes) for h in w.held],
+        memory_capacity_bytes=w.memory_capacity_bytes, memory_used_bytes=w.memory_used_bytes,
+        reported_at_ms=w.reported_at_ms,
         models=[
             ObservedModel(model=o.model, generation=o.generation, snapshot_revision=o.snapshot_revision, ok=o.ok,
                           error=o.error, loaded_versions=list(o.loaded_versions), updated_at_ms=o.updated_at_ms)

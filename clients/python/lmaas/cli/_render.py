@@ -17,6 +17,7 @@ __all__ = [
     "models_table",
     "out",
     "rollout_line",
+    "size",
     "tokens_table",
     "versions_table",
     "workers_table",
@@ -113,7 +114,8 @@ def deployments_table(deployments: Sequence[pb.Deployment], rollouts: Sequence[p
 
 def workers_table(workers: Sequence[pb.WorkerInfo]) -> Table:
     table = Table(title="Workers")
-    for column in ("worker", "pool", "inference", "control plane", "revision", "models"):
+    for column in ("worker", "pool", "inference", "control plane", "revision", "models", "memory used / capacity",
+                   "held (measured memory)"):
         table.add_column(column)
     for w in workers:
         revision = f"{w.acked_revision}/{w.desired_revision}"
@@ -123,8 +125,11 @@ def workers_table(workers: Sequence[pb.WorkerInfo]) -> Table:
         for o in w.models:
             loaded = ",".join(f"v{v}" for v in o.loaded_versions)
             models.append(f"{o.model} {loaded}" + ("" if o.ok else f" [red]NACK: {o.error}[/]"))
+        memory = f"{size(w.memory_used_bytes)} / {size(w.memory_capacity_bytes)}" if w.memory_capacity_bytes else "-"
+        held = [f"{h.model} v{h.version} {size(h.memory_bytes) if h.memory_bytes else '?'}" for h in w.held]
         table.add_row(
-            w.worker_id, w.pool, w.inference_address, w.control_plane, revision, "\n".join(models) or "-"
+            w.worker_id, w.pool, w.inference_address, w.control_plane, revision, "\n".join(models) or "-", memory,
+            "\n".join(held) or "-",
         )
     return table
 

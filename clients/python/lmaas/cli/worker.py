@@ -67,6 +67,20 @@ from lmaas.logs import setup_logging
 )
 @_opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token presented to the control plane.")
 @_opt(
+    "--memory-limit",
+    env="LMAAS_MEMORY_LIMIT",
+    default=None,
+    help="Memory this worker may use, as 300MiB, 2GiB or bytes (default: the cgroup limit, else RAM); reported "
+    "to the control plane with the measured memory of each loaded version.",
+)
+@_opt(
+    "--report-every",
+    env="LMAAS_REPORT_EVERY",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    help="Seconds between memory and latency reports to the control plane.",
+)
+@_opt(
     "--require-api-key",
     env="LMAAS_REQUIRE_API_KEY",
     is_flag=True,
@@ -140,6 +154,14 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
             )
         )
     key_file = options.pop("api_key_file")
+    limit = options.pop("memory_limit")
+    if limit is not None:
+        from lmaas.server.memory import parse_size
+
+        try:
+            options["memory_limit"] = parse_size(str(limit))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
     keys = read_api_keys(str(options.pop("api_keys") or ""))
     if isinstance(key_file, Path):
         keys += read_api_keys(key_file.read_text())
