@@ -25,6 +25,7 @@ so the two transports can never disagree. Tree::
     ├── PermissionDenied            PERMISSION_DENIED    403
     ├── Unimplemented               UNIMPLEMENTED        501
     ├── DataLoss                    DATA_LOSS            400 (digest mismatch: the client sent bad bytes)
+    ├── Cancelled                   CANCELLED            499 (the client went away; google.rpc's mapping)
     └── Internal                    INTERNAL             500
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "ArtifactNotFound",
+    "Cancelled",
     "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -154,6 +156,13 @@ class DataLoss(LMaaSError):
     http_status = 400
 
 
+class Cancelled(LMaaSError):
+    """The client cancelled or closed the connection; nobody reads the answer (499: google.rpc / nginx)."""
+
+    code = grpc.StatusCode.CANCELLED
+    http_status = 499
+
+
 class Internal(LMaaSError):
     code = grpc.StatusCode.INTERNAL
     http_status = 500
@@ -174,6 +183,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LMaaSError]] = {
         PermissionDenied,
         Unimplemented,
         DataLoss,
+        Cancelled,
         Internal,
     )
 }

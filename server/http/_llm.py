@@ -8,13 +8,15 @@ context) are checked once, by the engine, before its first chunk, with messages 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
 
-from lmaas.protos.errors import FailedPrecondition, InvalidArgument, LMaaSError, ModelNotFound, Unavailable
+from lmaas.protos.errors import Cancelled, FailedPrecondition, InvalidArgument, LMaaSError, ModelNotFound, Unavailable
 from lmaas.server.dataplane import DataPlane
+from lmaas.server.http.asgi import Request
 from lmaas.server.llm.types import LLMModel, SamplingParams
 
 __all__ = [
@@ -30,7 +32,10 @@ __all__ = [
     "opt_str",
     "param_of",
     "sampling_params",
+    "unless_disconnected",
 ]
+
+T = TypeVar("T")
 
 _HEX = re.compile(r"[0-9a-f]{12,}")
 _LEADING_FIELD = re.compile(r"'?([a-z_]+)'?[ :]")
@@ -169,3 +174,24 @@ async def close_stream(chunks: AsyncIterator[Any]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` (waiting for or collecting a generation) while watching the connection. A client that leaves
+    cancels ``work`` (whose iterator's close aborts the sequence at the next engine step) and raises Cancelled."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(request.disconnected())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():  # finished, even if the client left in the same tick: the answer stands
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # retrieved: the client is gone, whatever the work failed with
+    raise Cancelled("the client closed the connection")

@@ -122,6 +122,11 @@ class Request:
         self._body = raw
         return raw
 
+    async def disconnected(self) -> None:
+        """Return once the client has closed the connection; await it only after the body was read (it
+        skips body messages). Non-streaming handlers race their work against it to stop work nobody reads."""
+        await _disconnected(self._receive)
+
     async def json(self) -> Any:
         body = await self.body()
         try:

@@ -10,7 +10,8 @@ prefixes the prompt to the output (default: the completion only).
 "num_output_tokens", "done": true}``; ``generate_stream`` answers server-sent events, one such object per engine
 chunk with ``text_output`` the new text, ``done`` true on the last. Errors are OIP's ``{"error": "message"}``
 with the status of the error class (400, 404, 429, 503); in a stream the status is fixed by the first event, so
-a later failure is an in-band ``{"error": ...}`` event. A client that disconnects cancels its sequence.
+a later failure is an in-band ``{"error": ...}`` event. A client that disconnects (streaming or not, queued or
+generating) cancels its sequence.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from typing import Any
 
 from lmaas.protos.errors import Internal, InvalidArgument, Unavailable
 from lmaas.server.dataplane import DataPlane
-from lmaas.server.http._llm import SAMPLING_FIELDS, FieldError, close_stream, lookup, opt_bool, opt_int, sampling_params
+from lmaas.server.http._llm import (
+    SAMPLING_FIELDS,
+    FieldError,
+    close_stream,
+    lookup,
+    opt_bool,
+    opt_int,
+    sampling_params,
+    unless_disconnected,
+)
 from lmaas.server.http.asgi import Request, Response, Route, StreamingResponse, json_response, sse_event
 from lmaas.server.llm.types import GenerationChunk, LLMModel
 
@@ -75,8 +85,8 @@ class _Generate:
                      request.headers.get("x-lmaas-session", ""))
         params = sampling_params(merged, max_tokens, default_max_tokens=min(_DEFAULT_MAX_TOKENS, llm.max_new_tokens))
         chunks = llm.generate(prompt, params, request.headers.get("x-request-id") or uuid.uuid4().hex)
-        try:
-            first = await anext(chunks, None)  # errors before any byte: they set the HTTP status
+        try:  # errors before any byte set the HTTP status; a client may leave while queued
+            first = await unless_disconnected(request, anext(chunks, None))
         except BaseException:
             await close_stream(chunks)
             raise
@@ -101,22 +111,28 @@ class _Generate:
         return None
 
     async def generate(self, request: Request) -> Response:
-        llm, echo, chunk, chunks = await self._start(request)
-        parts = [echo]
-        last = None
-        try:
-            while chunk is not None:
-                failure = self._failure(chunk)
-                if failure is not None:
-                    raise failure
-                parts.append(chunk.text)
-                last = chunk
-                if chunk.finish_reason is not None:
-                    break
-                chunk = await anext(chunks, None)
-        finally:
-            await close_stream(chunks)
-        event = self._event(llm, "".join(parts), last)
+        llm, echo, first, chunks = await self._start(request)
+
+        async def collect() -> tuple[str, GenerationChunk | None]:
+            parts = [echo]
+            last = None
+            chunk = first
+            try:
+                while chunk is not None:
+                    failure = self._failure(chunk)
+                    if failure is not None:
+                        raise failure
+                    parts.append(chunk.text)
+                    last = chunk
+                    if chunk.finish_reason is not None:
+                        break
+                    chunk = await anext(chunks, None)
+            finally:
+                await close_stream(chunks)
+            return "".join(parts), last
+
+        text, last = await unless_disconnected(request, collect())  # leaving cancels the generation
+        event = self._event(llm, text, last)
         event.setdefault("finish_reason", "stop")
         return json_response(event, headers=[("x-lmaas-model-version", str(llm.version))])
 

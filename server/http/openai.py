@@ -12,7 +12,8 @@ Thin, like every transport: read and check the JSON, look the model up through t
   events ``{"error": {...}}`` (the ``openai`` package raises ``APIError`` on them).
 * ``system_fingerprint`` (and the ``X-LMaaS-Model-Version`` header) name the version and digest that answered.
 * A client that disconnects mid-stream closes the event generator, which closes the engine's iterator: the
-  sequence is cancelled at the next engine step.
+  sequence is cancelled at the next engine step. A non-streaming request (or one still queued) watches the
+  connection while it waits (:func:`~lmaas.server.http._llm.unless_disconnected`): leaving cancels it too.
 * Errors are OpenAI's object ``{"error": {"message", "type", "param", "code"}}``; ``code`` is the HTTP status
   (as vLLM sends it), ``param`` names the offending field. 400 invalid, 401 no/bad API key (from the app's key
   check, in OIP's shape), 404 unknown model, 429 queue full, 503 draining.
@@ -47,6 +48,7 @@ from lmaas.server.http._llm import (
     opt_str,
     param_of,
     sampling_params,
+    unless_disconnected,
 )
 from lmaas.server.http.asgi import Request, Response, Route, StreamingResponse, json_response, sse_event
 from lmaas.server.llm.types import ChatMessage, GenerationChunk, LLMModel
@@ -349,7 +351,7 @@ class _Routes:
         params = sampling_params(body, max_tokens, default_max_tokens=default)
         c = _Completion(llm, kind, include_usage)
         chunks = llm.generate(prompt, params, c.id)
-        first = await _first(chunks)
+        first = await unless_disconnected(request, _first(chunks))  # a client may leave while queued
         return c, stream, first, chunks, prompt
 
     async def chat(self, request: Request) -> Response:
@@ -364,7 +366,7 @@ class _Routes:
             body, request, lambda llm: llm.chat_prompt(messages), room, "chat")
         if stream:
             return StreamingResponse(_events(c, first, chunks), headers=c.headers)
-        text, finish = await _collect(c, first, chunks)
+        text, finish = await unless_disconnected(request, _collect(c, first, chunks))
         message = {"role": "assistant", "content": text}
         answer = c.envelope("chat.completion", [{"index": 0, "message": message, "logprobs": None,
                                                  "finish_reason": finish}])
@@ -378,7 +380,7 @@ class _Routes:
             body, request, lambda llm: prompt, lambda llm, p: min(_COMPLETIONS_DEFAULT, llm.max_new_tokens), "text")
         if stream:
             return StreamingResponse(_events(c, first, chunks, prompt if echo else ""), headers=c.headers)
-        text, finish = await _collect(c, first, chunks)
+        text, finish = await unless_disconnected(request, _collect(c, first, chunks))
         choice = {"index": 0, "text": (prompt if echo else "") + text, "logprobs": None, "finish_reason": finish}
         return json_response({**c.envelope("text_completion", [choice]), "usage": c.usage()}, headers=c.headers)
 
