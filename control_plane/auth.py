@@ -19,16 +19,19 @@ What they may do
     ========  =====================================================================
     read      ModelRegistry Get*/List*, Deployments Get*/List*/WatchRollout, Workers
     deploy    ModelRegistry CreateModel/CreateVersion/UploadArtifact/GetUploadStatus, Deploy, Rollback
-    sync      WorkerSync.Sync, Artifacts.Download
+    sync      WorkerSync.Sync (a worker's desired-state stream)
+    download  Artifacts.Download, REST ``GET .../versions/{version}/artifact`` (a version's bytes)
     admin     Tokens.*, the audit trail (REST ``GET /api/v1/audit``)
     ========  =====================================================================
 
     The REST API (:mod:`lmaas.control_plane.rest`) uses the same table: each
     route names the RPC whose row it shares (``PUT /api/v1/deployments/{name}``
     → ``Deployments/Deploy``), and the few routes without an RPC twin have
-    ``"VERB /path"`` rows (an artifact download by version needs deploy).
+    ``"VERB /path"`` rows.
 
-    reader: read · deployer: read, deploy · worker: sync · admin: all four.
+    reader: read · deployer: read, deploy, download · worker: sync, download · admin: all.
+    A deployer may download artifacts because it already pushes them and ``lmaas model optimize`` downloads the
+    parent it derives from; a reader sees metadata only (artifacts may be proprietary weights).
 
 What is recorded
     Calls of the methods in :data:`AUDITED` (every mutation), and denied
@@ -82,13 +85,14 @@ class Permission(enum.Enum):
     READ = "read"
     DEPLOY = "deploy"
     SYNC = "sync"
+    DOWNLOAD = "download"
     ADMIN = "admin"
 
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     pb.ROLE_READER: frozenset({Permission.READ}),
-    pb.ROLE_DEPLOYER: frozenset({Permission.READ, Permission.DEPLOY}),
-    pb.ROLE_WORKER: frozenset({Permission.SYNC}),
+    pb.ROLE_DEPLOYER: frozenset({Permission.READ, Permission.DEPLOY, Permission.DOWNLOAD}),
+    pb.ROLE_WORKER: frozenset({Permission.SYNC, Permission.DOWNLOAD}),
     pb.ROLE_ADMIN: frozenset(Permission),
 }
 
@@ -112,12 +116,12 @@ METHODS: dict[str, Permission] = {
     _DEP + "Rollback": Permission.DEPLOY,
     _WRK + "ListWorkers": Permission.READ,
     _SYNC + "Sync": Permission.SYNC,
-    _ART + "Download": Permission.SYNC,
+    _ART + "Download": Permission.DOWNLOAD,
     _TOK + "CreateToken": Permission.ADMIN,
     _TOK + "ListTokens": Permission.ADMIN,
     _TOK + "RevokeToken": Permission.ADMIN,
     # REST routes with no RPC twin, keyed "VERB /path" (every other REST route names the RPC it shares a row with)
-    "GET /api/v1/models/{name}/versions/{version}/artifact": Permission.DEPLOY,
+    "GET /api/v1/models/{name}/versions/{version}/artifact": Permission.DOWNLOAD,
     "GET /api/v1/audit": Permission.ADMIN,
     "GET /api/v1/whoami": Permission.READ,
     "GET /api/v1/models/{name}/statistics": Permission.READ,

@@ -75,7 +75,9 @@ async def group_statuses(cp: ControlPlane, token: str | None) -> dict[Permission
                 s.deployments.Deploy(deployments_pb2.DeployRequest(
                     model="absent", spec=pb.DeploymentSpec(stable_version=1)))
             ),
-            Permission.SYNC: await status_of(
+            # no hello: INVALID_ARGUMENT once let in
+            Permission.SYNC: await status_of(s.sync.Sync(iter([sync_pb2.WorkerMessage()])).read()),
+            Permission.DOWNLOAD: await status_of(
                 s.artifacts.Download(artifacts_pb2.DownloadRequest(digest="0" * 64)).read()
             ),
             Permission.ADMIN: await status_of(s.tokens.ListTokens(tokens_pb2.ListTokensRequest())),

@@ -136,7 +136,7 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
             client.download(model, version, src)
         except PermissionDenied as exc:
             raise PermissionDenied(f"{exc.message} (optimize downloads the parent with Artifacts.Download, which "
-                                   "needs a token with the sync permission: an admin or worker token)") from exc
+                                   "needs the download permission: a deployer, worker or admin token)") from exc
         others = {}
         for v in with_versions:
             if v == version:
