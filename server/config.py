@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import yaml
 from lmaas.protos.errors import InvalidArgument
+from lmaas.server.sequences.config import SequenceBatching
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
@@ -130,6 +131,13 @@ class ModelConfig(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     model_warmup: tuple[WarmupSpec, ...] = ()
     model_transaction_policy: TransactionPolicy | None = None
+    sequence_batching: SequenceBatching | None = None  # stateful models: see lmaas.server.sequences.config
+
+    @model_validator(mode="after")
+    def _one_scheduler(self) -> ModelConfig:
+        if self.sequence_batching is not None and self.dynamic_batching is not None:
+            raise ValueError("give dynamic_batching or sequence_batching, not both (Triton's scheduling_choice)")
+        return self
 
 
 def parse_config(data: str | bytes, *, source: str = "config") -> ModelConfig:

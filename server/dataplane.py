@@ -26,6 +26,7 @@ from lmaas.server.llm import oip
 from lmaas.server.llm.types import GenerationChunk, LLMModel
 from lmaas.server.manager import ModelManager
 from lmaas.server.models import LLMVersion, ModelVersion
+from lmaas.server.sequences.scheduler import sequence_flags
 from lmaas.server.shm import SharedMemory
 
 __all__ = ["EXTENSIONS", "DataPlane"]
@@ -105,7 +106,11 @@ class DataPlane:
             targets = self.shm.output_targets(request) if request.outputs else {}
             self.shm.resolve_inputs(request)
             decoded = decode_request(mv, request, self.max_elements)
-            outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline)
+            if mv.sequences is not None:  # stateful: the sequence batcher keeps order, slot and state
+                flags = sequence_flags(request, mv.name)
+                outputs = await mv.sequences.submit(flags, decoded.inputs, decoded.batch, deadline)
+            else:
+                outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline)
             response = encode_response(mv, request, outputs, decoded.outputs)
             if targets:
                 self.shm.write_outputs(response, targets)

@@ -17,6 +17,7 @@ from lmaas.server.batching import Batcher, BatchPolicy
 from lmaas.server.config import ModelConfig, WarmupInput, WarmupSpec
 from lmaas.server.llm.types import ChatMessage, GenerationChunk, SamplingParams
 from lmaas.server.metrics import LLMMetrics, ModelMetrics
+from lmaas.server.sequences.scheduler import SequenceScheduler
 
 if TYPE_CHECKING:  # the engine imports torch: only a worker that loads an LLM pays for it
     from lmaas.server.llm.engine import LLMEngine
@@ -149,6 +150,18 @@ class ModelVersion(_Retirable):
         )
         self._executor = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"{name}-v{version}")
         self.batcher = Batcher(self._run, self.policy, self._executor, metrics)
+        self.sequences: SequenceScheduler | None = None  # stateful model: requests go here, not to the batcher
+        if config.sequence_batching is not None:
+            if config.model_transaction_policy is not None and config.model_transaction_policy.decoupled:
+                raise BackendError("a sequence-batched model cannot be decoupled")
+            self.sequences = SequenceScheduler(
+                name, config.sequence_batching, backend, max_batch_size=self.max_batch_size,
+                instances=config.instance_count, outputs=self.output_names, executor=self._executor, metrics=metrics,
+            )
+            # Control and state tensors are the worker's to fill: clients neither send nor see them.
+            self.inputs = {k: v for k, v in self.inputs.items() if k not in self.sequences.hidden_inputs}
+            self.outputs = {k: v for k, v in self.outputs.items() if k not in self.sequences.hidden_outputs}
+            self.output_names = tuple(self.outputs)
         self._init_drain()
         self.warmup = "not run"  # what warm() did: ModelConfig parameters["warmup"]
         policy = config.model_transaction_policy
@@ -194,7 +207,8 @@ class ModelVersion(_Retirable):
             raise ValueError(f"warm-up names unknown input(s) {sorted(unknown)}")
         rng = np.random.default_rng(0)
         feed = {}
-        for name, sig in self.inputs.items():
+        for sig in self.backend.inputs:  # all of them: a sequence model's control and state inputs too
+            name = sig.name
             given = spec.inputs.get(name, WarmupInput())
             if given.dims is not None:
                 shape = [*([spec.batch_size] if self.max_batch_size else []), *given.dims]
@@ -207,6 +221,8 @@ class ModelVersion(_Retirable):
 
     def start(self) -> None:
         self.batcher.start()
+        if self.sequences is not None:
+            self.sequences.start()
         self.metrics.loaded.set(1)
 
     async def drain_and_close(self, timeout: float) -> bool:
@@ -216,6 +232,8 @@ class ModelVersion(_Retirable):
             self.metrics.loaded.set(1)
             return False
         await self.batcher.stop()
+        if self.sequences is not None:
+            await self.sequences.stop()
         self._executor.shutdown(wait=True)
         self.backend.close()
         self.metrics.forget()
@@ -241,7 +259,9 @@ class ModelVersion(_Retirable):
                 mc.ModelInstanceGroup(count=self.config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
             ],
         )
-        if self.max_batch_size:
+        if self.sequences is not None:  # model_config.proto has no sequence_batching field yet: a JSON parameter
+            cfg.parameters["sequence_batching"].string_value = self.sequences.config.model_dump_json(exclude_none=True)
+        elif self.max_batch_size:
             cfg.dynamic_batching.CopyFrom(
                 mc.ModelDynamicBatching(
                     preferred_batch_size=self.policy.preferred_sizes,
