@@ -311,7 +311,10 @@ def test_expired_requests_are_dropped_before_execution(worker: ServerProcess) ->
     )
     assert codes == {"OK": rounds * blockers, "DEADLINE_EXCEEDED": rounds * expired}, codes
     assert delta["executions"] == rounds * blockers, "an expired request was executed"
-    assert delta["deadline"] == rounds * expired == delta["deadline_exceeded"], delta
+    assert delta["deadline_exceeded"] == rounds * expired, delta
+    # Queue drops: those that expired in the queue. On a loaded box a call can also run out of time before it
+    # reaches the queue; it is then counted as DEADLINE_EXCEEDED above, but not as a queue drop.
+    assert 0 < delta["deadline"] <= delta["deadline_exceeded"], delta
 
 
 async def test_cancelled_requests_leave_the_queue() -> None:
