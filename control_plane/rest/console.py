@@ -8,9 +8,10 @@ the rows ``"VERB /path"`` of :data:`lmaas.control_plane.auth.METHODS`:
 * ``GET /api/v1/models/{name}/statistics``: per version, request rate, errors and mean latency over the last
   hour, from the control plane's own samples of each connected worker's OIP v2 ``ModelStatistics`` (cumulative
   counts and durations, polled over gRPC at the worker's ``inference_address`` when a client asks, at most every
-  :data:`SAMPLE_EVERY` seconds). Percentiles are not in those statistics, so none are made up. When the control
-  plane's settings name a Prometheus server (``prometheus_url``) that scrapes the workers, the same route answers
-  from its range queries instead, with p50/p99 latency and, for LLMs, time to first token and tokens per second.
+  :data:`SAMPLE_EVERY` seconds). p50/p99 latency and, for LLMs, time to first token and tokens per second come
+  from the control plane's own ring of the workers' cumulative histograms (sent in their sync Reports; see
+  :mod:`lmaas.control_plane.metrics_aggregate`). When the control plane's settings name a Prometheus server
+  (``prometheus_url``) that scrapes the workers, the same route answers from its range queries instead.
 * ``POST /api/v1/models/{name}/generate``: streams a completion of a prompt (or the answer to chat messages,
   formatted by the version's chat template with the worker's own code) from an LLM version as server-sent
   events, through OIP v2 ``ModelStreamInfer`` on a worker that holds the version (so a browser on the control
@@ -35,6 +36,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 from lmaas.control_plane.auth import GRANTS
+from lmaas.control_plane.metrics_aggregate import LatencyAggregator
 from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
 from lmaas.control_plane.tokens import role_name
 from lmaas.control_plane.workers import list_workers
@@ -88,14 +90,15 @@ class StatisticsPoint(BaseModel):
     errors_per_s: float = Field(description="Failed requests per second.", examples=[0.0])
     mean_latency_ms: float = Field(description="Mean latency of the successful requests in the interval "
                                                "(0 without requests).", examples=[3.2])
-    p50_latency_ms: float | None = Field(None, description="Median request latency (Prometheus only).",
+    p50_latency_ms: float | None = Field(None, description="Median request latency over the minute before the "
+                                         "point, from the workers' histograms (null: no request then).",
                                          examples=[2.9])
-    p99_latency_ms: float | None = Field(None, description="99th percentile request latency (Prometheus only).",
+    p99_latency_ms: float | None = Field(None, description="99th percentile request latency, as p50_latency_ms.",
                                          examples=[9.5])
-    ttft_p50_ms: float | None = Field(None, description="Median time to first token of an LLM (Prometheus only).",
+    ttft_p50_ms: float | None = Field(None, description="Median time to first token of an LLM, as p50_latency_ms.",
                                       examples=[41.0])
-    tokens_per_s: float | None = Field(None, description="Tokens an LLM generated per second (Prometheus only).",
-                                       examples=[80.5])
+    tokens_per_s: float | None = Field(None, description="Tokens an LLM generated per second (over the minute "
+                                       "before the point).", examples=[80.5])
 
 
 class VersionStatistics(BaseModel):
@@ -299,7 +302,9 @@ async def prometheus_statistics(url: str, model: str, *, step: float = PROMETHEU
 async def statistics(name: ModelName, request: Request) -> ModelStatistics:
     """Per version, over the last hour: successful and failed requests per second and mean latency, from the
     control plane's samples (every `sample_every_s` seconds, while someone asks) of the OIP v2 ModelStatistics
-    of each connected worker holding the model. Workers that do not answer are listed in `unreachable`."""
+    of each connected worker holding the model; p50/p99 latency (TTFT and tokens per second for LLMs) from the
+    control plane's own aggregation of the latency histograms the workers report. Workers that do not answer
+    are listed in `unreachable`. With a Prometheus URL configured, everything comes from Prometheus."""
     plane = request.app.state.plane
     await plane.models.get_model(name)  # 404 for an unknown model
     prometheus = plane.settings.prometheus_url or None
@@ -308,7 +313,26 @@ async def statistics(name: ModelName, request: Request) -> ModelStatistics:
     sampler: StatisticsSampler | None = getattr(request.app.state, "statistics", None)
     if sampler is None:
         sampler = request.app.state.statistics = StatisticsSampler()
-    return await sampler.read(plane.store, name)
+    aggregator: LatencyAggregator | None = getattr(request.app.state, "latency", None)
+    if aggregator is None:
+        aggregator = request.app.state.latency = LatencyAggregator(plane.store)
+    stats, _ = await asyncio.gather(sampler.read(plane.store, name), aggregator.read())
+    return with_percentiles(stats, aggregator)
+
+
+def with_percentiles(stats: ModelStatistics, aggregator: LatencyAggregator) -> ModelStatistics:
+    """Fill each point's p50 / p99 (and TTFT, tokens per second) from the control plane's own ring of the
+    workers' histograms: the minute before the point (None where no request finished in it)."""
+    for v in stats.versions:
+        for point in v.points:
+            window = aggregator.window(stats.model, v.version, point.time_ms)
+            if window is None:
+                continue
+            point.p50_latency_ms = window.percentile_ms(0.5)
+            point.p99_latency_ms = window.percentile_ms(0.99)
+            point.ttft_p50_ms = window.percentile_ms(0.5, "ttft")
+            point.tokens_per_s = window.tokens_per_s
+    return stats
 
 
 # -- generation ---------------------------------------------------------------------------------------------
