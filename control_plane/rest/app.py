@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from lmaas.control_plane import console as console_ui
-from lmaas.control_plane.rest import admin, console, deployments, models, problems
+from lmaas.control_plane.rest import admin, console, deployments, models, optimize, problems
 from lmaas.control_plane.rest.problems import PROBLEM, problem_response
 from lmaas.control_plane.rest.schemas import Problem
 from lmaas.protos.errors import PayloadTooLarge
@@ -105,7 +105,7 @@ def create_app(plane: Any, *, sse_keepalive: float = 15.0) -> FastAPI:
     app.state.plane = plane
     app.state.auth = plane.auth
     app.state.sse_keepalive = sse_keepalive  # seconds between keep-alive comments of an idle event stream
-    for router in (models.router, deployments.router, admin.router, console.router):
+    for router in (models.router, optimize.router, deployments.router, admin.router, console.router):
         app.include_router(router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     problems.install(app)
     console_ui.install(app)  # the web console at / (static files; it calls the routes above)
