@@ -197,6 +197,16 @@ class Registry:
                 raise FailedPrecondition(f"file {f.path!r}: the manifest says {f.size} bytes, the blob has {stored}")
         return manifest
 
+    async def receive_artifact(self, new: NewVersion, size: int, offset: int, chunks: AsyncIterator[bytes]) -> bool:
+        """Store the artifact of version ``new`` (verified, resumable); True if it was stored already.
+
+        The one place both transports go through: a directory format's body is its manifest (its files went up
+        before, one by one), any other format's body is the artifact itself.
+        """
+        if get_format(new.format).directory:
+            return await self.receive_manifest(new, size, offset, chunks)
+        return await self._artifacts.receive(new.digest, size, offset, chunks)
+
     async def receive_manifest(self, new: NewVersion, size: int, offset: int, chunks: AsyncIterator[bytes]) -> bool:
         """Check and store the manifest of directory version ``new``; True if it was stored already.
 

@@ -21,7 +21,6 @@ from lmaas.control_plane.tokens import Tokens, public
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.control_plane.workers import list_workers
 from lmaas.protos.errors import InvalidArgument
-from lmaas.protos.formats import get_format
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
     deployments_pb2_grpc,
@@ -109,10 +108,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         )
         self._registry.validate(new)
         chunks = _chunks(request_iterator, "CreateVersion")
-        if get_format(h.format).directory:
-            deduplicated = await self._registry.receive_manifest(new, h.size_bytes, h.offset, chunks)
-        else:
-            deduplicated = await self._artifacts.receive(h.digest, h.size_bytes, h.offset, chunks)
+        deduplicated = await self._registry.receive_artifact(new, h.size_bytes, h.offset, chunks)
         version, revision, existing = await self._registry.register_version(new, created_by=caller(context))
         return registry_pb2.CreateVersionResponse(
             version=version, revision=revision, deduplicated=deduplicated, existing=existing

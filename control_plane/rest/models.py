@@ -21,7 +21,6 @@ from lmaas.control_plane.rest import schemas as s
 from lmaas.control_plane.rest.access import AuthorizedRoute, principal, route_options
 from lmaas.control_plane.rest.problems import RangeNotSatisfiable
 from lmaas.protos.errors import InvalidArgument, PayloadTooLarge
-from lmaas.protos.formats import get_format
 from lmaas.protos.lmaas.control.v1 import registry_pb2
 from starlette.requests import ClientDisconnect
 
@@ -135,10 +134,7 @@ async def create_version(
     )
     plane.models.validate(new)
     size = _whole_size(request, offset, size, plane.artifacts.max_bytes)
-    if get_format(fmt).directory:  # the body is the manifest of files uploaded with PUT /api/v1/artifacts/...
-        deduplicated = await plane.models.receive_manifest(new, size, offset, _pieces(request))
-    else:
-        deduplicated = await plane.artifacts.receive(digest, size, offset, _pieces(request))
+    deduplicated = await plane.models.receive_artifact(new, size, offset, _pieces(request))
     version, revision, existing = await plane.models.register_version(new, created_by=principal(request).name)
     if existing:
         response.status_code = 200
