@@ -6,7 +6,18 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from lmaas.control_plane.store.base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, TxnResult
+from lmaas.control_plane.store.base import (
+    Compare,
+    Delete,
+    Event,
+    KeyValue,
+    Lease,
+    Put,
+    RangeResult,
+    Store,
+    Txn,
+    TxnResult,
+)
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -103,6 +114,13 @@ class InstrumentedStore(Store):
             return await self.inner.txn(compares, success, failure)
         finally:
             self._observe("txn", start)
+
+    async def txn_batch(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        start = time.perf_counter()
+        try:
+            return await self.inner.txn_batch(batch)
+        finally:
+            self._observe("txn", start)  # one store request, whatever the batch size
 
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
         return self.inner.watch(prefix, start_revision)

@@ -20,6 +20,7 @@ from .base import (
     RangeResult,
     Store,
     StoreError,
+    Txn,
     TxnResult,
     WatchCompacted,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "RangeResult",
     "Store",
     "StoreError",
+    "Txn",
     "TxnResult",
     "WatchCompacted",
     "open_store",

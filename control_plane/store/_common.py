@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Compare, Delete, Lease, Put
+from .base import MAX_TXN_OPS, Compare, Delete, Lease, Put, Txn, batch_width
 
 __all__ = [
     "COMPARE_OPS",
@@ -16,6 +16,7 @@ __all__ = [
     "decode_key",
     "encode_key",
     "prefix_end",
+    "validate_batch",
     "validate_txn",
 ]
 
@@ -88,6 +89,28 @@ def validate_txn(compares: Sequence[Compare], success: Sequence[Put | Delete], f
         _validate_compare(c)
     _validate_branch(success)
     _validate_branch(failure)
+
+
+def validate_batch(batch: Sequence[Txn]) -> None:
+    """Each transaction valid, within etcd's op limit, and no key written by two (etcd refuses that too)."""
+    if any(not isinstance(t, Txn) for t in batch):
+        raise ValueError("a transaction batch holds Txn objects")
+    if batch and len(batch) + max(batch_width(t) for t in batch) > MAX_TXN_OPS:
+        raise ValueError(f"a transaction batch's transactions plus its widest one's ops exceed {MAX_TXN_OPS}")
+    owner: dict[bytes, int] = {}
+    ranges: list[tuple[bytes, bytes | None, int]] = []
+    for i, t in enumerate(batch):
+        validate_txn(t.compares, t.success, t.failure)
+        for op in (*t.success, *t.failure):
+            key = encode_key(op.key)
+            if (isinstance(op, Put) or not op.prefix) and owner.setdefault(key, i) != i:
+                raise ValueError(f"key {op.key!r} is written by two transactions of one batch")
+            if isinstance(op, Delete):
+                ranges.append((key, prefix_end(key) if op.prefix else key + b"\0", i))
+    for start, end, i in ranges:
+        for key, j in owner.items():
+            if j != i and key >= start and (end is None or key < end):
+                raise ValueError(f"key {decode_key(key)!r} is written by two transactions of one batch")
 
 
 class KeptAliveLease(Lease):

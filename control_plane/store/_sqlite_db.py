@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._common import decode_key, encode_key, prefix_end
-from .base import Compare, Delete, Event, EventType, KeyValue, LeaseNotFound, Put, WatchCompacted
+from .base import Compare, Delete, Event, EventType, KeyValue, LeaseNotFound, Put, Txn, WatchCompacted
 
 __all__ = ["Db"]
 
@@ -195,11 +195,24 @@ class Db:
         with self._write():
             head = self._meta("revision")
             ok = all(self._holds(c) for c in compares)
-            changed = self._apply(success if ok else failure, head + 1)
+            changed = self._apply(success if ok else failure, head + 1) > 0
             if changed:
                 self._set_meta("revision", head + 1)
                 return ok, head + 1
             return ok, head
+
+    def txn_batch(self, batch: Sequence[Txn]) -> tuple[list[bool], int]:
+        """Every compare on the state before the batch (as etcd's nested transactions), then each branch."""
+        with self._write():
+            head = self._meta("revision")
+            oks = [all(self._holds(c) for c in t.compares) for t in batch]
+            seq = 0
+            for t, ok in zip(batch, oks, strict=True):
+                seq = self._apply(t.success if ok else t.failure, head + 1, seq)
+            if seq:
+                self._set_meta("revision", head + 1)
+                return oks, head + 1
+            return oks, head
 
     def _holds(self, c: Compare) -> bool:
         row = self.conn.execute(
@@ -211,9 +224,9 @@ class Db:
         index = {"create_revision": 1, "mod_revision": 2, "version": 3}[c.target]
         return _test(c.op, int(row[index]) if row is not None else 0, c.value)
 
-    def _apply(self, ops: Sequence[Put | Delete], revision: int) -> bool:
+    def _apply(self, ops: Sequence[Put | Delete], revision: int, seq: int = 0) -> int:
+        """Write ``ops`` at ``revision`` with log sequence numbers from ``seq``; the next free one."""
         conn = self.conn
-        seq = 0
         for op in ops:
             key = encode_key(op.key)
             if isinstance(op, Put):
@@ -232,7 +245,7 @@ class Db:
                 seq += 1
             else:
                 seq = self._delete_where(*_range_sql(key, op.prefix), revision=revision, seq=seq)
-        return seq > 0
+        return seq
 
     def _delete_where(self, where: str, args: tuple[Any, ...], *, revision: int, seq: int) -> int:
         conn = self.conn

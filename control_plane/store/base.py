@@ -14,6 +14,13 @@ Semantics, as etcd's v3 API defines them:
 * :meth:`Store.txn` is an atomic compare-and-swap: all ``compares`` hold →
   ``success`` ops run, else ``failure`` ops run; it returns the revision after
   the transaction. One branch may not write a key twice (``ValueError``);
+* :meth:`Store.txn_batch` applies several independent compare-and-swaps
+  (:class:`Txn`) as one atomic write: every compare is evaluated on the state
+  before the batch, each transaction runs its own branch, and all changes share
+  one revision (etcd: one transaction of nested transactions). No key may be
+  written by two transactions of one batch, and the number of transactions
+  plus the widest one's ops (its compares, or one branch) is at most
+  :data:`MAX_TXN_OPS` (etcd's default ``--max-txn-ops``, which it counts so);
 * :meth:`Store.watch` yields every change under a prefix from a revision on, in
   order, and survives a restart of the backing server (it resumes from the last
   revision it delivered);
@@ -43,6 +50,7 @@ from dataclasses import dataclass
 from typing import Self
 
 __all__ = [
+    "MAX_TXN_OPS",
     "Compare",
     "Delete",
     "Event",
@@ -54,8 +62,10 @@ __all__ = [
     "RangeResult",
     "Store",
     "StoreError",
+    "Txn",
     "TxnResult",
     "WatchCompacted",
+    "batch_width",
 ]
 
 
@@ -148,6 +158,23 @@ class TxnResult:
     revision: int
 
 
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops; a batch's transactions count against it too
+
+
+def batch_width(t: Txn) -> int:
+    """What one transaction of a batch adds to the batch's width: see :meth:`Store.txn_batch`."""
+    return max(len(t.compares), len(t.success), len(t.failure))
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """One compare-and-swap of a :meth:`Store.txn_batch`."""
+
+    compares: Sequence[Compare]
+    success: Sequence[Put | Delete]
+    failure: Sequence[Put | Delete] = ()
+
+
 class Lease(abc.ABC):
     """A granted lease, kept alive by the store's own task until :meth:`revoke`.
 
@@ -213,6 +240,13 @@ class Store(abc.ABC):
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Put | Delete], failure: Sequence[Put | Delete] = ()
     ) -> TxnResult: ...
+
+    @abc.abstractmethod
+    async def txn_batch(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        """Several independent transactions in one atomic write (one store request, one revision): one result
+        per transaction, in order, each with the revision after the batch. ``ValueError`` for an invalid
+        transaction, a key written by two of them, or ``len(batch) + max(batch_width(t))`` over
+        :data:`MAX_TXN_OPS`."""
 
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:

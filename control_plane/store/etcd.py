@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from ._common import KeptAliveLease, check_key, encode_key, validate_txn
+from ._common import KeptAliveLease, check_key, encode_key, validate_batch, validate_txn
 from ._etcd_wire import (
     REQUIRE_LEADER,
     STREAM_BROKEN,
@@ -56,6 +56,7 @@ from .base import (
     RangeResult,
     Store,
     StoreError,
+    Txn,
     TxnResult,
     WatchCompacted,
 )
@@ -205,6 +206,26 @@ class EtcdStore(Store):
             "txn", lambda e, t: e.kv.Txn(request, timeout=t, metadata=REQUIRE_LEADER), mutating=True, leases=leases
         )
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
+    async def txn_batch(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        validate_batch(batch)
+        if not batch:
+            return []
+        # one transaction of nested ones (etcd >= 3.3): compares of all of them see the state before it
+        request = rpc.TxnRequest(success=[
+            rpc.RequestOp(request_txn=rpc.TxnRequest(
+                compare=[compare(c) for c in t.compares],
+                success=[self._op(op) for op in t.success],
+                failure=[self._op(op) for op in t.failure],
+            ))
+            for t in batch
+        ])
+        leases = [op.lease for t in batch for op in (*t.success, *t.failure) if isinstance(op, Put)]
+        resp = await self._unary(
+            "txn", lambda e, t: e.kv.Txn(request, timeout=t, metadata=REQUIRE_LEADER), mutating=True, leases=leases
+        )
+        revision = int(resp.header.revision)
+        return [TxnResult(bool(r.response_txn.succeeded), revision) for r in resp.responses]
 
     async def revision(self) -> int:
         resp = await self._range(rpc.RangeRequest(key=b"\0", count_only=True))

@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ._common import KeptAliveLease, check_key, encode_key, validate_txn
+from ._common import KeptAliveLease, check_key, encode_key, validate_batch, validate_txn
 from ._sqlite_db import Db
-from .base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, StoreError, TxnResult
+from .base import Compare, Delete, Event, KeyValue, Lease, Put, RangeResult, Store, StoreError, Txn, TxnResult
 
 __all__ = ["SqliteLease", "SqliteStore"]
 
@@ -177,6 +177,15 @@ class SqliteStore(Store):
         if revision > self._seen_head:
             self._wake(revision)
         return TxnResult(succeeded, revision)
+
+    async def txn_batch(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        validate_batch(batch)
+        if not batch:
+            return []
+        oks, revision = await self._run(self._db.txn_batch, list(batch))
+        if revision > self._seen_head:
+            self._wake(revision)
+        return [TxnResult(ok, revision) for ok in oks]
 
     async def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[Event]:
         raw_prefix = encode_key(prefix)
