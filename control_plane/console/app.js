@@ -261,7 +261,8 @@ async function modelPage(ctx, name) {
     const has = (field) => stats.versions.some((v) => v.points.some((p) => p[field] !== null && p[field] !== undefined));
     const source = stats.source === 'prometheus'
       ? `From Prometheus (a point every ${stats.sample_every_s} s, rates over 1 min).`
-      : `Sampled every ${stats.sample_every_s} s from the workers' OIP statistics while this page is open.`;
+      : `Rates sampled every ${stats.sample_every_s} s from the workers' OIP statistics while this page is open; `
+        + 'percentiles from the control plane\'s aggregation of the latency histograms the workers report (1 min windows).';
     fill(charts,
       lineChart('Requests', 'req/s', series('requests_per_s')),
       lineChart('Errors', 'err/s', series('errors_per_s')),
@@ -308,6 +309,16 @@ async function rolloutPage(ctx, name, params) {
   }
 }
 
+// Used / capacity as text and as a meter (labelled for screen readers); '—' for a worker that reports none.
+function memoryCell(w) {
+  if (!w.memory_capacity_bytes) return '—';
+  const share = Math.min(1, w.memory_used_bytes / w.memory_capacity_bytes);
+  return h('div', { class: 'memory', dataset: { worker: w.worker_id } },
+    h('span', { class: 'memory-text' }, `${bytes(w.memory_used_bytes)} / ${bytes(w.memory_capacity_bytes)}`),
+    h('meter', { min: 0, max: 1, low: 0.75, high: 0.9, optimum: 0, value: share.toFixed(3),
+      'aria-label': `${w.worker_id} uses ${Math.round(share * 100)} % of its memory` }));
+}
+
 async function workersPage(ctx) {
   setTitle('Workers');
   const body = h('div', { id: 'workers-table' });
@@ -319,10 +330,14 @@ async function workersPage(ctx) {
     if (key === shown) return;
     shown = key;
     fill(body, table('Workers', ['Worker', 'Pool', 'Inference address', 'Control plane', 'Connected',
-      'Revision (sent / acked)', 'Holds', 'Acknowledged'], list.workers.map((w) => [
+      'Revision (sent / acked)', 'Memory (used / capacity)', 'Holds (measured memory)', 'Acknowledged'],
+    list.workers.map((w) => [
       w.worker_id, w.pool, h('code', {}, w.inference_address), w.control_plane, time(w.connected_at_ms),
       `${w.desired_revision} / ${w.acked_revision}`,
-      w.held.map((x) => `${x.model} v${x.version}`).join(', ') || '—',
+      memoryCell(w),
+      w.held.length ? h('ul', { class: 'held' }, w.held.map((x) => h('li', { dataset: { model: x.model, version: x.version } },
+        `${x.model} v${x.version}`, h('span', { class: 'note' }, x.memory_bytes
+          ? ` ${bytes(x.memory_bytes)} (peak ${bytes(x.memory_peak_bytes)})` : ' not measured')))) : '—',
       w.models.map((m) => h('div', { class: m.ok ? '' : 'error' },
         `${m.model} gen ${m.generation}: ${m.ok ? 'ack' : `nack ${m.error}`}`)),
     ]), 'No worker is connected.'));
@@ -424,45 +439,81 @@ async function chatPage(ctx, name) {
   const maxTokens = h('input', { id: 'max-tokens', type: 'number', min: 1, max: 4096, value: 32 });
   const temperature = h('input', { id: 'temperature', type: 'number', min: 0, max: 2, step: 0.1, value: 0 });
   const send = h('button', { type: 'submit', id: 'send', class: 'primary' }, 'Send');
+  const restart = h('button', { type: 'button', id: 'new-chat' }, 'New conversation');
+  // Each pane keeps its own conversation: the user's turns are shared, each version's answers are its own.
   const pane = (id, title) => h('section', { class: 'pane', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title),
+    h('ol', { id: `log-${id}`, class: 'transcript', 'aria-label': `Conversation ${title}` }),
+    h('p', { id: `ask-${id}`, class: 'turn user' }),
     h('pre', { id: `out-${id}`, class: 'output', 'aria-live': 'polite' }), h('p', { id: `stats-${id}`, class: 'note' }));
   const panes = h('div', { class: 'panes' }, pane('a', 'A'), pane('b', 'B'));
+  const history = { a: [], b: [] }; // [{role, content}] of the finished turns, per pane
+  const last = { a: null, b: null }; // the turn on screen: {user, reply, ok}
+  const reset = () => {
+    for (const id of ['a', 'b']) {
+      history[id] = []; last[id] = null;
+      for (const part of ['log', 'ask', 'out', 'stats']) clear(document.getElementById(`${part}-${id}`));
+    }
+  };
+  restart.addEventListener('click', reset);
+  for (const control of [mode, system, a, b]) control.addEventListener('change', reset); // another conversation
+  // The turn on screen moves up into the transcript (and, when it succeeded, into the conversation) before the next.
+  const archive = (id) => {
+    const turn = last[id];
+    last[id] = null;
+    if (!turn) return;
+    const log = document.getElementById(`log-${id}`);
+    log.append(h('li', { class: 'turn user' }, h('strong', {}, 'You: '), turn.user),
+      h('li', { class: turn.ok ? 'turn assistant' : 'turn error' }, h('strong', {}, 'Model: '), turn.reply));
+    if (turn.ok) history[id].push({ role: 'user', content: turn.user }, { role: 'assistant', content: turn.reply });
+    while (history[id].length > 60) history[id].splice(0, 2); // the route takes 64 messages at most
+  };
   const form = h('form', { id: 'chat-form' },
     h('div', { class: 'inline' }, h('label', { for: 'mode' }, 'Mode'), mode, h('label', { for: 'system' }, 'System'), system),
     h('label', { for: 'prompt' }, 'Message'), prompt,
     h('div', { class: 'inline' }, h('label', { for: 'version-a' }, 'A'), a, h('label', { for: 'version-b' }, 'B'), b,
-      h('label', { for: 'max-tokens' }, 'Max tokens'), maxTokens, h('label', { for: 'temperature' }, 'Temperature'), temperature, send));
+      h('label', { for: 'max-tokens' }, 'Max tokens'), maxTokens, h('label', { for: 'temperature' }, 'Temperature'), temperature, send,
+      restart));
   view.append(h('p', {}, link(`#/models/${enc(name)}`, `← Model ${name}`)), form, panes);
-  const run = async (id, version) => {
+  const run = async (id, version, text) => {
     const out = document.getElementById(`out-${id}`);
     const stats = document.getElementById(`stats-${id}`);
+    const chat = mode.value === 'chat';
+    if (chat) archive(id); else { clear(document.getElementById(`log-${id}`)); history[id] = []; last[id] = null; }
+    document.getElementById(`ask-${id}`).textContent = chat ? `You: ${text}` : '';
     out.textContent = '';
     stats.textContent = 'streaming…';
+    const turn = { user: text, reply: '', ok: false };
     try {
       const body = { version: Number(version), max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) };
-      if (mode.value === 'chat') {
-        body.messages = [...(system.value.trim() ? [{ role: 'system', content: system.value }] : []), { role: 'user', content: prompt.value }];
-      } else body.prompt = prompt.value;
+      if (chat) {
+        body.messages = [...(system.value.trim() ? [{ role: 'system', content: system.value }] : []), ...history[id],
+          { role: 'user', content: text }];
+      } else body.prompt = text;
       for await (const message of events('POST', `/models/${enc(name)}/generate`, body, ctx.signal)) {
-        if (message.event === 'token') out.append(document.createTextNode(message.data.text));
+        if (message.event === 'token') { out.append(document.createTextNode(message.data.text)); turn.reply += message.data.text; }
         else if (message.event === 'done') {
           const d = message.data;
+          turn.ok = true;
           stats.textContent = `v${d.version} on ${d.worker} · ${d.tokens} tokens · ${d.finish_reason}`
-            + (d.ttft_ms !== null ? ` · TTFT ${d.ttft_ms} ms` : '') + (d.tokens_per_s !== null ? ` · ${d.tokens_per_s} tokens/s` : '');
+            + (d.ttft_ms !== null ? ` · TTFT ${d.ttft_ms} ms` : '') + (d.tokens_per_s !== null ? ` · ${d.tokens_per_s} tokens/s` : '')
+            + (chat ? ` · turn ${history[id].length / 2 + 1}, ${d.messages} messages sent` : '');
         } else if (message.event === 'error') stats.textContent = `${message.data.code}: ${message.data.detail}`;
       }
     } catch (error) {
       if (!ctx.signal.aborted) stats.textContent = error.message;
     }
+    if (chat) last[id] = turn;
   };
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     send.disabled = true;
-    const jobs = [run('a', a.value)];
-    if (b.value !== 'none') jobs.push(run('b', b.value));
-    else { document.getElementById('out-b').textContent = ''; document.getElementById('stats-b').textContent = ''; }
+    const text = prompt.value;
+    const jobs = [run('a', a.value, text)];
+    if (b.value !== 'none') jobs.push(run('b', b.value, text));
+    else { for (const part of ['log', 'ask', 'out', 'stats']) clear(document.getElementById(`${part}-b`)); }
     await Promise.all(jobs);
     send.disabled = false;
+    if (mode.value === 'chat') { prompt.value = ''; prompt.focus(); } // the next turn
   });
 }
 

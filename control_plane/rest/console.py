@@ -316,8 +316,8 @@ async def statistics(name: ModelName, request: Request) -> ModelStatistics:
     aggregator: LatencyAggregator | None = getattr(request.app.state, "latency", None)
     if aggregator is None:
         aggregator = request.app.state.latency = LatencyAggregator(plane.store)
-    stats, _ = await asyncio.gather(sampler.read(plane.store, name), aggregator.read())
-    return with_percentiles(stats, aggregator)
+    await aggregator.read()  # first: its snapshot is then no younger than the sampler's newest point
+    return with_percentiles(await sampler.read(plane.store, name), aggregator)
 
 
 def with_percentiles(stats: ModelStatistics, aggregator: LatencyAggregator) -> ModelStatistics:
@@ -378,12 +378,13 @@ _GENERATE_EVENTS = {
     200: {
         "description": "`text/event-stream`: `event: token` with `data: {\"text\": ...}` per chunk, then "
                        "`event: done` with the finish reason, the version that answered, the worker, the number of "
-                       "chunks, time to first token and tokens per second, or `event: error` with a problem.",
+                       "chunks, time to first token, tokens per second and the number of chat messages received "
+                       "(0 for a prompt), or `event: error` with a problem.",
         "content": {"text/event-stream": {
             "schema": {"type": "string"},
             "example": 'event: token\ndata: {"text": " Paris"}\n\nevent: done\ndata: {"finish_reason": "length", '
                        '"version": "1", "worker": "up-worker", "tokens": 16, "ttft_ms": 41.0, '
-                       '"tokens_per_s": 80.2}\n\n',
+                       '"tokens_per_s": 80.2, "messages": 1}\n\n',
         }},
     },
 }
@@ -434,6 +435,7 @@ async def generate(name: ModelName, body: Generate, request: Request) -> Streami
                 "finish_reason": finish, "version": answered, "worker": target.worker_id, "tokens": tokens,
                 "ttft_ms": round((first - started) * 1000, 1) if first is not None else None,
                 "tokens_per_s": round((tokens - 1) / decode, 1) if decode > 0 and tokens > 1 else None,
+                "messages": len(body.messages) if body.messages else 0,
             })
         except LMaaSError as exc:
             yield _event("error", {"code": exc.code.name, "detail": exc.message})
