@@ -496,7 +496,7 @@ async function chatPage(ctx, name) {
           turn.ok = true;
           stats.textContent = `v${d.version} on ${d.worker} · ${d.tokens} tokens · ${d.finish_reason}`
             + (d.ttft_ms !== null ? ` · TTFT ${d.ttft_ms} ms` : '') + (d.tokens_per_s !== null ? ` · ${d.tokens_per_s} tokens/s` : '')
-            + (chat ? ` · turn ${history[id].length / 2 + 1}, ${d.messages} messages sent` : '');
+            + (chat ? ` · turn ${history[id].length / 2 + 1}, ${d.messages} message${d.messages === 1 ? '' : 's'} sent` : '');
         } else if (message.event === 'error') stats.textContent = `${message.data.code}: ${message.data.detail}`;
       }
     } catch (error) {

@@ -67,13 +67,30 @@ def test_the_playground_streams_two_versions_side_by_side(llm_plane: ServerProce
         stats = wait_for(browser, lambda d, p=pane: "tokens" in text_of(d, f"#stats-{p}") and text_of(d, f"#stats-{p}"),
                          f"pane {pane} finished", 180)
         assert stats.startswith(f"v{version} on llm-worker · "), stats
-        counted = re.search(r" · (\d+) tokens · (stop|length) · TTFT [\d.]+ ms · [\d.]+ tokens/s$", stats)
+        counted = re.search(r" · (\d+) tokens · (stop|length) · TTFT [\d.]+ ms · [\d.]+ tokens/s"
+                            r" · turn 1, 1 message sent$", stats)
         assert counted and 1 < int(counted.group(1)) <= 16, stats  # within max_tokens, as the worker counted
         # streamed: the text arrived as several events, each appended as its own text node
         assert browser.execute_script(f"return document.getElementById('out-{pane}').childNodes.length") > 1
     a, b = text_of(browser, "#out-a"), text_of(browser, "#out-b")
     assert a.strip() and a == b  # the same weights, greedy: the same text
     assert "Paris" in a, a  # the chat template made it an answer to the question
+
+    # a second turn: each pane sends the whole conversation (as the route counted it: user, assistant, user)
+    prompt = browser.find_element(By.ID, "prompt")
+    assert prompt.get_attribute("value") == ""  # cleared for the next turn
+    prompt.send_keys("And of Germany?")
+    browser.find_element(By.ID, "send").click()
+    for pane in ("a", "b"):
+        stats = wait_for(browser, lambda d, p=pane: "turn 2" in text_of(d, f"#stats-{p}") and text_of(d, f"#stats-{p}"),
+                         f"pane {pane}'s second turn", 180)
+        assert stats.endswith(" · turn 2, 3 messages sent"), stats
+        log = text_of(browser, f"#log-{pane}")
+        assert "You: What is the capital of France?" in log and a.strip() in log, log  # the first turn, kept
+        assert text_of(browser, f"#ask-{pane}") == "You: And of Germany?"
+    second_a, second_b = text_of(browser, "#out-a"), text_of(browser, "#out-b")
+    assert second_a.strip() and second_a == second_b and second_a != a  # the same conversation on both sides
+    assert "Berlin" in second_a, second_a  # "And of Germany?" is answerable only with the first turn
     screenshot(browser, "playground", "Playground smollm2", readme=True)
 
     # a prompt as it is (no template) is continued, on the version the deployment routes to
@@ -88,3 +105,4 @@ def test_the_playground_streams_two_versions_side_by_side(llm_plane: ServerProce
                      "the completion", 180)
     assert stats.split(" ")[0] in ("v1", "v2") and text_of(browser, "#out-a") not in ("", a), stats
     assert text_of(browser, "#out-b") == ""
+    assert text_of(browser, "#log-a") == ""  # another mode: another conversation
