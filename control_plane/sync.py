@@ -19,7 +19,9 @@ Fleet scale: the pool's snapshot comes from the shared
 :class:`~lmaas.control_plane.snapshots.SnapshotCache` (built once per change,
 whatever the number of streams; each stream sends the latest one when it is
 ready, so a slow worker holds back nobody), and an Ack only writes: the
-rollout is evaluated when the replica's progress mirror says it may finish.
+rollout is evaluated when the replica's progress mirror says it may finish. The writes of all sessions of
+the replica go through one :class:`~lmaas.control_plane.store.batcher.TxnBatcher`: the Acks of many
+workers arriving together cost one store request, each keeping its own compare-and-swap.
 A stream authenticated by a token ends (UNAUTHENTICATED) as soon as the
 store watch shows the token revoked.
 """
@@ -41,6 +43,7 @@ from lmaas.control_plane.metrics import ControlMetrics
 from lmaas.control_plane.registry import now_ms
 from lmaas.control_plane.snapshots import SnapshotBuilder, SnapshotCache
 from lmaas.control_plane.store.base import Compare, Delete, Lease, Put, Store
+from lmaas.control_plane.store.batcher import TxnBatcher
 from lmaas.control_plane.tokens import Tokens
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.protos.errors import Aborted, InvalidArgument, Unauthenticated
@@ -75,6 +78,7 @@ class WorkerSync:
         tokens: Tokens | None = None,
     ) -> None:
         self._store = store
+        self.writes = TxnBatcher(store)  # one store request for the Acks of many workers arriving together
         self._snapshots = snapshots
         self.cache = cache if cache is not None else SnapshotCache(snapshots, watcher)
         self._owns_cache = cache is None
@@ -99,6 +103,7 @@ class WorkerSync:
     async def stop(self) -> None:
         if self._owns_cache:
             await self.cache.stop()
+        await self.writes.close()
         lease, self._lease = self._lease, None
         if lease is not None:
             with contextlib.suppress(Exception):
@@ -183,23 +188,24 @@ class _Session:
     async def register(self) -> None:
         """Write the worker key, replacing a record of an older stream of the same worker."""
         async with self.lock:
-            stale = await self.sync._store.range(keys.observed(self.worker_id))
-            ops: list[Put | Delete] = [Delete(kv.key) for kv in stale.kvs]
-            ops.append(Put(self.key, self.info.SerializeToString(), self.lease.id))
-            result = await self.sync._store.txn([], ops)
+            ops: list[Put | Delete] = [
+                Delete(keys.observed(self.worker_id), prefix=True),  # an older stream's; no read first
+                Put(self.key, self.info.SerializeToString(), self.lease.id),
+            ]
+            result = await self.sync.writes.txn([], ops)
             self.revision = result.revision
 
     async def unregister(self) -> None:
         """Delete the worker key and its observed state, unless a newer stream of the worker wrote them."""
         async with self.lock:
-            await self.sync._store.txn(
+            await self.sync.writes.txn(
                 [Compare.unchanged(self.key, self.revision)],
                 [Delete(self.key), Delete(keys.observed(self.worker_id), prefix=True)],
             )
 
     async def _write(self, extra: list[Put | Delete]) -> None:
         ops: list[Put | Delete] = [Put(self.key, self.info.SerializeToString(), self.lease.id), *extra]
-        result = await self.sync._store.txn([Compare.unchanged(self.key, self.revision)], ops)
+        result = await self.sync.writes.txn([Compare.unchanged(self.key, self.revision)], ops)
         if not result.succeeded:
             raise Aborted(f"worker {self.worker_id} registered again on another stream; closing this one")
         self.revision = result.revision
