@@ -31,7 +31,7 @@ from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.tensors import DTYPES, decode_raw, element_count, encode_bytes, encode_raw
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http.asgi import Request, Response, Route, json_response
-from lmaas.server.logsettings import log_settings, trace_settings
+from lmaas.server.logsettings import log_settings
 from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["build_routes", "decode_infer_request", "encode_infer_response", "message_dict"]
@@ -194,8 +194,9 @@ class _Handlers:
 
     async def trace(self, request: Request) -> Response:
         updates = await _json_object(request, allow_empty=True) if request.method == "POST" else {}
-        values = {k: v if isinstance(v, list) else [v] for k, v in updates.items()}
-        settings = trace_settings({k: [str(x) for x in v] for k, v in values.items()}, request.params.get("model", ""))
+        values = {k: [] if v is None else v if isinstance(v, list) else [v] for k, v in updates.items()}  # null clears
+        strings = {k: [str(x) for x in v] for k, v in values.items()}
+        settings = self.dp.tracer.settings(strings, request.params.get("model", ""))
         # Triton's JSON: trace_level is a list, the other settings single strings.
         return json_response({k: v if k == "trace_level" else (v[0] if v else "") for k, v in settings.items()})
 

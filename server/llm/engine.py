@@ -1,10 +1,12 @@
 """The loop that joins scheduler and runner, in one dedicated thread; transports see only :class:`LLMEngine`.
 
 Each step: apply cancellations, ask the scheduler for this step's work, run one packed forward, sample, detokenise
-and push each request's new text to its own asyncio queue (``loop.call_soon_threadsafe``), then hand finished
-sequences back to the scheduler. Torch releases the GIL inside its kernels, so the event loop keeps serving while
-a step runs. A request whose consumer went away (iterator closed, task cancelled, client gone) is aborted at the
-start of the next step and its KV cache is freed with it.
+and push each request's new text to its own asyncio queue, then hand finished sequences back to the scheduler.
+The chunks of one step go to each event loop in one ``call_soon_threadsafe`` (one wake-up per step, not one per
+stream: each is a self-pipe write and a loop iteration that contend with the step for the GIL and the cores).
+Torch releases the GIL inside its kernels, so the event loop keeps serving while a step runs. A request whose
+consumer went away (iterator closed, task cancelled, client gone) is aborted at the start of the next step and
+its KV cache is freed with it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class EngineSettings:
         return settings
 
 
+_Delivery = tuple["asyncio.Queue[GenerationChunk]", GenerationChunk]
+
+
 @dataclass(eq=False)
 class _Request:
     id: str
@@ -123,6 +128,8 @@ class LLMEngine:
         self.metrics = metrics
         self._requests: dict[str, _Request] = {}
         self._aborts: set[str] = set()
+        # During a step, chunks wait here per event loop and are delivered together at its end (engine thread only).
+        self._outbox: dict[asyncio.AbstractEventLoop, list[_Delivery]] | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"llm-{name or 'engine'}-v{version}", daemon=True)
@@ -259,11 +266,18 @@ class LLMEngine:
             requests.append(request)
         logits = self.model.forward(seqs)
         now = time.perf_counter()
-        for request, work, row in zip(requests, plan, logits, strict=True):
-            if not work.decode and self.metrics is not None:
-                self.metrics.prompt_tokens.inc(work.count)
-            if row is not None:
-                self._on_token(request, request.sampler(row), now)
+        self._outbox = {}
+        try:
+            for request, work, row in zip(requests, plan, logits, strict=True):
+                if not work.decode and self.metrics is not None:
+                    self.metrics.prompt_tokens.inc(work.count)
+                if row is not None:
+                    self._on_token(request, request.sampler(row), now)
+        finally:
+            outbox, self._outbox = self._outbox, None
+            for loop, items in outbox.items():
+                with contextlib.suppress(RuntimeError):  # the consumers' loop is closed: nobody is listening
+                    loop.call_soon_threadsafe(_deliver, items)
 
     def _on_token(self, request: _Request, token: int, now: float) -> None:
         p = request.params
@@ -316,7 +330,15 @@ class LLMEngine:
         request.cache = None  # the KV memory goes with the last reference
         self._gauges()
 
-    @staticmethod
-    def _emit(request: _Request, chunk: GenerationChunk) -> None:
+    def _emit(self, request: _Request, chunk: GenerationChunk) -> None:
+        if self._outbox is not None and threading.current_thread() is self._thread:
+            self._outbox.setdefault(request.loop, []).append((request.queue, chunk))
+            return
         with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody is listening
             request.loop.call_soon_threadsafe(request.queue.put_nowait, chunk)
+
+
+def _deliver(items: list[_Delivery]) -> None:
+    """On the consumers' event loop: one step's chunks, in order."""
+    for queue, chunk in items:
+        queue.put_nowait(chunk)
