@@ -44,7 +44,10 @@ class Worker:
         self.memory = MemoryTracker(self.registry, settings.memory_limit)
         self.manager = ModelManager(self.metrics, settings.model_repository, settings.drain_timeout, self.memory)
         self.dataplane = DataPlane(
-            self.manager, max_elements=settings.max_elements, repository_rpcs=settings.control_plane is None
+            self.manager,
+            max_elements=settings.max_elements,
+            repository_rpcs=settings.control_plane is None,
+            trace_file=settings.trace_file,
         )
         self.health = health.aio.HealthServicer()
         self.manager.on_change.append(self._model_changed)
@@ -161,6 +164,7 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.manager.close()
         self.dataplane.shm.close()  # release client shared-memory mappings (the clients own and unlink them)
+        self.dataplane.tracer.flush()  # traces still collected (log_frequency 0 writes at shutdown, as Triton)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._stopped.set()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from lmaas.protos.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from lmaas.server.metrics import ModelMetrics
+from lmaas.server.tracing import Trace
 
 __all__ = ["DEADLINE_SLACK", "INLINE_SECONDS", "BatchPolicy", "Batcher", "expired"]
 
@@ -67,6 +68,7 @@ class _Pending:
     future: asyncio.Future[Outputs]
     deadline: float | None  # loop time
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: Trace | None = None  # a sampled request (TraceSetting): compute timestamps
 
 
 class Batcher:
@@ -106,7 +108,9 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Mapping[str, Array], batch: int, deadline: float | None) -> Outputs:
+    async def submit(
+        self, inputs: Mapping[str, Array], batch: int, deadline: float | None, trace: Trace | None = None
+    ) -> Outputs:
         if self._closed:
             raise Unavailable("model is unloading")
         loop = asyncio.get_running_loop()
@@ -118,12 +122,19 @@ class Batcher:
             self._free -= 1
             try:
                 self._metrics.queue_duration.observe(0.0)
-                return await self._compute(loop, inputs, batch)
+                if trace is None:
+                    return await self._compute(loop, inputs, batch)
+                trace.stamp("COMPUTE_START")
+                trace.stamp("COMPUTE_INPUT_END")  # inputs were decoded before the queue: nothing to gather
+                outputs = await self._compute(loop, inputs, batch)
+                trace.stamp("COMPUTE_OUTPUT_START")
+                trace.stamp("COMPUTE_END")
+                return outputs
             finally:
                 self._release()
         # Only requests with equal per-item shapes can share a batch.
         key = tuple([a.shape[1:] for a in inputs.values()]) if self.policy.max_batch_size else ()
-        p = _Pending(inputs, batch, key, loop.create_future(), deadline)
+        p = _Pending(inputs, batch, key, loop.create_future(), deadline, trace=trace)
         limit = self.policy.max_queue_size
         if limit and len(self._queue) >= limit:
             self._metrics.rejected("queue_full")
@@ -254,10 +265,15 @@ class Batcher:
         return outputs
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        traced = [p.trace for p in batch if p.trace is not None]
+        for trace in traced:
+            trace.stamp("COMPUTE_START")
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
             inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+        for trace in traced:
+            trace.stamp("COMPUTE_INPUT_END")
         try:
             outputs = await self._compute(loop, inputs, sum(p.batch for p in batch))
         except Exception as exc:
@@ -268,7 +284,11 @@ class Batcher:
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
+        for trace in traced:
+            trace.stamp("COMPUTE_OUTPUT_START")
         if len(batch) == 1:
+            for trace in traced:
+                trace.stamp("COMPUTE_END")
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
             return
@@ -277,3 +297,5 @@ class Batcher:
             if not p.future.done():
                 p.future.set_result({k: v[offset : offset + p.batch] for k, v in outputs.items()})
             offset += p.batch
+        for trace in traced:
+            trace.stamp("COMPUTE_END")

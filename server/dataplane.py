@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from lmaas import __version__
 from lmaas.protos.errors import (
@@ -28,6 +29,7 @@ from lmaas.server.manager import ModelManager
 from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.sequences.scheduler import sequence_flags
 from lmaas.server.shm import SharedMemory
+from lmaas.server.tracing import Tracer
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
@@ -40,12 +42,22 @@ EXTENSIONS = (
     "parameters",
     "system_shared_memory",
     "logging",
+    "trace",
+    "sequence",  # sequence_id / sequence_start / sequence_end on models with sequence_batching
 )
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, *, max_elements: int = 1 << 28, repository_rpcs: bool = True) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        max_elements: int = 1 << 28,
+        repository_rpcs: bool = True,
+        trace_file: Path | None = None,
+    ) -> None:
         self.manager = manager
+        self.tracer = Tracer(trace_file)  # TraceSetting; sampled tensor requests write timestamp records
         self.max_elements = max_elements
         self.repository_rpcs = repository_rpcs
         self.draining = False
@@ -101,16 +113,20 @@ class DataPlane:
                 f"ModelInfer RPC doesn't support models with decoupled transaction policy: stream to "
                 f"'{mv.name}' with ModelStreamInfer"
             )
+        trace = self.tracer.start(mv.name, request.id)
         mv.enter()
         try:
             targets = self.shm.output_targets(request) if request.outputs else {}
             self.shm.resolve_inputs(request)
             decoded = decode_request(mv, request, self.max_elements)
+            if trace is not None:
+                trace.version = mv.version
+                trace.stamp("QUEUE_START")
             if mv.sequences is not None:  # stateful: the sequence batcher keeps order, slot and state
                 flags = sequence_flags(request, mv.name)
-                outputs = await mv.sequences.submit(flags, decoded.inputs, decoded.batch, deadline)
+                outputs = await mv.sequences.submit(flags, decoded.inputs, decoded.batch, deadline, trace)
             else:
-                outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline)
+                outputs = await mv.batcher.submit(decoded.inputs, decoded.batch, deadline, trace)
             response = encode_response(mv, request, outputs, decoded.outputs)
             if targets:
                 self.shm.write_outputs(response, targets)
@@ -126,6 +142,8 @@ class DataPlane:
             raise
         finally:
             mv.leave()
+            if trace is not None:
+                trace.finish()
         mv.metrics.ok.inc()
         mv.metrics.request_duration.observe(time.perf_counter() - started)
         return response

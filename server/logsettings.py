@@ -1,21 +1,18 @@
-"""Triton's LogSettings and TraceSetting over the worker's real logging and tracing.
+"""Triton's LogSettings over the worker's real logging (TraceSetting: :mod:`lmaas.server.tracing`).
 
 LogSettings reads and sets the level of the process's root logger (what ``setup_logging`` configured), so a
 change applies to every log line from then on. Triton's flags map onto one Python level: ``log_verbose_level``
 > 0 is DEBUG, else ``log_info`` INFO, else ``log_warning`` WARNING, else ``log_error`` ERROR, else nothing.
 The destination (stderr) and the format (set at start) are reported, not changeable at run time.
-
-TraceSetting: the worker has no request tracing yet (OpenTelemetry is not wired), so it reports
-``trace_level: ["OFF"]`` and refuses any change with UNIMPLEMENTED rather than accepting it silently.
 """
 
 from __future__ import annotations
 
 import logging
 
-from lmaas.protos.errors import InvalidArgument, Unimplemented
+from lmaas.protos.errors import InvalidArgument
 
-__all__ = ["LogValue", "log_settings", "trace_settings"]
+__all__ = ["LogValue", "log_settings"]
 
 LogValue = bool | int | str
 _FLAGS = ("log_info", "log_warning", "log_error")
@@ -65,16 +62,3 @@ def log_settings(updates: dict[str, LogValue]) -> dict[str, LogValue]:
     logging.getLogger().setLevel(level)
     return _current()
 
-
-def trace_settings(updates: dict[str, list[str]], model: str = "") -> dict[str, list[str]]:
-    if updates:
-        raise Unimplemented(
-            f"trace settings {sorted(updates)} cannot be changed: request tracing is not implemented in this worker"
-        )
-    return {
-        "trace_level": ["OFF"],
-        "trace_rate": ["0"],
-        "trace_count": ["0"],
-        "log_frequency": ["0"],
-        "trace_file": [""],
-    }

@@ -12,7 +12,7 @@ from lmaas.protos.errors import LMaaSError, Unimplemented
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.server.dataplane import DataPlane
-from lmaas.server.logsettings import LogValue, log_settings, trace_settings
+from lmaas.server.logsettings import LogValue, log_settings
 from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
 __all__ = ["InferenceServicer"]
@@ -201,6 +201,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: Ctx) -> pb.TraceSettingResponse:
         updates = {key: list(value.value) for key, value in request.settings.items()}
         response = pb.TraceSettingResponse()
-        for key, values in trace_settings(updates, request.model_name).items():
+        for key, values in self.dp.tracer.settings(updates, request.model_name).items():
             response.settings[key].value.extend(values)
         return response

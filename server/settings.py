@@ -26,6 +26,9 @@ class WorkerSettings(BaseModel):
         None, gt=0, description="bytes this worker may use, reported to the control plane (default: cgroup or RAM)"
     )
     report_every: float = Field(15.0, gt=0, description="seconds between memory/latency reports to the control plane")
+    trace_file: Path | None = Field(
+        None, description="where TraceSetting traces are written (Triton's JSON); fixed at start, not via the API"
+    )
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may take to finish on shutdown")
     max_message_bytes: int = Field(
         64 << 20, ge=1024, description="largest gRPC message and HTTP request body (after decompression) accepted"

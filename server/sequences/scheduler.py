@@ -32,6 +32,7 @@ from lmaas.protos.tensors import DTYPES
 from lmaas.server.backends.base import Backend, BackendError, Signature
 from lmaas.server.metrics import ModelMetrics
 from lmaas.server.sequences.config import ControlSpec, SequenceBatching
+from lmaas.server.tracing import Trace
 
 __all__ = ["SequenceFlags", "SequenceScheduler", "sequence_flags"]
 
@@ -88,6 +89,7 @@ class _Request:
     future: asyncio.Future[Outputs]
     deadline: float | None
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: Trace | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -214,7 +216,12 @@ class SequenceScheduler:
     # ---- the request path ----
 
     async def submit(
-        self, flags: SequenceFlags, inputs: Mapping[str, Array], batch: int, deadline: float | None
+        self,
+        flags: SequenceFlags,
+        inputs: Mapping[str, Array],
+        batch: int,
+        deadline: float | None,
+        trace: Trace | None = None,
     ) -> Outputs:
         if self._closed:
             raise Unavailable(f"model '{self.model}' is unloading: sequence {flags.id} cannot continue")
@@ -242,7 +249,7 @@ class SequenceScheduler:
             else:
                 self._backlog[seq.id] = seq
         seq.ending = flags.end
-        req = _Request(inputs, flags.start, flags.end, loop.create_future(), deadline)
+        req = _Request(inputs, flags.start, flags.end, loop.create_future(), deadline, trace=trace)
         seq.queue.append(req)
         self._metrics.pending.inc()
         self._wake()
@@ -391,10 +398,15 @@ class SequenceScheduler:
 
     async def _run_rows(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[_Sequence, _Request]]) -> None:
         started = time.perf_counter()
+        traced = [r.trace for _, r in batch if r.trace is not None]
         try:
+            for trace in traced:
+                trace.stamp("COMPUTE_START")
             feed = self._feed(batch)
             for _, req in batch:
                 self._metrics.queue_duration.observe(started - req.enqueued)
+            for trace in traced:
+                trace.stamp("COMPUTE_INPUT_END")
             outputs, elapsed = await loop.run_in_executor(self._executor, self._timed_run, feed)
         except Exception as exc:
             if len(batch) > 1:  # isolate the request that broke the batch; states are untouched so far
@@ -404,6 +416,8 @@ class SequenceScheduler:
             if not batch[0][1].future.done():
                 batch[0][1].future.set_exception(exc)
             return
+        for trace in traced:
+            trace.stamp("COMPUTE_OUTPUT_START")
         m = self._metrics
         m.compute_duration.observe(elapsed)
         m.executions.inc()
@@ -416,6 +430,8 @@ class SequenceScheduler:
                 req.future.set_result(
                     {k: (outputs[k][i : i + 1] if self._batching else outputs[k]) for k in self._visible_outputs}
                 )
+        for trace in traced:
+            trace.stamp("COMPUTE_END")
 
     def _timed_run(self, feed: Mapping[str, Array]) -> tuple[Outputs, float]:
         started = time.perf_counter()

@@ -160,13 +160,14 @@ def test_log_settings_change_the_real_log_level(client: tc.InferenceServerClient
 
 
 def test_trace_setting_is_honest(client: tc.InferenceServerClient, worker: ServerProcess) -> None:
+    """This worker has no --trace-file: tracing cannot be turned on (tracing itself: test_trace_settings.py)."""
     assert client.get_trace_settings(as_json=True)["settings"]["trace_level"] == {"value": ["OFF"]}
     status, message = _status_of(lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}))
-    assert status == "StatusCode.UNIMPLEMENTED" and "tracing is not implemented" in message
+    assert status == "StatusCode.FAILED_PRECONDITION" and "--trace-file" in message
     http = th.InferenceServerClient(worker.http)
     try:
         assert http.get_trace_settings()["trace_level"] == ["OFF"]
-        with pytest.raises(InferenceServerException, match="tracing is not implemented"):
-            http.update_trace_settings(settings={"trace_rate": "10"})
+        with pytest.raises(InferenceServerException, match="cannot be changed through the API"):
+            http.update_trace_settings(settings={"trace_file": "/tmp/elsewhere.json"})
     finally:
         http.close()

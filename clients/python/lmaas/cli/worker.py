@@ -65,6 +65,13 @@ from lmaas.logs import setup_logging
     default=Path(".lmaas/cache"),
     help="Artifact cache for models pushed by the control plane.",
 )
+@_opt(
+    "--trace-file",
+    env="LMAAS_TRACE_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Trace file for Triton's TraceSetting (level TIMESTAMPS); clients may not change it at run time.",
+)
 @_opt("--token", env="LMAAS_TOKEN", default=None, help="Bearer token presented to the control plane.")
 @_opt(
     "--memory-limit",
