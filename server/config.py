@@ -150,11 +150,21 @@ def parse_config(data: str | bytes, *, source: str = "config") -> ModelConfig:
 
 
 def load_config(model_dir: Path) -> ModelConfig:
-    """``config.json`` / ``config.yaml`` / ``config.yml`` of a model directory, or defaults."""
+    """``config.json`` / ``config.yaml`` / ``config.yml`` of a model directory, else Triton's ``config.pbtxt``,
+    else defaults."""
     for name in ("config.json", "config.yaml", "config.yml"):
         path = model_dir / name
         if path.is_file():
             return parse_config(path.read_bytes(), source=str(path))
+    pbtxt = model_dir / "config.pbtxt"  # a Triton model directory as it is
+    if pbtxt.is_file():
+        from lmaas.server.triton_config import parse_pbtxt, triton_to_config
+
+        try:
+            fields = triton_to_config(parse_pbtxt(pbtxt.read_text()))
+            return ModelConfig.model_validate(fields)
+        except (UnicodeDecodeError, ValidationError) as exc:
+            raise InvalidArgument(f"invalid model config {pbtxt}: {exc}") from exc
     return ModelConfig()
 
 
