@@ -59,9 +59,9 @@ def _totals(metric: Counter) -> dict[tuple[str, str], int]:
 def latency(metrics: WorkerMetrics, held: Iterable[HeldModel]) -> list[sync_pb2.VersionLatency]:
     """Per held version that has served: request duration (and TTFT and tokens for LLMs), cumulative."""
     requests = _histograms(metrics.request_duration)
-    for key, h in _histograms(metrics.llm_e2e).items():  # generations: arrival to last token
+    for key, e2e in _histograms(metrics.llm_e2e).items():  # generations: arrival to last token
         if not requests.get(key, sync_pb2.Histogram()).count:
-            requests[key] = h
+            requests[key] = e2e
     ttft = _histograms(metrics.llm_ttft)
     tokens = _totals(metrics.llm_generation_tokens)
     out = []
