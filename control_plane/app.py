@@ -40,7 +40,7 @@ from lmaas.control_plane.servicers import (
     WorkerSyncServicer,
 )
 from lmaas.control_plane.settings import ControlPlaneSettings
-from lmaas.control_plane.snapshots import SnapshotBuilder
+from lmaas.control_plane.snapshots import SnapshotBuilder, add_worker_sync_to_server
 from lmaas.control_plane.store import Store, StoreError, open_store
 from lmaas.control_plane.store.election import Election
 from lmaas.control_plane.sync import SyncSettings, WorkerSync
@@ -60,7 +60,7 @@ from lmaas.protos.lmaas.control.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
-from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
+from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc, sync_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ["SERVICE_NAMES", "ControlPlane"]
@@ -142,7 +142,7 @@ class ControlPlane:
                 DeploymentsServicer(self.deployments, self.watcher),
             ),
             (workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store)),
-            (sync_pb2_grpc.add_WorkerSyncServicer_to_server, WorkerSyncServicer(self.sync)),
+            (add_worker_sync_to_server, WorkerSyncServicer(self.sync)),  # one encoding per shared snapshot
             (artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts)),
             (tokens_pb2_grpc.add_TokensServicer_to_server, TokensServicer(self.tokens)),
         ]

@@ -12,6 +12,10 @@ pool (as go-control-plane's snapshot cache does): a stream waits for its
 pool's next snapshot and always takes the latest, so a slow worker skips
 intermediate states instead of holding anyone back. A snapshot whose routes
 name a version it does not assign is never published.
+
+A published snapshot is also encoded once (:func:`encode`): the WorkerSync
+handler (:func:`add_worker_sync_to_server`) sends those same bytes on every
+stream instead of serializing the message again per worker.
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
+import grpc
 from lmaas.control_plane import keys
 from lmaas.control_plane.deployments import previous_record
 from lmaas.control_plane.store.base import Store, StoreError
 from lmaas.control_plane.watcher import StoreWatcher
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
-from lmaas.protos.lmaas.worker.v1 import sync_pb2
+from lmaas.protos.lmaas.worker.v1 import sync_pb2, sync_pb2_grpc
 
-__all__ = ["SnapshotBuilder", "SnapshotCache", "consistent", "same_state"]
+__all__ = ["SnapshotBuilder", "SnapshotCache", "add_worker_sync_to_server", "consistent", "encode", "same_state"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +100,44 @@ class SnapshotBuilder:
 
 
 _REMEMBERED = 256  # generation maps kept (pools x recent snapshots)
+
+# Published snapshots and their wire bytes, by identity (the entry holds the message, so its id stays unique).
+_ENCODED: OrderedDict[int, tuple[sync_pb2.Snapshot, bytes | None]] = OrderedDict()
+_ENCODED_KEPT = 64
+encodings = 0  # snapshots serialized through encode() (tests: once per published snapshot, not per stream)
+
+
+def _publish(snapshot: sync_pb2.Snapshot) -> None:
+    _ENCODED[id(snapshot)] = (snapshot, None)
+    while len(_ENCODED) > _ENCODED_KEPT:
+        _ENCODED.popitem(last=False)
+
+
+def encode(snapshot: sync_pb2.Snapshot) -> bytes:
+    """The wire form of a snapshot: a published one is serialized once, whatever the number of streams."""
+    global encodings
+    entry = _ENCODED.get(id(snapshot))
+    if entry is None or entry[0] is not snapshot:
+        return snapshot.SerializeToString()  # not a shared one (tests, tools)
+    data = entry[1]
+    if data is None:
+        data = snapshot.SerializeToString()
+        encodings += 1
+        _ENCODED[id(snapshot)] = (snapshot, data)
+    return data
+
+
+def add_worker_sync_to_server(servicer: sync_pb2_grpc.WorkerSyncServicer, server: Any) -> None:
+    """As the generated ``add_WorkerSyncServicer_to_server``, with :func:`encode` as the response serializer."""
+    service = sync_pb2.DESCRIPTOR.services_by_name["WorkerSync"].full_name
+    handlers = {
+        "Sync": grpc.stream_stream_rpc_method_handler(
+            servicer.Sync, request_deserializer=sync_pb2.WorkerMessage.FromString, response_serializer=encode
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    if hasattr(server, "add_registered_method_handlers"):
+        server.add_registered_method_handlers(service, handlers)
 
 
 class _Pool:
@@ -179,6 +224,7 @@ class SnapshotCache:
             if entry.snapshot is not None and same_state(entry.snapshot, snapshot):
                 return
             entry.snapshot = snapshot
+            _publish(snapshot)
             entry.changed.set()
             entry.changed = asyncio.Event()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from cp_harness import ADMIN_TOKEN, Stubs, address, channel, deploy, eventually, final_rollout, push, running
-from lmaas.control_plane import keys
+from lmaas.control_plane import keys, snapshots
 from lmaas.control_plane.app import ControlPlane
 from lmaas.control_plane.deployments import recount
 from lmaas.control_plane.progress import RolloutProgress
@@ -179,3 +179,19 @@ async def test_a_revoked_token_ends_its_open_worker_stream(store: Store, tmp_pat
         assert "revoked" in (sim.last_error.details() or "")
         assert sim.connects == 1
         await eventually(lambda: cp.metrics.connected_workers._value.get() == 0)
+
+
+async def test_a_shared_snapshot_is_encoded_once_for_every_stream(store: Store, tmp_path: Path) -> None:
+    async with running(store, tmp_path) as cp, channel(cp) as ch:
+        stubs = Stubs(ch)
+        for i in range(2):
+            await push(stubs, "m", f"weights {i}".encode())
+        await deploy(stubs, "m", 1)
+        before = snapshots.encodings
+        async with fleet(cp, 10) as sims:
+            assert snapshots.encodings - before == 1  # ten streams, one encoding
+            reply = await deploy(stubs, "m", 2)
+            rollout = await final_rollout(stubs, "m", reply.deployment.generation)
+            assert rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and len(rollout.workers) == 10
+            assert all(w.generations["m"] == reply.deployment.generation for w in sims.workers)  # the bytes decode
+            assert snapshots.encodings - before == 2
