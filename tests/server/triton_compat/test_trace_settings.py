@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
 from processes import ServerProcess, start_worker
+from test_sequence_batching import _config, accumulator_graph
 from triton_compat_models import add_graph, write_model
 from tritonclient.utils import InferenceServerException
 
@@ -37,6 +38,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, trace_dir: Path) -> Iterato
     root = tmp_path_factory.mktemp("trace-repo")
     write_model(root, "add", add_graph())
     write_model(root, "other", add_graph())
+    write_model(root, "acc", accumulator_graph(), _config({"direct": {}}, slots=2))
     proc = start_worker(root, "--trace-file", str(trace_dir / "trace.json"))
     yield proc
     proc.stop()
@@ -49,7 +51,7 @@ def client(worker: ServerProcess) -> Iterator[tc.InferenceServerClient]:
     c.update_trace_settings(
         settings={"trace_level": None, "trace_rate": None, "trace_count": None, "log_frequency": None}
     )
-    for model in ("add", "other"):
+    for model in ("add", "other", "acc"):
         c.update_trace_settings(model_name=model, settings={"trace_level": None, "trace_rate": None})
     c.close()
 
@@ -148,6 +150,21 @@ def test_per_model_settings(client: tc.InferenceServerClient, trace_dir: Path) -
     records = _records(path)[before:]
     assert [r["request_id"] for r in records] == ["traced"]
     _check_record(records[0], "other", "traced")
+
+
+def test_sequence_requests_are_traced(client: tc.InferenceServerClient, trace_dir: Path) -> None:
+    path = trace_dir / "trace.json"
+    before = len(_records(path))
+    client.update_trace_settings(model_name="acc", settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
+    for i in range(2):
+        x = tc.InferInput("INPUT", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), np.float32))
+        client.infer("acc", [x], request_id=f"s{i}", sequence_id=7, sequence_start=i == 0, sequence_end=i == 1)
+    client.update_trace_settings(model_name="acc", settings={"trace_level": None})
+    records = _records(path)[before:]
+    assert [r["request_id"] for r in records] == ["s0", "s1"]
+    for r in records:
+        _check_record(r, "acc", r["request_id"])
 
 
 @pytest.mark.parametrize(
