@@ -1,17 +1,15 @@
-"""OIP v2 over HTTP/REST (KServe's REST protocol + Triton's binary tensor data extension).
+"""OIP v2 over HTTP/REST (KServe's REST protocol + Triton's binary tensor data extension): the routes.
 
 A sibling of the gRPC servicer over the same :class:`DataPlane`: each route
 turns the HTTP request into the gRPC request message, calls the core, and
 turns the answer back, so validation, routing, batching and metrics are
-literally the gRPC path's. Inference inputs always become
-``raw_input_contents`` (binary parts as they are; JSON ``data`` encoded with
-:mod:`lmaas.protos.tensors`).
+literally the gRPC path's. The infer body codec (JSON tensors, binary parts)
+is :mod:`lmaas.server.http.oip_codec`.
 
-Binary extension: the body is the JSON header (``Inference-Header-Content-Length``
-bytes) followed by each binary input's bytes in input order, sized by its
-``parameters.binary_data_size``. Outputs come back binary when the output asks
-(``parameters.binary_data``) or the request does (``parameters.binary_data_output``),
-else as JSON ``data``.
+A JSON infer body of :data:`OFF_LOOP_BYTES` or more is decoded in a thread, and
+an answer with as many bytes of JSON ``data`` is encoded in one: ``json.loads``
+of a 254 KB tensor takes milliseconds, which would stall every other request on
+the loop. Smaller ones stay inline, where a thread hop would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -19,26 +17,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from lmaas.protos.errors import InvalidArgument, Unavailable, Unimplemented
-from lmaas.protos.inference import grpc_service_pb2 as pb
-from lmaas.protos.tensors import DTYPES, decode_raw, element_count, encode_bytes, encode_raw
 from lmaas.server.dataplane import DataPlane
 from lmaas.server.http.asgi import Request, Response, Route, json_response
+from lmaas.server.http.oip_codec import (
+    decode_infer_request,
+    encode_infer_response,
+    json_header_size,
+    json_output_bytes,
+)
 from lmaas.server.logsettings import log_settings
 from lmaas.server.uploads import FILE_PREFIX, check_parameters
 
-__all__ = ["build_routes", "decode_infer_request", "encode_infer_response", "message_dict"]
+__all__ = ["OFF_LOOP_BYTES", "build_routes", "message_dict"]
 
+#: JSON bodies (and JSON output data) this large are decoded (encoded) off the event loop.
+OFF_LOOP_BYTES = 64 << 10
 _HEADER_LENGTH = "inference-header-content-length"
-# Parameters the HTTP layer consumes (the binary extension's); the rest travel on to the core.
-_HTTP_PARAMETERS = frozenset({"binary_data_output", "binary_data_size", "binary_data"})
 _ACCEPTED_TYPES = frozenset({"", "application/json", "application/octet-stream"})
 
 
@@ -214,12 +213,18 @@ class _Handlers:
         if self.dp.draining:
             raise Unavailable("worker is shutting down")
         body = await request.body()
-        pb_request, binary_outputs, timeout_us = decode_infer_request(
-            body, request.headers.get(_HEADER_LENGTH), request.params["model"], request.params.get("version", "")
-        )
+        split = request.headers.get(_HEADER_LENGTH)
+        args = (body, split, request.params["model"], request.params.get("version", ""))
+        if json_header_size(len(body), split) >= OFF_LOOP_BYTES:
+            pb_request, binary_outputs, timeout_us = await asyncio.to_thread(decode_infer_request, *args)
+        else:
+            pb_request, binary_outputs, timeout_us = decode_infer_request(*args)
         deadline = None if timeout_us is None else asyncio.get_running_loop().time() + timeout_us / 1e6
         pb_response = await self.dp.infer(pb_request, deadline)
-        payload, header_length = encode_infer_response(pb_response, binary_outputs)
+        if json_output_bytes(pb_response, binary_outputs) >= OFF_LOOP_BYTES:
+            payload, header_length = await asyncio.to_thread(encode_infer_response, pb_response, binary_outputs)
+        else:
+            payload, header_length = encode_infer_response(pb_response, binary_outputs)
         if header_length is None:
             return Response(payload)
         return Response(
@@ -236,240 +241,6 @@ async def _json_object(request: Request, *, allow_empty: bool = False) -> dict[s
     if not isinstance(value, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return value
-
-
-# ------------------------------------------------------------------------------------------ infer: decode
-BinaryOutputs = tuple[bool, frozenset[str], frozenset[str]]  # (all by default, asked binary, asked JSON)
-
-
-def decode_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str
-) -> tuple[pb.ModelInferRequest, BinaryOutputs, float | None]:
-    """The gRPC request for an HTTP infer body; which outputs go back binary; Triton's ``timeout`` (µs)."""
-    if header_length is not None:
-        if not header_length.strip().isdigit():
-            raise InvalidArgument(f"Inference-Header-Content-Length '{header_length}' is not a byte count")
-        split = int(header_length)
-        if split > len(body):
-            raise InvalidArgument(
-                f"Inference-Header-Content-Length {split} is longer than the {len(body)}-byte body"
-            )
-        header, blob = body[:split], memoryview(body)[split:]
-    else:
-        header, blob = body, memoryview(b"")
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"malformed JSON inference header: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("the inference request must be a JSON object")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidArgument("'inputs' must be a non-empty list of tensors")
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    request_id = doc.get("id", "")
-    if not isinstance(request_id, str):
-        raise InvalidArgument("'id' must be a string")
-    request.id = request_id
-    params = _parameters(doc.get("parameters"), "request")
-    binary_default = params.pop("binary_data_output", False) is True
-    timeout = params.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-        raise InvalidArgument("parameter 'timeout' must be a non-negative number of microseconds")
-    _set_parameters(request.parameters, params)
-    offset = 0
-    for i, spec in enumerate(inputs):
-        offset = _add_input(request, spec, i, blob, offset)
-    if offset != len(blob):
-        raise InvalidArgument(f"{len(blob) - offset} bytes of binary data follow the inputs that no input claims")
-    asked_binary, asked_json = set(), set()
-    outputs = doc.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise InvalidArgument("'outputs' must be a list")
-        for spec in outputs:
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise InvalidArgument("each requested output must be an object with a 'name'")
-            name = spec["name"]
-            out_params = _parameters(spec.get("parameters"), f"output '{name}'")
-            if out_params.get("classification"):
-                raise InvalidArgument(f"output '{name}': the classification extension is not served")
-            binary = out_params.pop("binary_data", None)
-            if binary is True:
-                asked_binary.add(name)
-            elif binary is False:
-                asked_json.add(name)
-            out = request.outputs.add(name=name)
-            _set_parameters(out.parameters, out_params)
-    return (
-        request,
-        (binary_default, frozenset(asked_binary), frozenset(asked_json)),
-        float(timeout) if timeout is not None else None,
-    )
-
-
-def _add_input(request: pb.ModelInferRequest, spec: Any, i: int, blob: memoryview, offset: int) -> int:
-    if not isinstance(spec, dict):
-        raise InvalidArgument(f"input {i} must be an object")
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"input {i} has no 'name'")
-    if not isinstance(datatype, str):
-        raise InvalidArgument(f"input '{name}' has no 'datatype'")
-    if datatype not in DTYPES:
-        raise InvalidArgument(f"input '{name}': unknown datatype '{datatype}'")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
-    if any(d < 0 or d >= 1 << 62 for d in shape):
-        raise InvalidArgument(f"input '{name}': shape {shape} has a negative or impossible dimension")
-    params = _parameters(spec.get("parameters"), f"input '{name}'")
-    size = params.pop("binary_data_size", None)
-    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-    _set_parameters(tensor.parameters, params)
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidArgument(f"input '{name}': binary_data_size must be a non-negative integer")
-        if "data" in spec:
-            raise InvalidArgument(f"input '{name}' has both 'data' and binary_data_size")
-        if offset + size > len(blob):
-            raise InvalidArgument(
-                f"input '{name}': binary_data_size {size} but only {len(blob) - offset} bytes of binary data are left"
-            )
-        request.raw_input_contents.append(bytes(blob[offset : offset + size]))
-        return offset + size
-    if "shared_memory_region" in params:  # the core reads it from the region (lmaas.server.shm)
-        if "data" in spec:
-            raise InvalidArgument(f"input '{name}' has both 'data' and shared_memory_region")
-        return offset
-    if "data" not in spec:
-        raise InvalidArgument(f"input '{name}' has neither 'data' nor binary_data_size")
-    request.raw_input_contents.append(_encode_json_data(name, datatype, shape, spec["data"]))
-    return offset
-
-
-def _encode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
-    """JSON ``data`` (flat or nested, row-major) as the raw bytes the gRPC path would carry."""
-    flat = _flatten(data) if isinstance(data, list) else [data]
-    count = element_count(shape)
-    if len(flat) != count:
-        raise InvalidArgument(f"input '{name}': 'data' holds {len(flat)} elements but shape {shape} needs {count}")
-    if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in flat):
-            raise InvalidArgument(f"input '{name}': BYTES data must be strings")
-        return encode_bytes(np.array(flat, dtype=np.object_))
-    if datatype == "BOOL":
-        if not all(isinstance(v, bool) for v in flat):
-            raise InvalidArgument(f"input '{name}': BOOL data must be true or false")
-    elif not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
-        raise InvalidArgument(f"input '{name}': {datatype} data must be numbers")
-    elif datatype not in ("FP16", "FP32", "FP64", "BF16") and not all(isinstance(v, int) for v in flat):
-        raise InvalidArgument(f"input '{name}': {datatype} data must be integers")
-    dtype = DTYPES[datatype]
-    try:
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            if flat and (min(flat) < info.min or max(flat) > info.max):
-                raise OverflowError(f"outside [{info.min}, {info.max}]")
-        array = np.array(flat, dtype=dtype)
-    except (OverflowError, ValueError) as exc:
-        raise InvalidArgument(f"input '{name}': a value does not fit {datatype}: {exc}") from None
-    return encode_raw(array)
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    if not any(isinstance(v, list) for v in data):
-        return data
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for v in stack[-1]:
-            if isinstance(v, list):
-                stack.append(iter(v))
-                break
-            out.append(v)
-        else:
-            stack.pop()
-    return out
-
-
-def _parameters(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{where}: 'parameters' must be an object")
-    return dict(value)
-
-
-def _set_parameters(target: Any, params: Mapping[str, Any]) -> None:
-    for key, value in params.items():
-        if key in _HTTP_PARAMETERS:
-            continue
-        p = target[key]
-        if isinstance(value, bool):
-            p.bool_param = value
-        elif isinstance(value, int):
-            if not -(1 << 63) <= value < 1 << 63:
-                raise InvalidArgument(f"parameter '{key}' does not fit in 64 bits")
-            p.int64_param = value
-        elif isinstance(value, float):
-            p.double_param = value
-        elif isinstance(value, str):
-            p.string_param = value
-        else:
-            raise InvalidArgument(f"parameter '{key}' must be a boolean, number or string")
-
-
-# ------------------------------------------------------------------------------------------ infer: encode
-def encode_infer_response(response: pb.ModelInferResponse, binary: BinaryOutputs) -> tuple[bytes, int | None]:
-    """The HTTP body, and the JSON header's length when binary parts follow it (else None)."""
-    default, asked_binary, asked_json = binary
-    outputs = []
-    blobs: list[bytes] = []
-    for i, tensor in enumerate(response.outputs):
-        raw = response.raw_output_contents[i]
-        out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        params = {k: _parameter_value(v) for k, v in tensor.parameters.items()}
-        wanted_binary = tensor.name in asked_binary or (default and tensor.name not in asked_json)
-        if "shared_memory_region" in tensor.parameters:
-            pass  # the data is in the client's region; the parameters say where
-        elif wanted_binary:
-            params["binary_data_size"] = len(raw)
-            blobs.append(raw)
-        else:
-            out["data"] = _json_data(tensor.name, tensor.datatype, list(tensor.shape), raw)
-        if params:
-            out["parameters"] = params
-        outputs.append(out)
-    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
-    if response.id:
-        doc["id"] = response.id
-    if response.parameters:
-        doc["parameters"] = {k: _parameter_value(v) for k, v in response.parameters.items()}
-    doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
-
-
-def _json_data(name: str, datatype: str, shape: list[int], raw: bytes) -> list[Any]:
-    array = decode_raw(name, datatype, shape, raw, "output").reshape(-1)
-    if datatype == "BYTES":
-        try:
-            return [bytes(v).decode() for v in array]
-        except UnicodeDecodeError:
-            raise InvalidArgument(
-                f"output '{name}' holds BYTES that are not UTF-8: request it with binary_data true"
-            ) from None
-    if datatype in ("FP16", "BF16"):
-        array = array.astype(np.float32)
-    result: list[Any] = array.tolist()
-    return result
-
-
-def _parameter_value(p: pb.InferParameter) -> Any:
-    which = p.WhichOneof("parameter_choice")
-    return getattr(p, which) if which else None
 
 
 # ------------------------------------------------------------------------------------------- proto → JSON
