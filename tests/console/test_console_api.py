@@ -16,8 +16,8 @@ def client(plane: Plane, token: str | None = ADMIN_TOKEN) -> httpx.Client:
 
 
 def test_whoami_names_the_role_and_its_permissions(plane: Plane) -> None:
-    expected = {pb.ROLE_READER: ("reader", ["read"]), pb.ROLE_DEPLOYER: ("deployer", ["deploy", "read"]),
-                pb.ROLE_ADMIN: ("admin", ["admin", "deploy", "read", "sync"])}
+    expected = {pb.ROLE_READER: ("reader", ["read"]), pb.ROLE_DEPLOYER: ("deployer", ["deploy", "download", "read"]),
+                pb.ROLE_ADMIN: ("admin", ["admin", "deploy", "download", "read", "sync"])}
     for role, (name, permissions) in expected.items():
         secret = plane.token(role)
         with client(plane, secret) as api:
