@@ -20,6 +20,7 @@ does not make a rollout succeed with "no worker connected".
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,17 @@ __all__ = ["RolloutProgress"]
 log = logging.getLogger(__name__)
 
 _Obs = tuple[int, bool, str]  # generation, ok, error
+_OBS: dict[_Obs, _Obs] = {}  # one tuple per distinct state: a thousand workers that ACKed share it
+
+
+def _obs(obs: pb.ObservedModel) -> _Obs:
+    value = (obs.generation, obs.ok, obs.error)
+    found = _OBS.get(value)
+    if found is None:
+        if len(_OBS) >= 4096:
+            _OBS.clear()
+        _OBS[value] = found = value
+    return found
 
 
 @dataclass
@@ -74,7 +86,7 @@ class RolloutProgress:
             self._add_worker(kv.key[len(keys.WORKERS) :], pb.WorkerInfo.FromString(kv.value).pool)
         for kv in observed.kvs:
             obs = pb.ObservedModel.FromString(kv.value)
-            self._observed.setdefault(obs.model, {})[obs.worker_id] = (obs.generation, obs.ok, obs.error)
+            self._observed.setdefault(sys.intern(obs.model), {})[sys.intern(obs.worker_id)] = _obs(obs)
         for kv in rollouts.kvs:
             self._track(pb.Rollout.FromString(kv.value))
         self._since = {keys.WORKERS: workers.revision, keys.OBSERVED: observed.revision,
@@ -134,8 +146,9 @@ class RolloutProgress:
         if event.type is EventType.DELETE:
             self._observed.get(model, {}).pop(worker, None)
         else:
-            obs = pb.ObservedModel.FromString(event.kv.value)
-            self._observed.setdefault(model, {})[worker] = (obs.generation, obs.ok, obs.error)
+            self._observed.setdefault(sys.intern(model), {})[sys.intern(worker)] = _obs(
+                pb.ObservedModel.FromString(event.kv.value)
+            )
         tracked = self._rollouts.get(model)
         if tracked is not None and worker in self._workers:
             self._classify(model, tracked, worker)

@@ -33,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from lmaas.control_plane import keys
 from lmaas.control_plane.auth import current_principal
@@ -55,6 +55,7 @@ __all__ = ["SyncSettings", "WorkerSync"]
 log = logging.getLogger(__name__)
 _REMEMBERED_SNAPSHOTS = 32
 _MAX_BUCKETS = 64  # bounds of one reported histogram (the worker's have 15-20)
+_T = TypeVar("_T")
 _FLUSH_DELAY = 0.5  # seconds a sent snapshot's desired revision waits to ride along with the worker's Ack write
 
 
@@ -176,8 +177,9 @@ class _Session:
             held=[pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in hello.held],
         )
         self.sent: dict[int, dict[str, int]] = {}  # snapshot revision → model → generation
-        self.observed_models: set[str] = set()
-        self.observed_state: dict[str, tuple[int, bool, str, tuple[int, ...]]] = {}  # as last written
+        # as last written, model by model; shared with every session in the same state (see _shared)
+        self.observed_state: tuple[tuple[str, _State], ...] = ()
+        self.held = _shared(tuple((h.model, h.version, h.digest) for h in hello.held))
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
         self.on_end: Callable[[], None] = lambda: None
@@ -316,8 +318,7 @@ class _Session:
         async with self.lock:
             changed = self._take_memory(report.memory) if report.HasField("memory") else False
             if list(self.info.latency) != latency:
-                del self.info.latency[:]
-                self.info.latency.extend(latency)
+                self.info = _replaced(self.info, "latency", latency)
                 changed = True
             if changed:
                 self.info.reported_at_ms = now_ms()
@@ -331,16 +332,15 @@ class _Session:
             return
         now = now_ms()
         ops: list[Put | Delete] = []
-        reported = set()
-        written: dict[str, tuple[int, bool, str, tuple[int, ...]]] = {}
+        before = dict(self.observed_state)
+        written: list[tuple[str, _State]] = []
         for status in ack.models:
             generation = generations.get(status.model)
             if generation is None:
                 continue
-            reported.add(status.model)
             state = (generation, status.ok, status.error[:MAX_ERROR], tuple(status.loaded_versions[:MAX_HELD]))
-            written[status.model] = state
-            if self.observed_state.get(status.model) == state:
+            written.append((status.model, state))
+            if before.pop(status.model, None) == state:
                 continue  # unchanged since the Ack that first reported it: O(changed models) writes per Ack
             observed = pb.ObservedModel(
                 worker_id=self.worker_id, model=status.model, generation=generation,
@@ -350,24 +350,52 @@ class _Session:
             ops.append(Put(keys.observed(self.worker_id, status.model), observed.SerializeToString(), self.lease.id))
             if not status.ok:
                 log.warning("worker %s NACK model %s: %s", self.worker_id, status.model, status.error)
-        ops.extend(Delete(keys.observed(self.worker_id, m)) for m in self.observed_models - reported)
+        ops.extend(Delete(keys.observed(self.worker_id, m)) for m in before)  # no longer reported
+        held = _shared(tuple((h.model, h.version, h.digest) for h in ack.held))
         async with self.lock:
             self.info.acked_revision = ack.snapshot_revision
-            del self.info.held[:]
-            self.info.held.extend(pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in ack.held)
+            if held != self.held:
+                self.info = _replaced(self.info, "held", [pb.HeldVersion(model=m, version=v, digest=d)
+                                                          for m, v, d in held])
+                self.held = held
             if ack.HasField("memory"):
                 self._take_memory(ack.memory)
                 self.info.reported_at_ms = now
             else:
                 _held_memory(self.info, self.memory)
             await self._write(ops)
-        self.observed_models = reported
-        self.observed_state = written
+        self.observed_state = _shared(tuple(written))
         self.sync._metrics.worker_revision.labels(self.worker_id, "acked").set(ack.snapshot_revision)
         if self.sync._deployments.progress is None:  # without a progress mirror, evaluate here
-            for model in sorted(reported):
+            for model in sorted(m for m, _ in written):
                 with contextlib.suppress(Aborted):
                     await self.sync._deployments.evaluate(model)
+
+
+_State = tuple[int, bool, str, tuple[int, ...]]  # generation, ok, error, loaded versions
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: _T) -> _T:
+    """One copy of equal immutable values across sessions: a fleet converges on the same observed state and
+    held versions, so a thousand workers hold a few tuples instead of a thousand (issue 13: memory/worker)."""
+    found = _SHARED.get(value)
+    if found is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[value] = found = value
+    return found  # type: ignore[no-any-return]
+
+
+def _replaced(info: pb.WorkerInfo, field: str, items: Sequence[Any]) -> pb.WorkerInfo:
+    """``info`` with a repeated field replaced, as a fresh message: upb keeps removed elements in the message's
+    arena until the message dies, so replacing them in place grows a long-lived session's record every Ack."""
+    info.ClearField(field)
+    fresh = pb.WorkerInfo()
+    fresh.CopyFrom(info)
+    getattr(fresh, field).extend(items)
+    return fresh
 
 
 def _held_memory(info: pb.WorkerInfo, memory: dict[tuple[str, int], tuple[int, int]]) -> None:
