@@ -5,7 +5,11 @@ A request names its sequence with the parameters ``sequence_id`` (uint64 or stri
 takes a free slot, or waits in the backlog until one frees (Triton's direct and oldest strategies both queue
 rather than refuse). A sequence's next request waits until its previous one finished, because it reads the state
 that one wrote. Each execution takes at most one request per sequence: the rows of one instance's slots (direct)
-or the oldest waiting requests of the live candidates (oldest), up to ``max_batch_size`` rows.
+or the oldest waiting requests of the live candidates (oldest), up to ``max_batch_size`` rows. A partial
+batch runs at once unless the strategy sets ``max_queue_delay_microseconds``: then it waits up to that long
+after its oldest request for more rows (ending early at a ``preferred_batch_size`` for oldest, or at
+``minimum_slot_utilization`` of the slots for direct). Rows without a request are not run, so READY is always
+true in an execution.
 
 Implicit state lives here, per sequence: zeros at START, then the ``output_name`` tensor of each execution is
 the ``input_name`` tensor of the next, so a stateless ONNX graph with state in/out tensors serves as a stateful
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -140,6 +145,10 @@ class SequenceScheduler:
         self.capacity = config.oldest.max_candidate_sequences if config.oldest else instances * self.rows
         self._executor, self._metrics = executor, metrics
         self._idle_timeout = config.max_sequence_idle_microseconds / 1e6
+        strategy = config.oldest or config.direct
+        self._delay = strategy.max_queue_delay_microseconds / 1e6 if strategy else 0.0
+        self._preferred = frozenset(config.oldest.preferred_batch_size) if config.oldest else frozenset()
+        self._utilization = config.direct.minimum_slot_utilization if config.direct else 0.0
         inputs = {s.name: s for s in backend.inputs}
         outs = {s.name: s for s in backend.outputs}
         self._controls: list[tuple[Signature, ControlSpec]] = []
@@ -311,6 +320,15 @@ class SequenceScheduler:
                 return instance, rows
         return None
 
+    def _should_wait(self, seqs: list[_Sequence]) -> bool:
+        """Whether to hold a partial batch: ``max_queue_delay_microseconds`` not yet spent, the batch not full, not
+        a preferred size (oldest), below ``minimum_slot_utilization`` when one is set (direct)."""
+        if not self._delay or len(seqs) >= self.rows or len(seqs) in self._preferred:
+            return False
+        if self._utilization and len(seqs) / self.rows >= self._utilization:
+            return False
+        return min(s.queue[0].enqueued for s in seqs) + self._delay > time.perf_counter()
+
     async def _dispatch(self) -> None:
         assert self._wakeup is not None
         while True:
@@ -320,6 +338,12 @@ class SequenceScheduler:
                 await self._wakeup.wait()
                 continue
             instance, seqs = picked
+            if self._should_wait(seqs):  # more rows may come before the oldest waited max_queue_delay
+                remaining = min(s.queue[0].enqueued for s in seqs) + self._delay - time.perf_counter()
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                continue
             batch = []
             now = asyncio.get_running_loop().time()
             for seq in seqs:

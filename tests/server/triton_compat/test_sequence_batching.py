@@ -72,6 +72,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One slot that an idle sequence holds for 0.3 s: a second sequence waits in the backlog until it frees.
     write_model(root, "acc_one_slot", graph, _config({"direct": {}}, slots=1, idle_us=300_000))
     write_model(root, "acc_unload", graph, _config({}, slots=2))
+    # A partial batch waits up to a minute for its second row: two sequences started together run as one batch.
+    delayed = _config({"oldest": {"max_candidate_sequences": 2, "max_queue_delay_microseconds": 60_000_000}}, slots=2)
+    write_model(root, "acc_delay", graph, delayed)
     return root
 
 
@@ -222,10 +225,7 @@ def test_an_idle_sequence_frees_the_only_slot(grpc_client: tc.InferenceServerCli
 
 
 def _pending(worker: ServerProcess, model: str) -> float:
-    with urllib.request.urlopen(worker.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    found = re.search(rf'lmaas_inference_pending_requests{{model="{model}",version="1"}} (\S+)', text)
-    return float(found.group(1)) if found else 0.0
+    return _metric(worker, "lmaas_inference_pending_requests", model)
 
 
 def test_direct_more_sequences_than_slots_wait_oldest_candidates_do_not(
@@ -267,6 +267,35 @@ def test_direct_more_sequences_than_slots_wait_oldest_candidates_do_not(
     assert done.get_nowait() == 3
     _run(grpc_client, "acc_direct", 82, 0.0, end=True)
     _run(grpc_client, "acc_direct", 83, 0.0, end=True)
+
+
+def _metric(worker: ServerProcess, name: str, model: str) -> float:
+    with urllib.request.urlopen(worker.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(rf'{name}{{model="{model}",version="1"}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_max_queue_delay_batches_two_sequences(worker: ServerProcess) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+
+    def start(seq: int) -> None:
+        c = tc.InferenceServerClient(worker.grpc)
+        try:
+            results.put((seq, _sum(_run(c, "acc_delay", seq, float(seq), start=True, end=True))))
+        except Exception as exc:  # reported to the test thread
+            results.put((seq, exc))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=start, args=(seq,)) for seq in (91, 92)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)  # each alone would wait 60 s for a second row
+    assert sorted(results.get_nowait() for _ in range(2)) == [(91, 91.0), (92, 92.0)]
+    assert _metric(worker, "lmaas_inference_executions_total", "acc_delay") == 1
+    assert _metric(worker, "lmaas_inferences_total", "acc_delay") == 2
 
 
 def test_unload_ends_sequences_with_a_clear_status(grpc_client: tc.InferenceServerClient) -> None:
