@@ -22,6 +22,11 @@ Example (YAML)::
 Without ``model_warmup`` the worker runs one synthetic request on zeros (empty
 strings) to pay lazy initialisation; if the model rejects it the load goes on
 with a warning, because zeros are not valid input for every valid model.
+
+Stateful models take ``sequence_batching`` instead of ``dynamic_batching``
+(Triton's field names: :mod:`lmaas.server.sequences.config`). A Triton model
+directory with ``config.pbtxt`` (and no config.json/yaml) is read as it is
+(:mod:`lmaas.server.triton_config`).
 """
 
 from __future__ import annotations
