@@ -13,11 +13,15 @@ decoding, so every request generates exactly ``--new-tokens`` tokens. Definition
 * **tok/s**: generated tokens of all requests / wall time from the first request sent to the last token received;
 * **TTFT**: request sent → first non-empty text chunk;
 * **ITL**: per request, (end-to-end - TTFT) / (tokens - 1); p50 / p99 over requests;
-* **RSS**: the server process's resident memory after the phase (VmRSS), and its peak (VmHWM).
+* **RSS**: the server process's resident memory after the phase (VmRSS), and its peak (VmHWM);
+* **CPU ms/tok**: CPU time (user + system, all threads) the server process spent in the phase per generated
+  token: unlike tok/s it hardly moves when other processes load the machine, so it shows a transport's own cost.
 
 The in-process line drives the same engine with one stream and no server: the ceiling a transport is
 compared with (issue targets: 1 stream ≥ 0.9x its tok/s; TTFT ≤ its prefill + 15 ms).
-The SmolLM2 GGUF is converted once (``lmaas model convert``) into benchmarks/.cache and reused.
+The SmolLM2 GGUF is converted once (``lmaas model convert``) into benchmarks/.cache and reused; ``--model-dir``
+measures any other LLM version directory instead (a quantised one, say), in-process and served alike, while
+llama-server always serves the GGUF.
 """
 
 from __future__ import annotations
@@ -79,25 +83,29 @@ class Phase:
     rss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     errors: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0  # the server process's CPU time during the phase
 
     def row(self) -> dict[str, Any]:
         ok = [s for s in self.samples if s.tokens > 0]
         ttft = sorted(s.ttft for s in ok)
         itl = sorted((s.e2e - s.ttft) / (s.tokens - 1) for s in ok if s.tokens > 1)
+        tokens = sum(s.tokens for s in ok)
         return {
             "server": self.server,
             "transport": self.transport,
             "concurrency": self.concurrency,
             "requests": len(ok),
             "errors": len(self.errors),
-            "tokens": sum(s.tokens for s in ok),
-            "tok_s": sum(s.tokens for s in ok) / self.wall if self.wall else 0.0,
+            "tokens": tokens,
+            "tok_s": tokens / self.wall if self.wall else 0.0,
             "ttft_p50_ms": _pct(ttft, 50) * 1e3,
+            "ttft_p95_ms": _pct(ttft, 95) * 1e3,
             "ttft_p99_ms": _pct(ttft, 99) * 1e3,
             "itl_p50_ms": _pct(itl, 50) * 1e3,
             "itl_p99_ms": _pct(itl, 99) * 1e3,
             "rss_mb": self.rss_mb,
             "peak_rss_mb": self.peak_rss_mb,
+            "cpu_ms_per_token": self.cpu_s * 1e3 / tokens if tokens else float("nan"),
         }
 
 
@@ -122,6 +130,16 @@ def _rss(pid: int) -> tuple[float, float]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_phase(one: Callable[[int], Awaitable[Sample]], concurrency: int, rounds: int) -> tuple[
@@ -264,9 +282,11 @@ def _spawn(name: str, args: Sequence[str], ready: Callable[[str, dict[str, str]]
     return proc
 
 
-def lmaas_worker(model_dir: Path, repo_root: Path) -> Proc:
+def lmaas_worker(model_dir: Path, repo_root: Path, parameters: dict[str, Any]) -> Proc:
     repo = repo_root / "repo"
     (repo / MODEL).mkdir(parents=True, exist_ok=True)
+    if parameters:  # JSON is YAML: the model's config.yaml
+        (repo / MODEL / "config.yaml").write_text(json.dumps({"parameters": parameters}))
     link = repo / MODEL / "1"
     if not link.exists():
         link.symlink_to(model_dir.resolve(), target_is_directory=True)
@@ -297,8 +317,11 @@ def _free_port() -> int:
 
 def llama_server(binary: Path, gguf: Path, slots: int, context_per_slot: int, threads: int) -> Proc:
     port = _free_port()
-    args = [str(binary), "-m", str(gguf), "--host", HOST, "--port", str(port), "-np", str(slots), "-cb",
-            "-c", str(slots * context_per_slot), "-t", str(threads), "--metrics", "--no-webui"]
+    if not binary.is_file():
+        raise SystemExit(f"{binary} is not there: build it with bash benchmarks/build_llama_server.sh")
+    # Continuous batching over `slots` parallel sequences, each with its share of the context.
+    args = [str(binary), "-m", str(gguf), "--host", HOST, "--port", str(port), "--parallel", str(slots),
+            "--cont-batching", "-c", str(slots * context_per_slot), "-t", str(threads), "--metrics", "--no-webui"]
 
     def ready(line: str, found: dict[str, str]) -> bool:
         if "server is listening" in line or "HTTP server listening" in line:
@@ -325,15 +348,16 @@ def _wait_http_ok(url: str, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- in-process
-def inprocess(model_dir: Path, new_tokens: int, rounds: int) -> Phase:
+def inprocess(model_dir: Path, new_tokens: int, rounds: int, parameters: dict[str, Any]) -> Phase:
     """The engine alone: one stream, no server, no transport (the ceiling for one stream)."""
-    from lmaas.server.llm.engine import LLMEngine
+    from lmaas.server.llm.engine import EngineSettings, LLMEngine
     from lmaas.server.llm.types import SamplingParams
 
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
 
     async def main() -> Phase:
-        llm = LLMEngine(model_dir, name=MODEL, version=1)  # the worker's defaults (no config parameters)
+        # The settings the worker gets from the same parameters (its config.yaml).
+        llm = LLMEngine(model_dir, name=MODEL, version=1, settings=EngineSettings.from_parameters(parameters))
         try:
             async def one(i: int) -> Sample:
                 started = time.perf_counter()
@@ -346,11 +370,13 @@ def inprocess(model_dir: Path, new_tokens: int, rounds: int) -> Phase:
                 return Sample(first, time.perf_counter() - started, tokens)
 
             await one(0)  # warm-up
+            cpu = _cpu_seconds(os.getpid())
             samples, wall, errors = await run_phase(one, 1, rounds)
+            cpu = _cpu_seconds(os.getpid()) - cpu
         finally:
             llm.close()
         rss, peak = _rss(os.getpid())
-        return Phase("in-process", "-", 1, samples, wall, rss, peak, errors)
+        return Phase("in-process", "-", 1, samples, wall, rss, peak, errors, cpu)
 
     return asyncio.run(main())
 
@@ -378,9 +404,11 @@ async def _measure_server(server: Proc, transports: Sequence[str], concurrency: 
 
                 await one(0)  # warm-up: connections, first-request paths
                 for c in concurrency:
+                    cpu = _cpu_seconds(server.process.pid)
                     samples, wall, errors = await run_phase(one, c, rounds)
+                    cpu = _cpu_seconds(server.process.pid) - cpu
                     rss, peak = _rss(server.process.pid)
-                    phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors))
+                    phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors, cpu))
                     print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
         finally:
             if grpc is not None:
@@ -391,9 +419,11 @@ async def _measure_server(server: Proc, transports: Sequence[str], concurrency: 
 _COLUMNS = (  # key, header, format, width
     ("server", "server", "{}", 12), ("transport", "transport", "{}", 9), ("concurrency", "conc", "{}", 4),
     ("requests", "reqs", "{}", 4), ("errors", "err", "{}", 3), ("tok_s", "tok/s", "{:.1f}", 7),
-    ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}", 11), ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}", 11),
-    ("itl_p50_ms", "ITL p50 ms", "{:.1f}", 10), ("itl_p99_ms", "ITL p99 ms", "{:.1f}", 10),
+    ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}", 11), ("ttft_p95_ms", "p95", "{:.0f}", 5),
+    ("ttft_p99_ms", "p99", "{:.0f}", 5),
+    ("itl_p50_ms", "ITL p50 ms", "{:.1f}", 10), ("itl_p99_ms", "p99", "{:.1f}", 6),
     ("rss_mb", "RSS MB", "{:.0f}", 6), ("peak_rss_mb", "peak MB", "{:.0f}", 7),
+    ("cpu_ms_per_token", "CPU ms/tok", "{:.1f}", 10),
 )
 
 
@@ -420,7 +450,8 @@ def _targets(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
         many = by.get(("lmaas", transport, top))
         if one and many and top > 1:
             yield (f"{transport}: {top} streams {many['tok_s']:.1f} tok/s = {many['tok_s'] / one['tok_s']:.2f}x one "
-                   f"stream (target at 16 >= 4x); ITL p99 {many['itl_p99_ms']:.0f} ms (target <= 150)")
+                   f"stream (target at 16 >= 4x); ITL p99 {many['itl_p99_ms']:.0f} ms (target <= 150); "
+                   f"TTFT p95 {many['ttft_p95_ms']:.0f} ms (target <= 500)")
             peer = by.get(("llama-server", "openai", top))
             if peer:
                 yield (f"{transport}: {top} streams vs llama-server {peer['tok_s']:.1f} tok/s = "
@@ -434,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream, back to back")
     parser.add_argument("--transports", default="grpc,openai", help="grpc, openai or both")
     parser.add_argument("--model-dir", type=Path, help="an LLM version directory (default: SmolLM2, converted)")
+    parser.add_argument("--parameters", type=json.loads, default={},
+                        help='engine parameters as JSON, e.g. \'{"torch_threads": 2}\' (config.yaml of the model)')
     parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process engine line")
     parser.add_argument("--llama-server", type=Path, help="a llama-server binary: measured on the same GGUF")
     parser.add_argument("--llama-slots", type=int, default=16)
@@ -443,15 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
     transports = [t for t in args.transports.split(",") if t]
     gguf = smollm2_gguf()
-    model_dir = args.model_dir or converted(gguf)
+    model_dir = (args.model_dir or converted(gguf)).resolve()
+    if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        raise SystemExit(f"{model_dir} is not an LLM version directory (config.json, *.safetensors)")
     phases: list[Phase] = []
 
     if not args.no_inprocess:
-        phases.append(inprocess(model_dir, args.new_tokens, args.rounds))
+        phases.append(inprocess(model_dir, args.new_tokens, args.rounds, args.parameters))
         print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="lmaas-bench-llm-") as tmp:
-        worker = lmaas_worker(model_dir, Path(tmp))
+        worker = lmaas_worker(model_dir, Path(tmp), args.parameters)
         try:
             phases += asyncio.run(_measure_server(worker, transports, concurrency, args.rounds, args.new_tokens,
                                                   MODEL))
@@ -468,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [p.row() for p in phases]
     print()
     print(f"SmolLM2-135M-Instruct, {args.new_tokens} new tokens (ignore_eos, greedy), {args.rounds} requests per "
-          f"stream, {os.cpu_count()} CPUs")
+          f"stream, {os.cpu_count()} CPUs; LMaaS serves {model_dir}" + (f", llama-server {gguf.name}"
+                                                                         if args.llama_server else ""))
     print(_format(rows))
     for line in _targets(rows):
         print("  " + line)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,10 +32,22 @@ from lmaas.server.llm.text import Detokenizer, StopMatcher, TextCodec
 from lmaas.server.llm.types import ChatMessage, FinishReason, GenerationChunk, SamplingParams
 from lmaas.server.metrics import LLMMetrics
 
-__all__ = ["EngineSettings", "LLMEngine"]
+__all__ = ["EngineSettings", "LLMEngine", "usable_cpus"]
 
 log = logging.getLogger("lmaas.llm")
 _ids = itertools.count(1)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +61,7 @@ class EngineSettings:
     max_waiting: int = 256
     prefill_chunk: int = 64
     step_tokens: int = 256
-    torch_threads: int = 2
+    torch_threads: int = 0  # 0: one per CPU this process may use (affinity, cgroup quota), never more
     dtype: str = "float32"
 
     @classmethod
@@ -105,8 +118,8 @@ class LLMEngine:
 
         self.settings = s = settings or EngineSettings()
         self.name, self.version, self.digest = name, version, digest
-        if s.torch_threads > 0:
-            torch.set_num_threads(s.torch_threads)
+        # More intra-op threads than usable CPUs stall every op at its barrier behind a preempted thread.
+        torch.set_num_threads(s.torch_threads if s.torch_threads > 0 else usable_cpus())
         dtype = torch.float32 if s.dtype == "float32" else torch.bfloat16
         gen_path = directory / "generation_config.json"
         gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
