@@ -174,12 +174,12 @@ class _Session:
         self.info = pb.WorkerInfo(
             worker_id=hello.worker_id, pool=pool, inference_address=hello.inference_address,
             control_plane=sync._settings.replica_id, connected_at_ms=now_ms(),
-            held=[pb.HeldVersion(model=h.model, version=h.version, digest=h.digest) for h in hello.held],
-        )
+        )  # without held: those are kept as a shared tuple and encoded once (_held_wire)
         self.sent: dict[int, dict[str, int]] = {}  # snapshot revision → model → generation
         # as last written, model by model; shared with every session in the same state (see _shared)
         self.observed_state: tuple[tuple[str, _State], ...] = ()
         self.held = _shared(tuple((h.model, h.version, h.digest) for h in hello.held))
+        self.held_wire: bytes | None = None  # the record's held entries, encoded; None after a change
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
         self.on_end: Callable[[], None] = lambda: None
@@ -192,7 +192,7 @@ class _Session:
         async with self.lock:
             ops: list[Put | Delete] = [
                 Delete(keys.observed(self.worker_id), prefix=True),  # an older stream's; no read first
-                Put(self.key, self.info.SerializeToString(), self.lease.id),
+                Put(self.key, self.record(), self.lease.id),
             ]
             result = await self.sync.writes.txn([], ops)
             self.revision = result.revision
@@ -205,8 +205,17 @@ class _Session:
                 [Delete(self.key), Delete(keys.observed(self.worker_id), prefix=True)],
             )
 
+    def record(self) -> bytes:
+        """The worker key's value: the record's fields, then its held entries (encoded protobuf messages
+        concatenate as a merge, and ``held`` is repeated)."""
+        if self.held_wire is None:
+            held = pb.WorkerInfo(held=[pb.HeldVersion(model=m, version=v, digest=d) for m, v, d in self.held])
+            _held_memory(held, self.memory)
+            self.held_wire = _shared(held.SerializeToString())  # equal across workers without memory figures
+        return self.info.SerializeToString() + self.held_wire
+
     async def _write(self, extra: list[Put | Delete]) -> None:
-        ops: list[Put | Delete] = [Put(self.key, self.info.SerializeToString(), self.lease.id), *extra]
+        ops: list[Put | Delete] = [Put(self.key, self.record(), self.lease.id), *extra]
         result = await self.sync.writes.txn([Compare.unchanged(self.key, self.revision)], ops)
         if not result.succeeded:
             raise Aborted(f"worker {self.worker_id} registered again on another stream; closing this one")
@@ -285,10 +294,11 @@ class _Session:
             kind = message.WhichOneof("kind")
             if kind == "report":
                 await self._on_report(message.report)
-                continue
-            if kind != "ack":
+            elif kind == "ack":
+                await self._on_ack(message.ack)
+            else:
                 raise InvalidArgument("only the first WorkerSync message may be a hello; then acks and reports")
-            await self._on_ack(message.ack)
+            del message  # not kept while waiting for the next one: an Ack of 100 models is ~30 KiB of upb arena
 
     def _take_memory(self, memory: sync_pb2.Memory) -> bool:
         """Put the worker's memory figures on its record; True if they changed enough to be written."""
@@ -299,7 +309,8 @@ class _Session:
         self.memory = by_version
         info.memory_capacity_bytes = max(0, memory.capacity_bytes)
         info.memory_used_bytes = max(0, memory.used_bytes)
-        _held_memory(info, by_version)
+        if before[2] != by_version:
+            self.held_wire = None
         used_moved = abs(info.memory_used_bytes - before[1]) > max(before[1] // 50, 1 << 20)  # 2 % or 1 MiB
         return used_moved or before[0] != info.memory_capacity_bytes or before[2] != by_version
 
@@ -355,14 +366,10 @@ class _Session:
         async with self.lock:
             self.info.acked_revision = ack.snapshot_revision
             if held != self.held:
-                self.info = _replaced(self.info, "held", [pb.HeldVersion(model=m, version=v, digest=d)
-                                                          for m, v, d in held])
-                self.held = held
+                self.held, self.held_wire = held, None
             if ack.HasField("memory"):
                 self._take_memory(ack.memory)
                 self.info.reported_at_ms = now
-            else:
-                _held_memory(self.info, self.memory)
             await self._write(ops)
         self.observed_state = _shared(tuple(written))
         self.sync._metrics.worker_revision.labels(self.worker_id, "acked").set(ack.snapshot_revision)
