@@ -11,8 +11,6 @@ unloaded version first drains its in-flight requests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import gc
 import logging
 import time
@@ -23,7 +21,7 @@ from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFou
 from lmaas.server.backends import BackendError, find_model_file, load_backend
 from lmaas.server.backends.llm import is_llm_dir, local_digest
 from lmaas.server.config import ModelConfig, dump_config, load_config, parse_config
-from lmaas.server.memory import MemoryTracker
+from lmaas.server.memory import MemoryTracker, malloc_trim
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
@@ -40,12 +38,6 @@ class ModelState:
 
     state: str  # READY | LOADING | UNAVAILABLE | UNLOADING
     reason: str = ""
-
-
-def _malloc_trim() -> None:
-    """Give freed heap back to the OS after an unload (glibc keeps it otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class ModelManager:
@@ -180,7 +172,7 @@ class ModelManager:
             self._states[key] = ModelState("UNAVAILABLE", "unloaded")
         log.info("unloaded model=%s version=%d", mv.name, mv.version)
         gc.collect()
-        _malloc_trim()
+        malloc_trim()  # glibc keeps freed heap otherwise: RSS would ratchet up over load/unload cycles
         if mv.version not in self._models.get(mv.name, {}):  # else a reload of it holds the figure now
             self.memory.forget(mv.name, mv.version)
 

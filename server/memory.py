@@ -149,13 +149,12 @@ class MemoryTracker:
             self._model_gauge.labels(name, str(version)).set(memory.bytes)
 
     def forget(self, name: str, version: int) -> None:
-        """The version was freed: drop its figure and its series, and give its pages back."""
+        """The version was freed: drop its figure and its series (the caller trims the heap)."""
         with self._lock:
             known = self._versions.pop((name, version), None)
         if known is not None and self._model_gauge is not None:
             with contextlib.suppress(KeyError):
                 self._model_gauge.remove(name, str(version))
-        malloc_trim()
 
     def get(self, name: str, version: int) -> VersionMemory | None:
         with self._lock:
