@@ -31,11 +31,14 @@ so the two transports can never disagree. Tree::
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import grpc
+from lmaas.protos.google.rpc import status_pb2
 
 __all__ = [
+    "DETAILS_KEY",
     "Aborted",
     "AlreadyExists",
     "ArtifactNotFound",
@@ -54,10 +57,16 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "error_info",
     "from_http",
     "from_status",
     "http_status",
+    "status_details",
 ]
+
+DETAILS_KEY = "grpc-status-details-bin"  # gRPC's trailer for a serialised google.rpc.Status
+DOMAIN = "lmaas"
+_ERROR_INFO_URL = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
 class LMaaSError(Exception):
@@ -65,6 +74,7 @@ class LMaaSError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     http_status: ClassVar[int] = 500
+    fields: ClassVar[tuple[str, ...]] = ()  # attributes that travel in ErrorInfo.metadata
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -82,6 +92,8 @@ class NotFound(LMaaSError):
 
 
 class ModelNotFound(NotFound):
+    fields = ("name", "version")
+
     def __init__(self, name: str, version: str | int | None = None, *, triton: bool = False) -> None:
         if triton:  # the worker: Triton's wording, which its clients and examples match on
             suffix = f" version {version}" if version else ""
@@ -95,6 +107,8 @@ class ModelNotFound(NotFound):
 
 
 class ArtifactNotFound(NotFound):
+    fields = ("digest",)
+
     def __init__(self, digest: str) -> None:
         super().__init__(f"artifact sha256:{digest} is not found")
         self.digest = digest
@@ -189,11 +203,63 @@ _BY_CODE: dict[grpc.StatusCode, type[LMaaSError]] = {
 }
 
 
-def from_status(code: grpc.StatusCode, message: str) -> LMaaSError:
-    """The exception a client raises for a status a server sent."""
-    cls = _BY_CODE.get(code, LMaaSError)
+_KERNEL: tuple[type[LMaaSError], ...] = (
+    LMaaSError, *_BY_CODE.values(), ModelNotFound, ArtifactNotFound, PayloadTooLarge
+)
+
+
+def _reason(cls: type[LMaaSError]) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()  # ModelNotFound -> MODEL_NOT_FOUND
+
+
+_BY_REASON: dict[str, type[LMaaSError]] = {_reason(cls): cls for cls in _KERNEL}
+
+
+def _wire_class(exc: LMaaSError) -> type[LMaaSError]:
+    """The class of this module that ``exc`` travels as (its own, or the nearest base defined here)."""
+    return next(c for c in type(exc).__mro__ if c in _KERNEL)  # type: ignore[misc]
+
+
+def error_info(exc: LMaaSError) -> tuple[str, dict[str, str]]:
+    """``exc``'s ErrorInfo: its reason and its fields as strings."""
+    cls = _wire_class(exc)
+    return _reason(cls), {f: str(getattr(exc, f)) for f in cls.fields if getattr(exc, f, None) is not None}
+
+
+def status_details(exc: LMaaSError) -> bytes:
+    """The ``grpc-status-details-bin`` trailer for ``exc``: a google.rpc.Status holding one ErrorInfo."""
+    reason, metadata = error_info(exc)
+    info = status_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+    detail = status_pb2.Detail(type_url=_ERROR_INFO_URL, value=info.SerializeToString())
+    return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail]).SerializeToString()
+
+
+def _from_details(code: grpc.StatusCode, details: bytes) -> tuple[type[LMaaSError], dict[str, str]] | None:
+    try:
+        status = status_pb2.Status.FromString(details)
+        for detail in status.details:
+            if detail.type_url == _ERROR_INFO_URL:
+                info = status_pb2.ErrorInfo.FromString(detail.value)
+                cls = _BY_REASON.get(info.reason)
+                if info.domain == DOMAIN and cls is not None and cls.code == code:
+                    return cls, {f: info.metadata[f] for f in cls.fields if f in info.metadata}
+    except Exception:  # a foreign or damaged trailer: fall back to the status code
+        return None
+    return None
+
+
+def from_status(code: grpc.StatusCode, message: str, details: bytes | None = None) -> LMaaSError:
+    """The exception a client raises for a status a server sent.
+
+    With the server's ``grpc-status-details-bin`` trailer (``details``) it is the exact class the server raised,
+    with its fields; without it (or from a server that is not ours), the class of the status code.
+    """
+    found = _from_details(code, details) if details else None
+    cls, values = found or (_BY_CODE.get(code, LMaaSError), {})
     err = LMaaSError.__new__(cls)
     LMaaSError.__init__(err, message)
+    for field in cls.fields:
+        setattr(err, field, values.get(field, ""))
     return err
 
 

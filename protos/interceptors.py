@@ -2,7 +2,8 @@
 
 Every LMaaS gRPC server (worker and control plane) installs :class:`ErrorInterceptor`:
 
-* an :class:`~lmaas.protos.errors.LMaaSError` aborts with its own code and message;
+* an :class:`~lmaas.protos.errors.LMaaSError` aborts with its own code and message, and its
+  class and fields as a rich status (``google.rpc.ErrorInfo``) in the trailers;
 * exceptions of third-party types named in ``translate`` (e.g. the metadata
   store's ``StoreError`` → UNAVAILABLE) abort with the mapped code and their message;
 * anything else is a bug: its traceback is logged and the client gets INTERNAL
@@ -27,7 +28,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 from google.protobuf.descriptor import ServiceDescriptor
-from lmaas.protos.errors import LMaaSError
+from lmaas.protos.errors import DETAILS_KEY, LMaaSError, status_details
 
 __all__ = ["ErrorInterceptor", "Translate", "guard_servicer"]
 
@@ -43,8 +44,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def _abort(self, exc: Exception, context: Context, method: str) -> NoReturn:
-        if isinstance(exc, LMaaSError):
-            await context.abort(exc.code, exc.message)
+        if isinstance(exc, LMaaSError):  # with the rich status, so clients rebuild the exact class
+            await context.abort(exc.code, exc.message, ((DETAILS_KEY, status_details(exc)),))
         for cls, code in self._translate.items():
             if isinstance(exc, cls):
                 log.warning("%s failed: %s: %s", method, type(exc).__name__, exc)

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from lmaas.control_plane.store import StoreError
-from lmaas.protos.errors import InvalidArgument, LMaaSError, Unavailable
+from lmaas.protos.errors import InvalidArgument, LMaaSError, Unavailable, error_info
 from starlette.exceptions import HTTPException
 
 __all__ = [
@@ -78,7 +78,9 @@ def error_code(exc: BaseException) -> str:
 
 def _lmaas(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LMaaSError)
-    return problem_response(exc.http_status, exc.code.name, exc.message, request.url.path)
+    reason, metadata = error_info(exc)  # what gRPC's rich status carries, so both transports say the same
+    extra = {"metadata": metadata} if metadata else {}
+    return problem_response(exc.http_status, exc.code.name, exc.message, request.url.path, reason=reason, **extra)
 
 
 def _store(request: Request, exc: Exception) -> JSONResponse:

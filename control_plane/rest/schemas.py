@@ -88,6 +88,14 @@ class Problem(BaseModel):
     errors: list[dict[str, object]] | None = Field(
         None, description="For request validation errors: each field's location, message and type."
     )
+    reason: str | None = Field(
+        None, description="The exact error (google.rpc.ErrorInfo reason, as gRPC's rich status carries it).",
+        examples=["MODEL_NOT_FOUND"],
+    )
+    metadata: dict[str, str] | None = Field(
+        None, description="The error's fields (ErrorInfo metadata), e.g. the model's name.",
+        examples=[{"name": "demo", "version": ""}],
+    )
 
 
 # -- models and versions ------------------------------------------------------------------------------------

@@ -133,6 +133,24 @@ def test_status_mapping() -> None:
     assert type(unknown) is errors.LMaaSError
 
 
+def test_rich_status_rebuilds_the_exact_class() -> None:
+    """What the server interceptor sends in grpc-status-details-bin gives back the class and its fields; a class
+    defined outside the kernel travels as its nearest kernel base; a foreign or mismatched trailer falls back."""
+    for sent in (errors.ModelNotFound("m", 3), errors.ArtifactNotFound("ab" * 32), errors.PayloadTooLarge("big"),
+                 errors.Unavailable("draining")):
+        got = errors.from_status(sent.code, sent.message, errors.status_details(sent))
+        assert type(got) is type(sent) and got.message == sent.message
+        assert {f: getattr(got, f) for f in sent.fields} == {f: str(getattr(sent, f)) for f in sent.fields}
+
+    class Private(errors.InvalidArgument):  # e.g. a server's own subclass
+        pass
+
+    assert errors.error_info(Private("x")) == ("INVALID_ARGUMENT", {})
+    details = errors.status_details(errors.ModelNotFound("m"))
+    assert type(errors.from_status(grpc.StatusCode.INTERNAL, "m", details)) is errors.Internal  # code disagrees
+    assert type(errors.from_status(grpc.StatusCode.NOT_FOUND, "m", b"\xff\x00garbage")) is errors.NotFound
+
+
 def test_channel_config() -> None:
     plain = ChannelConfig("h:1", max_message_bytes=1234)
     assert not plain.secure

@@ -25,6 +25,7 @@ from lmaas.client import (
     InferResult,
     InvalidArgument,
     LMaaSError,
+    ModelNotFound,
     NotFound,
     RetryPolicy,
     Unauthenticated,
@@ -32,6 +33,7 @@ from lmaas.client import (
 )
 from models import ALL_DATATYPES, mlp_reference, write_identity_onnx
 from processes import ServerProcess, start_worker
+from tritonclient.utils import InferenceServerException
 
 RAW_TYPES = [d for d in ALL_DATATYPES if d != "BF16"]  # the 'identity' model; BF16 is in 'identity_bf16'
 
@@ -169,15 +171,23 @@ def test_statistics_index_load_unload(client: InferenceClient) -> None:
 # ---- errors --------------------------------------------------------------------------------------------------------
 
 
-def test_unknown_model_is_not_found(client: InferenceClient) -> None:
-    with pytest.raises(NotFound, match="nope") as info:
+def test_unknown_model_is_not_found(client: InferenceClient, triton: tc.InferenceServerClient) -> None:
+    """The server's rich status (google.rpc.ErrorInfo) gives the client the exact class with its fields."""
+    with pytest.raises(ModelNotFound, match="nope") as info:
         client.infer("nope", {"x": np.ones((1, 4), np.float32)})
-    assert info.value.code.name == "NOT_FOUND"
+    assert info.value.code.name == "NOT_FOUND" and info.value.name == "nope" and info.value.version == ""
     assert info.value.__cause__ is not None  # chained to the grpc.RpcError
-    with pytest.raises(NotFound):
+    with pytest.raises(ModelNotFound) as info:
         client.metadata("nope")
-    with pytest.raises(NotFound):
+    assert info.value.name == "nope"
+    with pytest.raises(ModelNotFound) as info:
         client.infer("mlp", {"x": np.ones((1, 4), np.float32)}, version=99)
+    assert (info.value.name, info.value.version) == ("mlp", "99")
+    # Triton's client still sees Triton's status and wording (the trailer is extra).
+    with pytest.raises(InferenceServerException) as triton_info:
+        triton.get_model_metadata("nope")
+    assert triton_info.value.status() == "StatusCode.NOT_FOUND"
+    assert triton_info.value.message() == "Request for unknown model: 'nope' is not found"
 
 
 def test_bad_input_is_invalid_argument(client: InferenceClient) -> None:

@@ -57,8 +57,12 @@ async def test_core_validation_is_400(admin: httpx.AsyncClient) -> None:
     assert problem(reply, 422, "INVALID_ARGUMENT")  # the schema's name pattern
     reply = await admin.post("/api/v1/models", json={"name": "demo"})
     problem(reply, 409, "ALREADY_EXISTS")
-    problem(await admin.get("/api/v1/models/nope"), 404, "NOT_FOUND")
-    problem(await admin.get("/api/v1/models/demo/versions/7"), 404, "NOT_FOUND")
+    missing = await admin.get("/api/v1/models/nope")
+    problem(missing, 404, "NOT_FOUND")  # and the exact error, as gRPC's rich status carries it
+    assert missing.json()["reason"] == "MODEL_NOT_FOUND" and missing.json()["metadata"]["name"] == "nope"
+    missing = await admin.get("/api/v1/models/demo/versions/7")
+    problem(missing, 404, "NOT_FOUND")
+    assert missing.json()["metadata"] == {"name": "demo", "version": "7"}
     problem(await admin.post("/api/v1/deployments/demo/rollback"), 409, "FAILED_PRECONDITION")
 
 

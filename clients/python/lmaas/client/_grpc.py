@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from lmaas.protos.errors import LMaaSError, from_status
+from lmaas.protos.errors import DETAILS_KEY, LMaaSError, from_status
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -167,10 +167,13 @@ def _code(exc: grpc.RpcError) -> grpc.StatusCode:
 
 
 def to_error(exc: grpc.RpcError) -> LMaaSError:
-    """The :mod:`lmaas.protos.errors` exception for a failed call (raise it ``from exc``)."""
+    """The :mod:`lmaas.protos.errors` exception for a failed call (raise it ``from exc``): the exact class the
+    server raised, with its fields, when the server sent its rich status."""
     details = getattr(exc, "details", None)
     message = (details() if callable(details) else None) or str(exc)
-    return from_status(_code(exc), message)
+    trailers = getattr(exc, "trailing_metadata", None)
+    rich = next((v for k, v in (trailers() if callable(trailers) else None) or () if k == DETAILS_KEY), None)
+    return from_status(_code(exc), message, rich if isinstance(rich, bytes) else None)
 
 
 def _remaining(deadline: float | None) -> float | None:
