@@ -111,12 +111,13 @@ class VersionStatistics(BaseModel):
 
 
 class ModelStatistics(BaseModel):
-    """Per version: request rate, errors and mean latency, from the workers' OIP v2 ModelStatistics."""
+    """Per version: request rate, errors, mean and p50/p99 latency (TTFT and tokens per second for LLMs)."""
 
     model: str = Field(description="The model.", examples=["demo"])
     source: Literal["workers", "prometheus"] = Field(
-        description="workers: the control plane's samples of the workers' OIP statistics; prometheus: range queries "
-                    "of the configured Prometheus server.", examples=["workers"])
+        description="workers: the control plane's samples of the workers' OIP statistics and its aggregation of "
+                    "the latency histograms they report; prometheus: range queries of the configured Prometheus "
+                    "server.", examples=["workers"])
     sample_every_s: float = Field(description="Seconds between the control plane's samples (the query step with "
                                               "Prometheus).", examples=[5.0])
     versions: list[VersionStatistics] = Field(description="Versions some worker reported, sorted.")
