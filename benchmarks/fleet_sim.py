@@ -1,8 +1,10 @@
 """Simulated workers for the fleet benchmark and tests: light WorkerSync clients, no models, no artifacts.
 
 A :class:`SimWorker` keeps one ``Sync`` stream open (to any of several
-control-plane replicas, reconnecting with a short backoff, as a real worker
-does), "loads" each newly assigned version by sleeping ``load_time`` seconds,
+control-plane replicas in turn, reconnecting as a real worker does,
+``server/sync.py``: exponential backoff from 0.2 s with jitter, reset once a
+stream delivered a snapshot; so a killed replica's workers do not all come
+back in the same millisecond), "loads" each newly assigned version by sleeping ``load_time`` seconds,
 and acknowledges every routed model of the latest snapshot, exactly the Ack a
 real worker sends. Models named in ``reject`` are NACKed. Many SimWorkers share
 one process, event loop and gRPC channel per replica.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -44,21 +47,30 @@ class SimWorker:
     acked_revision: int = 0
     generations: dict[str, int] = field(default_factory=dict)  # model → generation acknowledged
     connects: int = 0
+    received: int = 0  # snapshots received, all streams
     last_error: grpc.aio.AioRpcError | None = None
     stop_on: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAUTHENTICATED})
+    initial_backoff: float = 0.2  # as the real worker's WorkerSync client
+    max_backoff: float = 10.0
 
     async def run(self) -> None:
         """Sync until cancelled, or until the stream ends with a status in ``stop_on`` (then that error stays in
         :attr:`last_error`)."""
+        backoff = self.initial_backoff
         for i in itertools.count(self.start_index):
             stub = self.stubs[i % len(self.stubs)]
+            delivered = self.received
             try:
                 await self._stream(stub)
             except grpc.aio.AioRpcError as exc:
                 self.last_error = exc
                 if exc.code() in self.stop_on:
                     return
-            await asyncio.sleep(0.05 + 0.05 * (i % 3))
+            if self.received != delivered:  # that stream worked: back off afresh
+                backoff = self.initial_backoff
+            delay = backoff * (0.5 + random.random())
+            backoff = min(backoff * 2, self.max_backoff)
+            await asyncio.sleep(delay)
 
     async def _stream(self, stub: sync_pb2_grpc.WorkerSyncStub) -> None:
         outgoing: asyncio.Queue[sync_pb2.WorkerMessage | None] = asyncio.Queue()
@@ -102,6 +114,7 @@ class SimWorker:
             )
             self.generations[r.model] = r.generation
         self.acked_revision = snapshot.revision
+        self.received += 1
         return ack
 
 

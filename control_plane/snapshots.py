@@ -24,14 +24,16 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from lmaas.control_plane import keys
 from lmaas.control_plane.deployments import previous_record
 from lmaas.control_plane.store.base import Store, StoreError
 from lmaas.control_plane.watcher import StoreWatcher
+from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from lmaas.protos.lmaas.worker.v1 import sync_pb2, sync_pb2_grpc
 
@@ -127,12 +129,30 @@ def encode(snapshot: sync_pb2.Snapshot) -> bytes:
     return data
 
 
+async def _parsed(raw: AsyncIterator[bytes]) -> AsyncIterator[sync_pb2.WorkerMessage]:
+    async for data in raw:
+        try:
+            message = sync_pb2.WorkerMessage.FromString(data)
+        except DecodeError as exc:
+            raise InvalidArgument(f"malformed WorkerSync message: {exc}") from exc
+        yield message
+        del message
+
+
 def add_worker_sync_to_server(servicer: sync_pb2_grpc.WorkerSyncServicer, server: Any) -> None:
-    """As the generated ``add_WorkerSyncServicer_to_server``, with :func:`encode` as the response serializer."""
+    """As the generated ``add_WorkerSyncServicer_to_server``, with :func:`encode` as the response serializer.
+
+    Requests reach the servicer parsed here, not by gRPC: gRPC's reader keeps the last message it read while
+    it waits for the next, which for a parsed Ack of 100 models is ~30 KiB of upb arena per stream; its
+    wire bytes are a tenth of that."""
     service = sync_pb2.DESCRIPTOR.services_by_name["WorkerSync"].full_name
+
+    def sync(raw: AsyncIterator[bytes], context: Any) -> AsyncIterator[sync_pb2.Snapshot]:
+        return servicer.Sync(_parsed(raw), context)
+
     handlers = {
         "Sync": grpc.stream_stream_rpc_method_handler(
-            servicer.Sync, request_deserializer=sync_pb2.WorkerMessage.FromString, response_serializer=encode
+            sync, request_deserializer=bytes, response_serializer=encode
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

@@ -195,3 +195,17 @@ async def test_a_shared_snapshot_is_encoded_once_for_every_stream(store: Store, 
             assert rollout.phase == pb.ROLLOUT_PHASE_SUCCEEDED and len(rollout.workers) == 10
             assert all(w.generations["m"] == reply.deployment.generation for w in sims.workers)  # the bytes decode
             assert snapshots.encodings - before == 2
+
+
+async def test_a_malformed_worker_message_is_invalid_argument(store: Store, tmp_path: Path) -> None:
+    # WorkerSync requests are parsed by the control plane (not by gRPC), so a bad one gets a precise status
+    async with running(store, tmp_path) as cp, channel(cp) as ch:
+        call = ch.stream_stream("/lmaas.worker.v1.WorkerSync/Sync")(iter([b"\xff\xff\xff"]))
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            assert "malformed" in (exc.details() or "")
+        else:
+            raise AssertionError("a malformed WorkerSync message was accepted")
