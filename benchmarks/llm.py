@@ -17,8 +17,9 @@ decoding, so every request generates exactly ``--new-tokens`` tokens. Definition
 * **CPU ms/tok**: CPU time (user + system, all threads) the server process spent in the phase per generated
   token: unlike tok/s it hardly moves when other processes load the machine, so it shows a transport's own cost.
 
-The in-process line drives the same engine with one stream and no server: the ceiling a transport is
-compared with (issue targets: 1 stream ≥ 0.9x its tok/s; TTFT ≤ its prefill + 15 ms).
+The in-process line drives the same engine with one stream and no server, in a process of its own started as
+the worker is: the ceiling a transport is compared with (issue targets: 1 stream ≥ 0.9x its tok/s; TTFT ≤ its
+prefill + 15 ms).
 The SmolLM2 GGUF is converted once (``lmaas model convert``) into benchmarks/.cache and reused; ``--model-dir``
 measures any other LLM version directory instead (a quantised one, say), in-process and served alike, while
 llama-server always serves the GGUF.
@@ -381,6 +382,29 @@ def inprocess(model_dir: Path, new_tokens: int, rounds: int, parameters: dict[st
     return asyncio.run(main())
 
 
+def inprocess_isolated(model_dir: Path, new_tokens: int, rounds: int, parameters: dict[str, Any]) -> Phase:
+    """:func:`inprocess` in a process of its own, started as the worker is (own session): both lines then run
+    under the same conditions, and RSS is the engine's alone, not this driver's."""
+    spec = json.dumps({"model_dir": str(model_dir), "new_tokens": new_tokens, "rounds": rounds,
+                       "parameters": parameters})
+    done = subprocess.run([sys.executable, "-m", "benchmarks.llm", "--inprocess-child", spec], cwd=HERE.parent,
+                          capture_output=True, text=True, start_new_session=True, env={**os.environ,
+                                                                                        "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"the in-process engine failed:\n{done.stderr[-3000:]}")
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    raw["samples"] = [Sample(*s) for s in raw["samples"]]
+    return Phase(**raw)
+
+
+def _inprocess_child(spec: str) -> int:
+    args = json.loads(spec)
+    phase = inprocess(Path(args["model_dir"]), args["new_tokens"], args["rounds"], args["parameters"])
+    out = {**phase.__dict__, "samples": [[s.ttft, s.e2e, s.tokens] for s in phase.samples]}
+    print(json.dumps(out))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- driver
 async def _measure_server(server: Proc, transports: Sequence[str], concurrency: Sequence[int], rounds: int,
                           new_tokens: int, model: str) -> list[Phase]:
@@ -472,7 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--llama-slots", type=int, default=16)
     parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--inprocess-child", help=argparse.SUPPRESS)  # the in-process line's own process
     args = parser.parse_args(argv)
+    if args.inprocess_child:
+        return _inprocess_child(args.inprocess_child)
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
     transports = [t for t in args.transports.split(",") if t]
     gguf = smollm2_gguf()
@@ -482,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases: list[Phase] = []
 
     if not args.no_inprocess:
-        phases.append(inprocess(model_dir, args.new_tokens, args.rounds, args.parameters))
+        phases.append(inprocess_isolated(model_dir, args.new_tokens, args.rounds, args.parameters))
         print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="lmaas-bench-llm-") as tmp:
