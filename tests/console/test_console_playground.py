@@ -26,7 +26,7 @@ def llm_plane(tmp_path: Path) -> Iterator[ServerProcess]:
     control = start_control_plane(tmp_path)
     try:
         w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "llm-worker", "--cache-dir",
-                         str(tmp_path / "cache"), env={"HF_HUB_OFFLINE": "1"})
+                         str(tmp_path / "cache"), "--report-every", "1", env={"HF_HUB_OFFLINE": "1"})
         try:
             with ControlPlaneClient(control.grpc) as client:
                 deadline = time.monotonic() + 30
@@ -106,3 +106,16 @@ def test_the_playground_streams_two_versions_side_by_side(llm_plane: ServerProce
     assert stats.split(" ")[0] in ("v1", "v2") and text_of(browser, "#out-a") not in ("", a), stats
     assert text_of(browser, "#out-b") == ""
     assert text_of(browser, "#log-a") == ""  # another mode: another conversation
+
+    # without Prometheus, the model page charts time to first token from the histograms the worker reports
+    browser.get(base + "/#/models/smollm2")
+
+    def ttft_chart(d: Any) -> str:
+        for chart in d.find_elements(By.CSS_SELECTOR, "#charts svg"):
+            label = str(chart.get_attribute("aria-label") or "")
+            if label.startswith("Time to first token p50.") and re.search(r"v[12]: [\d.]+ ms", label):
+                return label
+        return ""
+
+    label = wait_for(browser, ttft_chart, "a TTFT chart from the control plane's aggregation", 60)
+    assert "Generated tokens" in text_of(browser, "#charts"), label
