@@ -16,6 +16,10 @@ venv as ``benchmarks/run.py`` does (PyPI, first run only)::
     python -m benchmarks.http                      # both parts: mlp, cnn at c=1,4,16, 2 s windows
     python -m benchmarks.http --models mlp --concurrency 1,4 --window-ms 1000 --json out.json
     python -m benchmarks.http --skip-perf-analyzer --window-ms 3000   # JSON REST vs MLServer only
+
+Each point also shows the server's CPU per inference (its process tree's CPU time over the run, from
+``benchmarks/cpumeter.py``, divided by the requests served) and the host's CPU used by other programs
+(``foreign``): on a shared machine throughput swings with the neighbours' load, CPU per inference much less.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.cpumeter import CpuMeter
 from benchmarks.models import MODELS, ModelSpec, build_repository, example_batch, write_perf_analyzer_data
 from benchmarks.perf_analyzer import PerfAnalyzerError, run_perf_analyzer
 from benchmarks.servers import MLSERVER_VERSION, free_port, lmaas_worker, mlserver_peer
@@ -70,7 +75,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure(url: str, protocol: str, model: str, concurrency: int, data: Path, window_ms: int) -> dict[str, Any]:
+def with_cpu(result: dict[str, Any], meter: dict[str, Any]) -> dict[str, Any]:
+    """Add the server's CPU µs per inference (its cores over the run / infer/s) and the host's foreign load."""
+    cores, rate = meter.get("server_cores"), result.get("throughput")
+    if cores is not None and rate:
+        result["cpu_us"] = round(cores / rate * 1e6, 1)
+    result["foreign"] = meter.get("foreign")
+    return result
+
+
+def measure(
+    url: str, protocol: str, model: str, concurrency: int, data: Path, window_ms: int, pid: int | None = None
+) -> dict[str, Any]:
+    meter = CpuMeter(pid)
+    meter.start()
     try:
         r = run_perf_analyzer(
             url,
@@ -82,27 +100,38 @@ def measure(url: str, protocol: str, model: str, concurrency: int, data: Path, w
         )
     except PerfAnalyzerError as exc:
         return {"error": str(exc).splitlines()[0]}
-    return {k: r[k] for k in ("throughput", "p50_us", "p99_us")}
+    return with_cpu({k: r[k] for k in ("throughput", "p50_us", "p99_us")}, meter.stop())
 
 
 def table(rows: list[dict[str, Any]], sides: tuple[str, str], heads: tuple[str, str], ratio: str) -> str:
-    """One row per (model, concurrency): each side's infer/s and p50/p99, then the row's ``ratio``."""
+    """One row per (model, concurrency): each side's infer/s, p50/p99 and server CPU µs per inference, the row's
+    ``ratio`` (throughput) and the CPU ratio (first side's CPU per inference over the second's), the host's
+    foreign load (the larger of the two sides')."""
     first, second = heads
     lines = [
-        f"| model | c | {first} infer/s | {first} p50 / p99 ms | {second} infer/s | {second} p50 / p99 ms"
-        f" | {ratio} |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | c | {first} infer/s | {first} p50 / p99 ms | {first} CPU µs/inf | {second} infer/s"
+        f" | {second} p50 / p99 ms | {second} CPU µs/inf | {ratio} | CPU {first}/{second} | foreign |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [row["model"], str(row["concurrency"])]
         for side in sides:
             r = row[side]
             if "error" in r:
-                cells += ["error", r["error"][:40]]
+                cells += ["error", r["error"][:40], "-"]
             else:
-                cells += [f"{r['throughput']:,.0f}", f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}"]
+                cpu = r.get("cpu_us")
+                cells += [
+                    f"{r['throughput']:,.0f}",
+                    f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}",
+                    "-" if cpu is None else f"{cpu:,.0f}",
+                ]
         value = row.get("ratio")
         cells.append("-" if value is None else f"{value:.2f}")
+        a, b = (row[side].get("cpu_us") for side in sides)
+        cells.append(f"{a / b:.2f}" if a and b else "-")
+        foreign = [row[side]["foreign"] for side in sides if row[side].get("foreign") is not None]
+        cells.append(f"{max(foreign):.0%}" if foreign else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,7 +147,7 @@ def perf_analyzer_part(args: argparse.Namespace) -> list[dict[str, Any]]:
             for c in args.concurrency:
                 row: dict[str, Any] = {"model": model, "concurrency": c}
                 for proto in PROTOCOLS:
-                    row[proto] = measure(urls[proto], proto, model, c, data[model], args.window_ms)
+                    row[proto] = measure(urls[proto], proto, model, c, data[model], args.window_ms, server.process.pid)
                     r = row[proto]
                     shown = r.get("error") or (
                         f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
@@ -159,8 +188,11 @@ def verify_json(name: str, base: str, spec: ModelSpec, body: bytes, expected: np
         raise AssertionError(f"{name}/{spec.name}: answer differs from in-process ORT: {got} vs {expected}")
 
 
-def run_wrk(wrk: str, base: str, model: str, body_file: Path, concurrency: int, window_ms: int) -> dict[str, Any]:
-    """One wrk run (``concurrency`` keep-alive connections, closed loop); infer/s and p50/p99 from its summary."""
+def run_wrk(
+    wrk: str, base: str, model: str, body_file: Path, concurrency: int, window_ms: int, pid: int | None = None
+) -> dict[str, Any]:
+    """One wrk run (``concurrency`` keep-alive connections, closed loop); infer/s and p50/p99 from its summary,
+    and the CPU per inference of the server process tree ``pid``."""
     threads = min(concurrency, 2)
     seconds = max(1, round(window_ms / 1000))
     command = [
@@ -180,10 +212,13 @@ def run_wrk(wrk: str, base: str, model: str, body_file: Path, concurrency: int, 
         f"/v2/models/{model}/infer",
         str(body_file),
     ]
+    meter = CpuMeter(pid)
+    meter.start()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired:
         return {"error": "wrk timed out"}
+    cpu = meter.stop()
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         return {"error": f"wrk rc={done.returncode}: {(done.stderr or done.stdout).strip()[:200]}"}
@@ -192,23 +227,25 @@ def run_wrk(wrk: str, base: str, model: str, body_file: Path, concurrency: int, 
     if failed or not r["requests"]:
         # a non-2xx answer or a dropped connection would make a fast-failing server look fast
         return {"error": f"{failed} failed of {r['requests']} requests: {r}"}
-    return {
+    result = {
         "throughput": r["requests"] / (r["duration_us"] / 1e6),
         "p50_us": float(r["p50_us"]),
         "p99_us": float(r["p99_us"]),
     }
+    return with_cpu(result, cpu)
 
 
 @contextlib.contextmanager
-def _rest_servers(args: argparse.Namespace) -> Iterator[dict[str, str]]:
-    """Both servers up at once (the idle one costs ~nothing), so each point is measured back to back."""
+def _rest_servers(args: argparse.Namespace) -> Iterator[dict[str, tuple[str, int]]]:
+    """Both servers up at once (the idle one costs ~nothing), so each point is measured back to back;
+    name -> (base URL, pid of its process tree)."""
     from benchmarks.inprocess import worker_session_options
 
     lmaas_http = free_port()
     with contextlib.ExitStack() as stack:
         extra = ["--http-port", str(lmaas_http), *args.worker_arg]
-        stack.enter_context(lmaas_worker(args.repo, args.out / "logs" / "lmaas-rest.log", extra_args=extra))
-        stack.enter_context(
+        lmaas = stack.enter_context(lmaas_worker(args.repo, args.out / "logs" / "lmaas-rest.log", extra_args=extra))
+        mlserver = stack.enter_context(
             mlserver_peer(
                 args.mlserver_venv,
                 args.out / "mlserver-workspace-http",
@@ -219,7 +256,10 @@ def _rest_servers(args: argparse.Namespace) -> Iterator[dict[str, str]]:
             )
         )
         settings = json.loads((args.out / "mlserver-workspace-http" / "settings.json").read_text())
-        yield {"lmaas": f"http://127.0.0.1:{lmaas_http}", "mlserver": f"http://127.0.0.1:{settings['http_port']}"}
+        yield {
+            "lmaas": (f"http://127.0.0.1:{lmaas_http}", lmaas.process.pid),
+            "mlserver": (f"http://127.0.0.1:{settings['http_port']}", mlserver.process.pid),
+        }
 
 
 def rest_part(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,16 +284,17 @@ def rest_part(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> lis
         bodies[m].write_text(json.dumps(json_request(spec, x)))
     rows: list[dict[str, Any]] = []
     print(f"JSON REST: LMaaS vs MLServer {MLSERVER_VERSION} with wrk ({wrk})", file=sys.stderr, flush=True)
-    with _rest_servers(args) as bases:
+    with _rest_servers(args) as servers:
         for m in args.models:
             for name in REST_SERVERS:
-                verify_json(name, bases[name], MODELS[m], bodies[m].read_bytes(), expected[m])
+                verify_json(name, servers[name][0], MODELS[m], bodies[m].read_bytes(), expected[m])
         print("  both servers answer the JSON request like in-process ORT", file=sys.stderr, flush=True)
         for m in args.models:
             for c in args.concurrency:
                 row: dict[str, Any] = {"model": m, "concurrency": c}
                 for name in REST_SERVERS:
-                    row[name] = r = run_wrk(wrk, bases[name], m, bodies[m], c, args.window_ms)
+                    base, pid = servers[name]
+                    row[name] = r = run_wrk(wrk, base, m, bodies[m], c, args.window_ms, pid)
                     shown = r.get("error") or (
                         f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
                         f"  p99 {r['p99_us'] / 1000:6.2f} ms"
