@@ -239,6 +239,10 @@ class RolloutProgress:
         self._waiting_for_departed(frozenset())  # drop expired entries
         return [m for m, t in self._rollouts.items() if t.progressing and m not in held]
 
+    def observed_models(self, worker: str) -> list[str]:
+        """The models the worker has observed keys of, as far as the watch has shown."""
+        return [model for model, by_worker in self._observed.items() if worker in by_worker]
+
     def counts(self, model: str) -> tuple[int, int, int, int]:
         """(generation, acknowledged, rejected, eligible workers) of the model's tracked rollout; zeros if none."""
         tracked = self._rollouts.get(model)

@@ -190,10 +190,15 @@ class _Session:
     async def register(self) -> None:
         """Write the worker key, replacing a record of an older stream of the same worker."""
         async with self.lock:
-            ops: list[Put | Delete] = [
-                Delete(keys.observed(self.worker_id), prefix=True),  # an older stream's; no read first
-                Put(self.key, self.record(), self.lease.id),
-            ]
+            ops: list[Put | Delete] = [Put(self.key, self.record(), self.lease.id)]
+            progress = self.sync._deployments.progress
+            if progress is not None and progress.synced:
+                # An older stream's observed keys (maybe under a dead replica's lease) are left for the first Ack
+                # to overwrite, or delete if it no longer reports them: deleting them here too would double the
+                # store events of a reconnecting fleet (a killed replica's workers, each with every model).
+                self.observed_state = tuple((m, _STALE) for m in progress.observed_models(self.worker_id))
+            else:
+                ops.append(Delete(keys.observed(self.worker_id), prefix=True))
             result = await self.sync.writes.txn([], ops)
             self.revision = result.revision
 
@@ -380,6 +385,7 @@ class _Session:
 
 
 _State = tuple[int, bool, str, tuple[int, ...]]  # generation, ok, error, loaded versions
+_STALE: _State = (-1, False, "", ())  # written by an older stream: never equal to a reported state
 _SHARED: dict[Any, Any] = {}
 _SHARED_MAX = 4096
 
