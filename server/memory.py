@@ -121,13 +121,18 @@ class MemoryTracker:
         self._versions: dict[tuple[str, int], VersionMemory] = {}
         self._lock = threading.Lock()
         self._model_gauge: Gauge | None = None
+        self._used_gauge: Gauge | None = None
         if registry is not None:
             cap = Gauge("lmaas_worker_memory_capacity_bytes", "Memory this worker may use (--memory-limit, else "
                         "its cgroup limit or RAM).", registry=registry, multiprocess_mode="liveall")
             cap.set(self.capacity)
             used = Gauge("lmaas_worker_memory_used_bytes", "Resident memory (RSS) of the worker process.",
                          registry=registry, multiprocess_mode="liveall")
-            used.set_function(rss_bytes)
+            if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # --processes: values live in files, set at each report
+                self._used_gauge = used
+                used.set(rss_bytes())
+            else:
+                used.set_function(rss_bytes)  # read at scrape time
             self._model_gauge = Gauge("lmaas_model_memory_bytes", "Memory a loaded version took (RSS growth "
                                       "around its load and warm-up).", ("model", "version"), registry=registry,
                                       multiprocess_mode="liveall")
@@ -164,6 +169,9 @@ class MemoryTracker:
         with self._lock:
             return dict(self._versions)
 
-    @staticmethod
-    def used() -> int:
-        return rss_bytes()
+    def used(self) -> int:
+        """RSS now (and, under --processes, into the gauge's file)."""
+        value = rss_bytes()
+        if self._used_gauge is not None:
+            self._used_gauge.set(value)
+        return value
