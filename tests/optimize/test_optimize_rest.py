@@ -20,7 +20,7 @@ from cp_harness import lmaas, start_control_plane
 from lmaas.client.control import ControlPlaneClient
 from lmaas.control_plane.rest import schemas
 from lmaas.optimize import derive
-from lmaas.optimize.base import Job
+from lmaas.optimize.base import Job, Made
 from lmaas.optimize.evaldata import sample_inputs
 from models import write_mlp_onnx
 from processes import ServerProcess
@@ -166,3 +166,35 @@ def test_a_deployer_token_runs_optimize_and_a_reader_token_cannot(cp: ControlPla
         assert worker.get(f"/api/v1/models/tokmlp/versions/{parent}/artifact").status_code == 200
         assert reader.get(f"/api/v1/models/tokmlp/versions/{parent}/artifact").status_code == 403
     assert json.loads(cp.get_version("tokmlp", parent + 1).derivation.params["keep_io_types"]) is True
+
+
+def test_a_recipe_with_its_own_flow_gets_the_whole_call(cp: ControlPlaneClient, tmp_path: Path) -> None:
+    """The hook for recipes outside the ONNX flow (LLM directory versions): formats and flow of a Recipe."""
+    from lmaas.optimize import RECIPES, Optimized, optimize
+    from lmaas.optimize.base import Recipe
+    from lmaas.protos.errors import FailedPrecondition
+    from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
+
+    def copy_flow(client: ControlPlaneClient, model: str, version: int, recipe: str, **kw: Any) -> Optimized:
+        src = client.download(model, version, tmp_path / "parent.bin")
+        d = pb.Derivation(recipe=recipe, params={"threads": json.dumps(kw["threads"])},
+                          parent_size_bytes=src.size_bytes, size_bytes=src.size_bytes)
+        pushed = client.push(model, tmp_path / "parent.bin", format=src.format, config=src.config_json or None,
+                             parent_version=version, derivation=d)
+        return Optimized(d, pushed)
+
+    parent = cp.push("flowmlp", mlp(tmp_path / "mlp.onnx", seed=9)).version
+    def never(job: Job) -> Made:
+        raise AssertionError("a recipe with a flow is never run on a Job")
+
+    RECIPES["copy-test"] = Recipe("copy-test", "a copy, by its own flow", never, None, (), flow=copy_flow)
+    try:
+        made = optimize(cp, "flowmlp", parent, "copy-test", threads=3)
+        assert made.version is not None and made.version.parent_version == parent
+        assert cp.get_version("flowmlp", made.version.version).derivation.params["threads"] == "3"
+        RECIPES["copy-test"] = Recipe("copy-test", "", never, None, (), formats=("llm",), flow=copy_flow)
+        with pytest.raises(FailedPrecondition, match=r"recipe 'copy-test' does not suit model 'flowmlp' version "
+                                                     r"1: its format is 'onnx'; 'copy-test' works on llm versions"):
+            optimize(cp, "flowmlp", parent, "copy-test")
+    finally:
+        del RECIPES["copy-test"]

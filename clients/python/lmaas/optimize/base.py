@@ -65,6 +65,12 @@ class Recipe:
     default_max_error: float | None
     #: Python packages whose versions are recorded.
     tools: tuple[str, ...] = ("onnx", "onnxruntime")
+    #: Parent formats (lmaas.protos.formats) it works on; another is refused naming recipe, model and format.
+    formats: tuple[str, ...] = ("onnx",)
+    #: A recipe with a flow of its own (e.g. an LLM directory version: its own download, measurement and
+    #: push): :func:`~lmaas.optimize.pipeline.optimize` hands it the whole call, with the same arguments, after
+    #: checking the format. None = the ONNX flow (``run`` on a :class:`Job`).
+    flow: Callable[..., Any] | None = None
 
 
 def unsuitable(job: Job, why: str) -> FailedPrecondition:

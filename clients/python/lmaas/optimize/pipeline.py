@@ -114,16 +114,22 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
     shapes (recorded as ``sampled-parent``). ``deploy_canary`` W > 0 then deploys it as a W % canary of the
     current deployment's stable version. Over the gate: FailedPrecondition, and nothing is registered.
     """
-    get_recipe(recipe, model, version)
+    chosen = get_recipe(recipe, model, version)
     if with_versions and recipe != "merge":
         raise InvalidArgument(f"--with is for recipe 'merge', not {recipe!r}")
     if not 0 <= deploy_canary <= 100:
         raise InvalidArgument(f"--deploy-canary {deploy_canary}: expected a percentage 0-100")
     say = progress or (lambda _step: None)
     parent = client.get_version(model, version)
-    if parent.format != "onnx":
+    if parent.format not in chosen.formats:
         raise FailedPrecondition(f"recipe {recipe!r} does not suit model '{model}' version {version}: its format is "
-                                 f"{parent.format!r}; the recipes work on ONNX versions")
+                                 f"{parent.format!r}; {recipe!r} works on {', '.join(chosen.formats)} versions")
+    if chosen.flow is not None:
+        result: Optimized = chosen.flow(
+            client, model, version, recipe, eval_file=eval_file, calibration_file=calibration_file,
+            max_error=max_error, deploy_canary=deploy_canary, with_versions=with_versions, options=options,
+            threads=threads, seconds=seconds, samples=samples, progress=progress)
+        return result
     if deploy_canary:
         current = client.get_deployment(model).deployment.spec.stable_version  # NOT_FOUND before anything else
         if not current:
