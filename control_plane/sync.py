@@ -118,7 +118,7 @@ class WorkerSync:
         pool = hello.pool or "default"
         keys.check_name(pool, "pool name")
         check_text(hello.inference_address, "inference_address", MAX_SHORT_TEXT)
-        _check_held(hello.held)
+        _held(hello.held)
         principal = current_principal()
         token_id = principal.name.removeprefix("token:") if principal and principal.name.startswith("token:") else ""
         lease = await self._presence_lease()
@@ -178,7 +178,7 @@ class _Session:
         self.sent: dict[int, dict[str, int]] = {}  # snapshot revision → model → generation
         # as last written, model by model; shared with every session in the same state (see _shared)
         self.observed_state: tuple[tuple[str, _State], ...] = ()
-        self.held = _shared(tuple((h.model, h.version, h.digest) for h in hello.held))
+        self.held = _held(hello.held)
         self.held_wire: bytes | None = None  # the record's held entries, encoded; None after a change
         self.revision = 0  # mod_revision of our latest write of the worker key
         self.lock = asyncio.Lock()
@@ -214,9 +214,16 @@ class _Session:
         """The worker key's value: the record's fields, then its held entries (encoded protobuf messages
         concatenate as a merge, and ``held`` is repeated)."""
         if self.held_wire is None:
-            held = pb.WorkerInfo(held=[pb.HeldVersion(model=m, version=v, digest=d) for m, v, d in self.held])
-            _held_memory(held, self.memory)
-            self.held_wire = _shared(held.SerializeToString())  # equal across workers without memory figures
+            wire = _HELD_WIRE.get(self.held) if not self.memory else None  # workers without memory figures share
+            if wire is None:
+                held = pb.WorkerInfo(held=[pb.HeldVersion(model=m, version=v, digest=d) for m, v, d in self.held])
+                _held_memory(held, self.memory)
+                wire = held.SerializeToString()
+                if not self.memory:
+                    if len(_HELD_WIRE) >= _SHARED_MAX:
+                        _HELD_WIRE.clear()
+                    _HELD_WIRE[self.held] = wire
+            self.held_wire = wire
         return self.info.SerializeToString() + self.held_wire
 
     async def _write(self, extra: list[Put | Delete]) -> None:
@@ -341,7 +348,7 @@ class _Session:
                 await self._write([])
 
     async def _on_ack(self, ack: sync_pb2.Ack) -> None:
-        _check_held(ack.held)
+        held = _held(ack.held)
         generations = self.sent.get(ack.snapshot_revision)
         if generations is None:
             log.warning("worker %s acknowledged unknown snapshot %d", self.worker_id, ack.snapshot_revision)
@@ -351,12 +358,15 @@ class _Session:
         before = dict(self.observed_state)
         written: list[tuple[str, _State]] = []
         for status in ack.models:
-            generation = generations.get(status.model)
+            model = status.model
+            generation = generations.get(model)
             if generation is None:
                 continue
-            state = (generation, status.ok, status.error[:MAX_ERROR], tuple(status.loaded_versions[:MAX_HELD]))
-            written.append((status.model, state))
-            if before.pop(status.model, None) == state:
+            loaded = status.loaded_versions
+            state = (generation, status.ok, status.error[:MAX_ERROR],
+                     tuple(loaded) if len(loaded) <= MAX_HELD else tuple(loaded[:MAX_HELD]))
+            written.append((model, state))
+            if before.pop(model, None) == state:
                 continue  # unchanged since the Ack that first reported it: O(changed models) writes per Ack
             observed = pb.ObservedModel(
                 worker_id=self.worker_id, model=status.model, generation=generation,
@@ -367,7 +377,6 @@ class _Session:
             if not status.ok:
                 log.warning("worker %s NACK model %s: %s", self.worker_id, status.model, status.error)
         ops.extend(Delete(keys.observed(self.worker_id, m)) for m in before)  # no longer reported
-        held = _shared(tuple((h.model, h.version, h.digest) for h in ack.held))
         async with self.lock:
             self.info.acked_revision = ack.snapshot_revision
             if held != self.held:
@@ -388,6 +397,7 @@ _State = tuple[int, bool, str, tuple[int, ...]]  # generation, ok, error, loaded
 _STALE: _State = (-1, False, "", ())  # written by an older stream: never equal to a reported state
 _SHARED: dict[Any, Any] = {}
 _SHARED_MAX = 4096
+_HELD_WIRE: dict[tuple[tuple[str, int, str], ...], bytes] = {}  # held versions → their encoded record entries
 
 
 def _shared(value: _T) -> _T:
@@ -416,8 +426,12 @@ def _held_memory(info: pb.WorkerInfo, memory: dict[tuple[str, int], tuple[int, i
         h.memory_bytes, h.memory_peak_bytes = memory.get((h.model, h.version), (0, 0))
 
 
-def _check_held(held: Sequence[sync_pb2.Held]) -> None:
+def _held(held: Sequence[sync_pb2.Held]) -> tuple[tuple[str, int, str], ...]:
+    """The held versions, checked (once per distinct list: a fleet reports the same one a thousand times)."""
     check_count(held, "held versions", MAX_HELD)
-    for h in held:
-        check_text(h.model, "held model name", MAX_SHORT_TEXT)
-        check_text(h.digest, "held digest", MAX_SHORT_TEXT)
+    value = tuple((h.model, h.version, h.digest) for h in held)
+    if value not in _SHARED:
+        for model, _, digest in value:
+            check_text(model, "held model name", MAX_SHORT_TEXT)
+            check_text(digest, "held digest", MAX_SHORT_TEXT)
+    return _shared(value)
