@@ -17,9 +17,17 @@ operation::
 
     deploy: p50 0.41 s p99 0.62 s | cpu/rollout 0.21 s (r1 0.12, r2 0.09) | store ops/rollout 2010 | peak rss ...
 
+The kill rollout counts as converged only when every simulated worker (the
+killed replica's too, reconnected) acknowledged it. Memory per worker is the
+RSS growth of each replica from before the workers connected, divided by its
+share of them.
+
 Results are saved to ``benchmarks/results/fleet-<workers>w-<models>m.json``;
-when results of a smaller fleet with the same models exist, the growth of each
-figure is printed too (the target: linear, at most 12x from 100 to 1,000).
+then a table with one row per fleet size saved with the same models (100,
+300, 1,000 ...) is printed, and the growth of each figure from every smaller
+fleet (the target: linear, at most 12x from 100 to 1,000).
+``LMAAS_FLEET_PROFILE=<dir>`` runs each replica under cProfile (a replica that
+exits normally writes ``<dir>/<replica>.prof``; the killed one does not).
 """
 
 from __future__ import annotations
@@ -110,8 +118,11 @@ class Replica:
 
 
 def _start_replica(name: str, store_url: str, work: Path) -> Replica:
+    # LMAAS_FLEET_PROFILE=<dir>: run each replica under cProfile (written at its exit) to find where the time goes
+    profile = os.environ.get("LMAAS_FLEET_PROFILE")
+    wrap = ["-m", "cProfile", "-o", str(Path(profile).resolve() / f"{name}.prof")] if profile else []
     argv = [
-        sys.executable, "-m", "lmaas.cli", "control-plane", "--store", store_url, "--artifact-dir",
+        sys.executable, *wrap, "-m", "lmaas.cli", "control-plane", "--store", store_url, "--artifact-dir",
         str(work / "artifacts"), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1", "--no-auth",
         "--replica-id", name, "--rollout-timeout", "60s", "--log-level", "warning",
     ]
@@ -238,7 +249,9 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     kill.process.send_signal(signal.SIGKILL)
                 final = await _wait_final(deployments, model, reply.deployment.generation, 120)
                 result.seconds.append(time.monotonic() - t0)
-                if final is None or final.phase != pb.ROLLOUT_PHASE_SUCCEEDED or len(final.workers) != args.workers:
+                # converged means: every simulated worker (also the killed replica's, reconnected) acknowledged
+                acked = sum(w.state == pb.WORKER_ROLLOUT_STATE_ACKED for w in final.workers) if final else 0
+                if final is None or final.phase != pb.ROLLOUT_PHASE_SUCCEEDED or acked != args.workers:
                     result.failures += 1
                     print(f"  {name} {model}: {final.phase if final else None} {final.message if final else ''} "
                           f"({len(final.workers) if final else 0} workers)", flush=True)
@@ -296,6 +309,27 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cluster.close()
 
 
+def _table(out: dict[str, Any]) -> None:
+    """One row per fleet size measured with the same models (this run and the saved ones)."""
+    runs = {out["workers"]: out}
+    for path in RESULTS.glob(f"fleet-*w-{out['models']}m.json"):
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            old = json.loads(path.read_text())
+            runs.setdefault(old["workers"], old)
+    print(f"{'workers':>7} | {'deploy p50/p99 s':>16} | {'canary p50':>10} | {'rollback p50':>12} | "
+          f"{'cpu/rollout s':>13} | {'store ops':>9} | {'KiB/worker':>10} | {'kill delay s':>12}", flush=True)
+    for workers in sorted(runs):
+        run = runs[workers]
+        ops = run["ops"]
+        deploy = ops["deploy"]
+        mem = max(run["memory_kib_per_worker"].values(), default=0.0)
+        kill = run.get("kill")
+        killed = f"{kill['delay_vs_deploy_p50']:+.2f}" + (" FAILED" if kill["failures"] else "") if kill else "-"
+        print(f"{workers:>7} | {deploy['p50']:>7.2f} / {deploy['p99']:<6.2f} | {ops['canary']['p50']:>10.2f} | "
+              f"{ops['rollback']['p50']:>12.2f} | {sum(deploy['cpu'].values()):>13.2f} | "
+              f"{deploy['store_ops']:>9.0f} | {mem:>10.0f} | {killed:>12}", flush=True)
+
+
 def _growth(out: dict[str, Any]) -> None:
     smaller = []
     for path in RESULTS.glob(f"fleet-*w-{out['models']}m.json"):
@@ -343,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"fleet-{args.workers}w-{args.models}m.json").write_text(json.dumps(out, indent=2) + "\n")
+        _table(out)
         _growth(out)
     return 1 if failures else 0
 

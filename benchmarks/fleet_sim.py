@@ -106,10 +106,13 @@ class SimWorker:
             snapshot_revision=snapshot.revision,
             held=[sync_pb2.Held(model=m, version=v, digest="") for m, v in sorted(self.held)],
         )
+        by_model: dict[str, list[int]] = {}  # one pass, not one per route: the simulator must stay O(models)
+        for m, v in sorted(self.held):
+            by_model.setdefault(m, []).append(v)
         for r in snapshot.routes:
             ok = r.model not in self.reject
             ack.models.add(
-                model=r.model, loaded_versions=sorted(v for m, v in self.held if m == r.model), ok=ok,
+                model=r.model, loaded_versions=by_model.get(r.model, []), ok=ok,
                 error="" if ok else "simulated load failure",
             )
             self.generations[r.model] = r.generation

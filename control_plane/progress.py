@@ -15,6 +15,12 @@ rebuilt by listing the (leased) keys again: nothing here is durable.
 Presence grace: a worker whose key disappears (its stream ended) still counts
 as pending for ``presence_grace`` seconds, so a worker between two streams
 does not make a rollout succeed with "no worker connected".
+
+A replica killed mid-rollout: its workers' keys stay (pending) until its
+lease expires, so the rollout waits for them; each reconnects (with jittered
+backoff) to another replica, whose register overwrites its key and whose
+first Ack rewrites its observed keys under the live lease. Only a worker that
+has not come back within the lease TTL plus the grace is taken as gone.
 """
 
 from __future__ import annotations
