@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from google.protobuf import json_format
 from lmaas.protos.inference import model_config_pb2 as mc
 from lmaas.protos.tensors import DTYPES
 from lmaas.server.backends import Backend, BackendError, Signature
@@ -259,8 +260,9 @@ class ModelVersion(_Retirable):
                 mc.ModelInstanceGroup(count=self.config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
             ],
         )
-        if self.sequences is not None:  # model_config.proto has no sequence_batching field yet: a JSON parameter
-            cfg.parameters["sequence_batching"].string_value = self.sequences.config.model_dump_json(exclude_none=True)
+        if self.sequences is not None:  # Triton's field names: the same message perf_analyzer reads
+            json_format.ParseDict(self.sequences.config.model_dump(mode="json", exclude_none=True),
+                                  cfg.sequence_batching)
         elif self.max_batch_size:
             cfg.dynamic_batching.CopyFrom(
                 mc.ModelDynamicBatching(

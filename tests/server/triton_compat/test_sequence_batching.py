@@ -174,8 +174,15 @@ def test_model_config_and_metadata(grpc_client: tc.InferenceServerClient) -> Non
     assert [t["name"] for t in meta["inputs"]] == ["INPUT"]  # control and state inputs are the worker's
     assert [t["name"] for t in meta["outputs"]] == ["SUM"]
     config = grpc_client.get_model_config("acc_oldest", as_json=True)["config"]
-    assert '"max_candidate_sequences":3' in config["parameters"]["sequence_batching"]["string_value"]
-    assert "dynamic_batching" not in config
+    # Triton's own ModelConfig.sequence_batching (what perf_analyzer reads to send sequences), not a side channel.
+    sequence = config["sequence_batching"]
+    assert sequence["oldest"]["max_candidate_sequences"] == 3
+    assert sequence["max_sequence_idle_microseconds"] == "60000000"  # uint64: a string in proto JSON
+    # (CONTROL_SEQUENCE_START is the enum's zero value, so proto JSON leaves "kind" out, as Triton's does.)
+    assert sequence["control_input"] == [{"name": "START", "control": [{"int32_false_true": [0, 1]}]}]
+    assert sequence["state"] == [{"input_name": "ACC_IN", "output_name": "ACC_OUT", "data_type": "TYPE_FP32",
+                                  "dims": ["1"]}]
+    assert "dynamic_batching" not in config and "sequence_batching" not in config.get("parameters", {})
 
 
 def _invalid(call: Any, match: str) -> None:
@@ -308,3 +315,21 @@ def test_unload_ends_sequences_with_a_clear_status(grpc_client: tc.InferenceServ
     # The reloaded model never saw sequence 61: refused, not silently restarted from zero.
     _invalid(lambda: _run(grpc_client, "acc_unload", 61, 1.0), "sequence 61 .* must specify the START flag")
     assert _sum(_run(grpc_client, "acc_unload", 61, 1.0, start=True, end=True)) == 1
+
+
+def test_perf_analyzer_drives_sequences(worker: ServerProcess, binary: str) -> None:
+    """perf_analyzer sees sequence_batching in the ModelConfig and sends sequences (START … END, one correlation
+    ID each) at concurrency 2; every request is served and none fails (a missing START would fail it)."""
+    from benchmarks.perf_analyzer import run_perf_analyzer
+
+    extra = ["--sequence-length", "4", "--concurrency-range", "2"]
+    result = run_perf_analyzer(worker.grpc, "acc_direct", concurrency=2, measurement_ms=300, extra=extra,
+                               binary=binary, timeout=120, stability_percent=1000, max_trials=20)  # busy box
+    assert result["throughput"] > 0
+    client = tc.InferenceServerClient(worker.grpc)
+    try:
+        stats = client.get_inference_statistics("acc_direct", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) > 0
+        assert int(stats["inference_stats"]["fail"].get("count", 0)) == 0
+    finally:
+        client.close()
