@@ -10,6 +10,10 @@ greedy token after a few dozen steps. So :func:`_mm` always multiplies in blocks
 padded to two): measured, a row's result is then bit-identical whatever else is in the batch. Prefill chunk
 boundaries depend only on the sequence itself (see the scheduler), so attention sees the same shapes alone or
 batched. Weights are stored transposed and contiguous (``x @ Wt``), the layout for which that holds.
+
+**int8 versions** (``quantization_config`` in config.json, see :mod:`lmaas.server.llm.quant`): the linear layers
+are :class:`~lmaas.server.llm.quant.QLinear` and multiply with integer GEMMs, batch invariant by construction;
+embeddings, norms, attention and the KV cache stay on the fp32 path.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lmaas.server.llm.quant import SCALE_SUFFIX, QLinear, is_int8, qmm
 
 __all__ = ["KVCache", "Llama", "LlamaConfig", "SeqInput"]
 
@@ -40,6 +45,7 @@ class LlamaConfig:
     rms_norm_eps: float
     max_position_embeddings: int
     tie_word_embeddings: bool
+    int8: bool = False  # linear weights are int8 + per-channel scales (quant.METHOD)
 
     @classmethod
     def from_file(cls, path: Path) -> LlamaConfig:
@@ -63,6 +69,7 @@ class LlamaConfig:
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            int8=is_int8(raw),
         )
 
     def kv_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
@@ -107,6 +114,15 @@ def _mm(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     return out
 
 
+Weight = torch.Tensor | QLinear
+#: One block: input norm, q|k|v, o, post-attention norm, gate|up, down.
+_Layer = tuple[torch.Tensor, Weight, Weight, torch.Tensor, Weight, Weight]
+
+
+def _linear(x: torch.Tensor, w: Weight) -> torch.Tensor:
+    return qmm(x, w) if isinstance(w, QLinear) else _mm(x, w)
+
+
 class _LazyTensors:
     """``pop(name)`` reads one tensor from the safetensors files: load peak = final weights + one tensor."""
 
@@ -118,6 +134,9 @@ class _LazyTensors:
             handle: Any = safe_open(str(f), framework="pt")
             for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 self._where[key] = handle
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
 
     def pop(self, name: str, *default: None) -> torch.Tensor | None:
         handle = self._where.pop(name, None)
@@ -145,13 +164,26 @@ class Llama:
             # A copy: the loaded tensors may share one buffer per file, which a kept view would pin whole.
             return take(name).clone()
 
-        def t(*names: str) -> torch.Tensor:
+        def quantized(name: str) -> QLinear | None:
+            if not c.int8 or name + SCALE_SUFFIX not in tensors:
+                return None
+            weight, scale = tensors.pop(name), tensors.pop(name + SCALE_SUFFIX)
+            if weight.dtype != torch.int8 or weight.dim() != 2 or tuple(scale.shape) != (weight.shape[0],):
+                raise ValueError(f"weights: '{name}' is not int8 [out, in] with a scale [out]")
+            return QLinear(weight, scale.to(torch.float32))
+
+        def t(*names: str) -> Weight:
+            parts = [quantized(n) for n in names]
+            if all(p is not None for p in parts):
+                return QLinear.cat(p for p in parts if p is not None)
+            if any(p is not None for p in parts):
+                raise ValueError(f"weights: {', '.join(names)} must all be int8 or all fp32")
             return torch.cat([take(n) for n in names]).t().contiguous()
 
         self.embed = own("model.embed_tokens.weight")
         if tuple(self.embed.shape) != (c.vocab_size, c.hidden_size):
             raise ValueError(f"weights: embedding shape {tuple(self.embed.shape)} does not match config.json")
-        self.layers: list[tuple[torch.Tensor, ...]] = []
+        self.layers: list[_Layer] = []
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
             self.layers.append(
@@ -165,10 +197,11 @@ class Llama:
                 )
             )
         self.norm = own("model.norm.weight")
-        head = tensors.pop("lm_head.weight", None)
-        if head is None and not c.tie_word_embeddings:
+        qhead = quantized("lm_head.weight")
+        head = None if qhead is not None else tensors.pop("lm_head.weight", None)
+        if qhead is None and head is None and not c.tie_word_embeddings:
             raise ValueError("weights: lm_head.weight is missing and the embeddings are not tied")
-        self.head = (self.embed if head is None else head.to(dtype)).t().contiguous()
+        self.head: Weight = qhead or (self.embed if head is None else head.to(dtype)).t().contiguous()
         inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim))
         angles = torch.outer(torch.arange(c.max_position_embeddings, dtype=torch.float64), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
@@ -184,7 +217,7 @@ class Llama:
 
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.norm, self.head, *(w for layer in self.layers for w in layer)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.nbytes if isinstance(t, QLinear) else t.numel() * t.element_size() for t in tensors)
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.config, capacity, self.dtype)
@@ -230,7 +263,7 @@ class Llama:
         rows = x.shape[0]
         hq, hkv, d = c.num_heads, c.num_kv_heads, c.head_dim
         for layer, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
-            qkv = _mm(self._rms(x, ln1), wqkv)
+            qkv = _linear(self._rms(x, ln1), wqkv)
             q = self._rope(qkv[:, : hq * d].view(rows, hq, d), cos, sin)
             k = self._rope(qkv[:, hq * d : (hq + hkv) * d].view(rows, hkv, d), cos, sin)
             v = qkv[:, (hq + hkv) * d :].view(rows, hkv, d)
@@ -242,9 +275,9 @@ class Llama:
                 cv[:, p : p + n] = v[offset : offset + n].transpose(0, 1)
                 attn[offset : offset + n] = self._attend(q[offset : offset + n], ck[:, : p + n], cv[:, : p + n], mask)
                 offset += n
-            x = x + _mm(attn.view(rows, hq * d), wo)
-            gate, up = _mm(self._rms(x, ln2), wgu).chunk(2, dim=-1)
-            x = x + _mm(F.silu(gate) * up, wdown)
+            x = x + _linear(attn.view(rows, hq * d), wo)
+            gate, up = _linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, wdown)
         for s, n in zip(seqs, lengths, strict=True):
             s.cache.length += n
         wanted = [i for i, s in enumerate(seqs) if s.want_logits]
@@ -252,7 +285,7 @@ class Llama:
         if wanted:
             ends = torch.tensor(lengths).cumsum(0) - 1
             last = self._rms(x[ends[wanted]], self.norm)
-            logits = _mm(last, self.head).float()
+            logits = _linear(last, self.head).float()
             for j, i in enumerate(wanted):
                 result[i] = logits[j]
         return result
