@@ -2,10 +2,13 @@
 
     python -m benchmarks.llm_engine                       # SmolLM2 (converted once, cached), fp32, 1/4/16 streams
     python -m benchmarks.llm_engine --concurrency 1 --max-tokens 32 --dtype bfloat16
+    python -m benchmarks.llm_engine --weights fp32,int8 --max-tokens 32   # int8 beside fp32, ratios at the end
 
 Prompt: 32 tokens, greedy, ``ignore_eos``, ``--max-tokens`` (default 128) new tokens per stream. TTFT is arrival to
 the first chunk; ITL = (e2e - TTFT) / (tokens - 1), as aiperf defines it; aggregate tok/s = all generated tokens
-over the wall time of the whole level. One warm-up generation first.
+over the wall time of the whole level. One warm-up generation first. ``--weights int8`` serves the int8 version of
+the same directory (``lmaas.server.llm.quant``, quantised once and cached beside it); with several weight formats
+each runs in turn in the same process and the last table gives each one's ratio to the first.
 """
 
 from __future__ import annotations
@@ -55,12 +58,45 @@ async def _level(engine: object, prompt: str, streams: int, max_tokens: int) -> 
     }
 
 
+def _int8_of(directory: Path) -> Path:
+    """The int8 version of an fp32 directory, quantised once into a sibling ``<name>-int8``."""
+    import json
+
+    from lmaas.server.llm.quant import is_int8, quantize_directory
+
+    if is_int8(json.loads((directory / "config.json").read_text())):
+        return directory
+    target = directory.with_name(directory.name + "-int8")
+    if not (target / "model.safetensors").is_file():
+        partial = directory.with_name(f".{directory.name}-int8.partial")
+        quantize_directory(directory, partial)
+        partial.rename(target)
+    return target
+
+
 async def _run(args: argparse.Namespace) -> list[dict[str, float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from llm_support import smollm2_dir
+
+    base = Path(args.model) if args.model else smollm2_dir()
+    table: dict[str, list[dict[str, float]]] = {}
+    for weights in args.weights:
+        directory = _int8_of(base) if weights == "int8" else base
+        print(f"# weights={weights}  {directory}", flush=True)
+        table[weights] = await _run_one(args, directory)
+    if len(table) > 1:
+        first, *others = table
+        for name in others:
+            for ref, row in zip(table[first], table[name], strict=True):
+                print(f"streams={int(row['streams']):>3}  {name}/{first} aggregate tok/s "
+                      f"{row['agg_tok_s'] / ref['agg_tok_s']:.2f}x  TTFT p50 "
+                      f"{row['ttft_ms_p50'] / ref['ttft_ms_p50']:.2f}x", flush=True)
+    return [row for rows in table.values() for row in rows]
+
+
+async def _run_one(args: argparse.Namespace, directory: Path) -> list[dict[str, float]]:
     from lmaas.server.llm.engine import EngineSettings, LLMEngine
 
-    directory = Path(args.model) if args.model else smollm2_dir()
     settings = EngineSettings(torch_threads=args.threads, dtype=args.dtype, kv_cache_mb=args.kv_cache_mb)
     engine = LLMEngine(directory, name="bench", settings=settings)
     try:
@@ -90,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--kv-cache-mb", type=int, default=256)
+    parser.add_argument("--weights", type=lambda s: s.split(","), default=["fp32"],
+                        help="fp32, int8 or both (fp32,int8): int8 = the directory quantised (cached)")
     asyncio.run(_run(parser.parse_args(argv)))
 
 
