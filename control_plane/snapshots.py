@@ -120,7 +120,8 @@ def encode(snapshot: sync_pb2.Snapshot) -> bytes:
     global encodings
     entry = _ENCODED.get(id(snapshot))
     if entry is None or entry[0] is not snapshot:
-        return snapshot.SerializeToString()  # not a shared one (tests, tools)
+        encoded: bytes = snapshot.SerializeToString()  # not a shared one (tests, tools)
+        return encoded
     data = entry[1]
     if data is None:
         data = snapshot.SerializeToString()
@@ -148,7 +149,8 @@ def add_worker_sync_to_server(servicer: sync_pb2_grpc.WorkerSyncServicer, server
     service = sync_pb2.DESCRIPTOR.services_by_name["WorkerSync"].full_name
 
     def sync(raw: AsyncIterator[bytes], context: Any) -> AsyncIterator[sync_pb2.Snapshot]:
-        return servicer.Sync(_parsed(raw), context)
+        replies: AsyncIterator[sync_pb2.Snapshot] = servicer.Sync(_parsed(raw), context)
+        return replies
 
     handlers = {
         "Sync": grpc.stream_stream_rpc_method_handler(

@@ -224,7 +224,8 @@ class _Session:
                         _HELD_WIRE.clear()
                     _HELD_WIRE[self.held] = wire
             self.held_wire = wire
-        return self.info.SerializeToString() + self.held_wire
+        fields: bytes = self.info.SerializeToString()
+        return fields + self.held_wire
 
     async def _write(self, extra: list[Put | Delete]) -> None:
         ops: list[Put | Delete] = [Put(self.key, self.record(), self.lease.id), *extra]
@@ -408,7 +409,7 @@ def _shared(value: _T) -> _T:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         _SHARED[value] = found = value
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _replaced(info: pb.WorkerInfo, field: str, items: Sequence[Any]) -> pb.WorkerInfo:
