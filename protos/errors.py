@@ -217,7 +217,7 @@ _BY_REASON: dict[str, type[LMaaSError]] = {_reason(cls): cls for cls in _KERNEL}
 
 def _wire_class(exc: LMaaSError) -> type[LMaaSError]:
     """The class of this module that ``exc`` travels as (its own, or the nearest base defined here)."""
-    return next(c for c in type(exc).__mro__ if c in _KERNEL)  # type: ignore[misc]
+    return next(c for c in type(exc).__mro__ if c in _KERNEL)
 
 
 def error_info(exc: LMaaSError) -> tuple[str, dict[str, str]]:
@@ -231,7 +231,8 @@ def status_details(exc: LMaaSError) -> bytes:
     reason, metadata = error_info(exc)
     info = status_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     detail = status_pb2.Detail(type_url=_ERROR_INFO_URL, value=info.SerializeToString())
-    return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail]).SerializeToString()
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[detail])
+    return bytes(status.SerializeToString())
 
 
 def _from_details(code: grpc.StatusCode, details: bytes) -> tuple[type[LMaaSError], dict[str, str]] | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -35,7 +35,7 @@ __all__ = ["ErrorInterceptor", "Translate", "guard_servicer"]
 log = logging.getLogger("lmaas.grpc")
 
 Translate = Mapping[type[BaseException], grpc.StatusCode]
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
