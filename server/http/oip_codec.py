@@ -14,11 +14,18 @@ bytes) followed by each binary input's bytes in input order, sized by its
 else as JSON ``data``.
 
 Large JSON tensors are the cost (measured: a 12,288-float body spent 9 ms in
-``json.loads`` and 9 ms in per-element ``isinstance`` checks). Elements are
-therefore checked by the *set* of their types (``set(map(type, flat))`` runs in
-C) and nested lists flattened a level at a time with ``chain``, so the checks cost
-little beside ``json.loads``; :func:`json_header_size` and
-:func:`json_output_bytes` let the route move the big ones off the event loop.
+``json.loads`` and 9 ms in per-element ``isinstance`` checks). JSON is therefore
+parsed and written by orjson (measured on that body: 0.63 ms to parse against the
+stdlib's 3.8 ms; 0.4 ms to write 12,288 floats against 18 ms), numeric outputs go
+to it as numpy arrays (as float64, so each value reads back exactly as the
+stdlib's text did), elements are checked by the *set* of their types
+(``set(map(type, flat))`` runs in C) and nested lists flattened a level at a time
+with ``chain``; :func:`json_header_size` and :func:`json_output_bytes` let the
+route move the big ones off the event loop.
+
+orjson is strict JSON: ``NaN`` / ``Infinity`` in a request are malformed JSON
+(400), as in Triton. Outputs holding non-finite values are written by the stdlib
+encoder (``NaN``, which Python's and Triton's clients read), not as ``null``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 from lmaas.protos.errors import InvalidArgument
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.tensors import DTYPES, decode_raw, element_count, encode_bytes, encode_raw
@@ -45,7 +53,7 @@ __all__ = [
 # Parameters the HTTP layer consumes (the binary extension's); the rest travel on to the core.
 _HTTP_PARAMETERS = frozenset({"binary_data_output", "binary_data_size", "binary_data"})
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
-# json.loads makes exact types, so a set of types answers each isinstance question for all elements at once.
+# The JSON parser makes exact types, so a set of types answers each isinstance question for all elements at once.
 _NUMBERS = frozenset({int, float})
 _INTS = frozenset({int})
 _BOOLS = frozenset({bool})
@@ -100,8 +108,8 @@ def decode_infer_request(
     else:
         header, blob = body, memoryview(b"")
     try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"malformed JSON inference header: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidArgument("the inference request must be a JSON object")
@@ -205,6 +213,10 @@ def encode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> b
     elif not types <= _NUMBERS:
         raise InvalidArgument(f"input '{name}': {datatype} data must be numbers")
     elif datatype not in _FLOAT_TYPES and not types <= _INTS:
+        if any(type(v) is float and v.is_integer() and abs(v) >= 1 << 63 for v in flat):
+            # orjson reads an integer beyond 64 bits as a float: say what the stdlib's big int made us say
+            info = np.iinfo(DTYPES[datatype])
+            raise InvalidArgument(f"input '{name}': a value does not fit {datatype}: outside [{info.min}, {info.max}]")
         raise InvalidArgument(f"input '{name}': {datatype} data must be integers")
     dtype = DTYPES[datatype]
     try:
@@ -281,6 +293,7 @@ def encode_infer_response(response: pb.ModelInferResponse, binary: BinaryOutputs
     default, asked_binary, asked_json = binary
     outputs = []
     blobs: list[bytes] = []
+    finite = True
     for i, tensor in enumerate(response.outputs):
         raw = response.raw_output_contents[i]
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
@@ -293,7 +306,9 @@ def encode_infer_response(response: pb.ModelInferResponse, binary: BinaryOutputs
             params["binary_data_size"] = len(raw)
             blobs.append(raw)
         else:
-            out["data"] = _json_data(tensor.name, tensor.datatype, list(tensor.shape), raw)
+            out["data"] = data = _json_data(tensor.name, tensor.datatype, list(tensor.shape), raw)
+            finite = finite and (not isinstance(data, np.ndarray) or data.dtype.kind != "f" or
+                                 bool(np.isfinite(data).all()))
         if params:
             out["parameters"] = params
         outputs.append(out)
@@ -303,13 +318,20 @@ def encode_infer_response(response: pb.ModelInferResponse, binary: BinaryOutputs
     if len(response.parameters):
         doc["parameters"] = {k: _parameter_value(v) for k, v in response.parameters.items()}
     doc["outputs"] = outputs
-    header = _ENCODER.encode(doc).encode()
+    if finite:
+        header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    else:  # orjson would write NaN as null: the stdlib writes NaN / Infinity, which clients read back
+        for out in outputs:
+            if isinstance(out.get("data"), np.ndarray):
+                out["data"] = out["data"].tolist()
+        header = _ENCODER.encode(doc).encode()
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
 
 
-def _json_data(name: str, datatype: str, shape: list[int], raw: bytes) -> list[Any]:
+def _json_data(name: str, datatype: str, shape: list[int], raw: bytes) -> list[Any] | np.ndarray:
+    """An output's JSON ``data``: strings for BYTES, else a flat array orjson writes as it is."""
     array = decode_raw(name, datatype, shape, raw, "output").reshape(-1)
     if datatype == "BYTES":
         try:
@@ -318,10 +340,9 @@ def _json_data(name: str, datatype: str, shape: list[int], raw: bytes) -> list[A
             raise InvalidArgument(
                 f"output '{name}' holds BYTES that are not UTF-8: request it with binary_data true"
             ) from None
-    if datatype in ("FP16", "BF16"):
-        array = array.astype(np.float32)
-    result: list[Any] = array.tolist()
-    return result
+    if datatype in _FLOAT_TYPES:  # float64 text reads back exactly (float32 text could round twice)
+        return np.ascontiguousarray(array, dtype=np.float64)
+    return np.ascontiguousarray(array)
 
 
 def _parameter_value(p: pb.InferParameter) -> Any:

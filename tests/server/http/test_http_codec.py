@@ -33,7 +33,8 @@ def _values(datatype: str) -> st.SearchStrategy[Any]:
     if datatype == "BYTES":
         return st.text(max_size=5)
     if datatype in ("FP16", "FP32", "FP64", "BF16"):
-        return st.floats(allow_nan=False, width=16) | st.integers(-1000, 1000)
+        # JSON numbers are finite (NaN / Infinity are not JSON: see test_non_finite_request_values_are_malformed)
+        return st.floats(allow_nan=False, allow_infinity=False, width=16) | st.integers(-1000, 1000)
     info = np.iinfo(NUMPY[datatype])
     return st.integers(int(info.min), int(info.max))
 
@@ -89,6 +90,31 @@ def test_bad_data_errors_name_the_input_and_the_fault(datatype: str, data: list[
     with pytest.raises(InvalidArgument) as info:
         encode_json_data("x", datatype, [2], data)
     assert info.value.message.startswith(f"input 'x': {message}"), info.value.message
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_request_values_are_malformed(literal: str) -> None:
+    """Strict JSON, as Triton parses it: the stdlib's NaN / Infinity extensions are a 400, not a tensor value."""
+    body = f'{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": [{literal}]}}]}}'.encode()
+    with pytest.raises(InvalidArgument, match="malformed JSON inference header"):
+        decode_infer_request(body, None, "m", "")
+
+
+def test_big_integers_do_not_fit() -> None:
+    """Integers beyond 64 bits (which the parser reads as floats) still say they do not fit."""
+    body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "UINT64", "data": [18446744073709551616]}]}'
+    with pytest.raises(InvalidArgument, match="a value does not fit UINT64"):
+        decode_infer_request(body, None, "m", "")
+
+
+def test_non_finite_outputs_are_written_as_python_reads_them() -> None:
+    """orjson would write NaN as null; an output with NaN / Infinity keeps the stdlib's text, read back as is."""
+    response = pb.ModelInferResponse(model_name="m", model_version="1")
+    response.outputs.add(name="y", datatype="FP32", shape=[3])
+    response.raw_output_contents.append(np.array([1.5, np.nan, -np.inf], np.float32).tobytes())
+    body, _ = encode_infer_response(response, (False, frozenset(), frozenset()))
+    data = json.loads(body)["outputs"][0]["data"]
+    assert data[0] == 1.5 and np.isnan(data[1]) and data[2] == -np.inf
 
 
 def test_scalar_data_is_one_element() -> None:
