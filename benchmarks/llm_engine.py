@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kv-cache-mb", type=int, default=256)
     parser.add_argument("--weights", type=lambda s: s.split(","), default=["fp32"],
                         help="fp32, int8 or both (fp32,int8): int8 = the directory quantised (cached)")
-    asyncio.run(_run(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.weights) - {"fp32", "int8"})
+    if unknown:
+        parser.error(f"--weights: unknown {', '.join(unknown)} (fp32, int8)")
+    asyncio.run(_run(args))
 
 
 if __name__ == "__main__":
