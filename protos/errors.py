@@ -94,11 +94,8 @@ class NotFound(LMaaSError):
 class ModelNotFound(NotFound):
     fields = ("name", "version")
 
-    def __init__(self, name: str, version: str | int | None = None, *, triton: bool = False) -> None:
-        if triton:  # the worker: Triton's wording, which its clients and examples match on
-            suffix = f" version {version}" if version else ""
-            message = f"Request for unknown model: '{name}'{suffix} is not found"
-        else:
+    def __init__(self, name: str, version: str | int | None = None, *, message: str | None = None) -> None:
+        if message is None:
             what = f"model '{name}'" if not version else f"version {version} of model '{name}'"
             message = f"{what} is not found" if version else f"{what} is not found or not ready"
         super().__init__(message)

@@ -16,7 +16,6 @@ from lmaas.protos.errors import (
     Internal,
     InvalidArgument,
     LMaaSError,
-    ModelNotFound,
     NotFound,
     Unavailable,
 )
@@ -25,7 +24,7 @@ from lmaas.server.batching import expired
 from lmaas.server.inference import decode_request, encode_response
 from lmaas.server.llm import oip
 from lmaas.server.llm.types import GenerationChunk, LLMModel
-from lmaas.server.manager import ModelManager
+from lmaas.server.manager import ModelManager, UnknownModel
 from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.sequences.scheduler import sequence_flags
 from lmaas.server.shm import SharedMemory
@@ -264,7 +263,7 @@ class DataPlane:
                 else [mv for mv in self.manager.loaded() if mv.name == name]
             )
             if not versions:
-                raise ModelNotFound(name, triton=True)
+                raise UnknownModel(name)
         else:
             versions = self.manager.loaded()
         return pb.ModelStatisticsResponse(model_stats=[self._stats(mv) for mv in versions])
@@ -341,7 +340,7 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         self._check_repository_rpcs()
         if not any(mv.name == name for mv in self.manager.loaded()):
-            raise ModelNotFound(name, triton=True)
+            raise UnknownModel(name)
         await self.manager.unload(name)
 
 

@@ -27,7 +27,7 @@ from lmaas.server.models import LLMVersion, ModelVersion
 from lmaas.server.routing import HeldModel, Route, pick_version
 from lmaas.server.uploads import UploadArea
 
-__all__ = ["ModelManager", "ModelState"]
+__all__ = ["ModelManager", "ModelState", "UnknownModel"]
 
 log = logging.getLogger("lmaas.worker")
 
@@ -38,6 +38,15 @@ class ModelState:
 
     state: str  # READY | LOADING | UNAVAILABLE | UNLOADING
     reason: str = ""
+
+
+class UnknownModel(ModelNotFound):
+    """A model (or version) this worker does not serve, in Triton's wording, which its clients and examples match on.
+    It travels as ModelNotFound (with the name and version) to our clients."""
+
+    def __init__(self, name: str, version: str | int | None = None) -> None:
+        suffix = f" version {version}" if version else ""
+        super().__init__(name, version, message=f"Request for unknown model: '{name}'{suffix} is not found")
 
 
 class ModelManager:
@@ -67,7 +76,7 @@ class ModelManager:
         """The version a request names, or the routed one when it names none (sticky by conversation ``key``)."""
         versions = self._models.get(name)
         if not versions:
-            raise ModelNotFound(name, triton=True)
+            raise UnknownModel(name)
         if version:
             try:
                 mv = versions.get(int(version))
@@ -77,7 +86,7 @@ class ModelManager:
                     "(details: not an integer), version should be an integral value > 0"
                 ) from None
             if mv is None:
-                raise ModelNotFound(name, version, triton=True)
+                raise UnknownModel(name, version)
             return mv
         chosen = pick_version(self._routes.get(name), versions, key=key)  # type: ignore[arg-type]
         assert chosen is not None
@@ -261,7 +270,7 @@ class ModelManager:
         else:
             model_dir = self.repository / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
-            raise ModelNotFound(name, triton=True)
+            raise UnknownModel(name)
         config = parse_config(config_override, source="parameter") if config_override else load_config(model_dir)
         found = {}
         for child in model_dir.iterdir():
