@@ -240,7 +240,8 @@ class ControlPlaneClient:
         path = Path(file)
         if path.is_dir():
             return self._upload_directory(name, path, format=format, config=config, description=description,
-                                          parent_version=parent_version, progress=progress, timeout=timeout)
+                                          parent_version=parent_version, progress=progress, timeout=timeout,
+                                          derivation=derivation)
         if not path.is_file():
             raise InvalidArgument(f"no such file: {path}")
         if format and get_format(format).directory:
@@ -267,7 +268,8 @@ class ControlPlaneClient:
 
     def _upload_directory(self, name: str, path: Path, *, format: str | None,
                           config: str | Path | Mapping[str, Any] | None, description: str, parent_version: int,
-                          progress: Progress | None, timeout: float | None) -> registry_pb2.CreateVersionResponse:
+                          progress: Progress | None, timeout: float | None,
+                          derivation: resources_pb2.Derivation | None = None) -> registry_pb2.CreateVersionResponse:
         fmt = format or "llm"
         if not get_format(fmt).directory:
             raise InvalidArgument(f"{path} is a directory: format {fmt!r} is a single file")
@@ -283,6 +285,8 @@ class ControlPlaneClient:
             model=name, format=fmt, config_json=config_json, digest=manifest.digest, size_bytes=len(data),
             parent_version=parent_version, description=description,
         )
+        if derivation is not None:  # a derived directory version (lmaas.optimize.llm)
+            header.derivation.CopyFrom(derivation)
 
         def attempt(left: float | None) -> registry_pb2.CreateVersionResponse:
             status: registry_pb2.GetUploadStatusResponse = self._registry.GetUploadStatus(

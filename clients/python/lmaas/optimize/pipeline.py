@@ -121,6 +121,10 @@ def optimize(client: ControlPlaneClient, model: str, version: int, recipe: str, 
         raise InvalidArgument(f"--deploy-canary {deploy_canary}: expected a percentage 0-100")
     say = progress or (lambda _step: None)
     parent = client.get_version(model, version)
+    if parent.format == "llm":  # LLM directory versions: their own recipes (lmaas.optimize.llm)
+        from lmaas.optimize.llm import LLM_RECIPES
+
+        chosen = LLM_RECIPES.get(recipe, chosen)
     if parent.format not in chosen.formats:
         raise FailedPrecondition(f"recipe {recipe!r} does not suit model '{model}' version {version}: its format is "
                                  f"{parent.format!r}; {recipe!r} works on {', '.join(chosen.formats)} versions")
