@@ -210,3 +210,27 @@ def test_a_worker_streams_the_int8_version_and_concurrent_streams_equal_each_alo
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_convert_quantize_int8_writes_the_same_tensors_as_quantizing_the_fp32_directory(
+        smollm2: Path, int8_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "v1"
+    done = subprocess.run(
+        [sys.executable, "-m", "lmaas.cli", "model", "convert", "--hf", str(smollm2), "--output", str(out),
+         "--quantize", "int8", "-q"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == METHOD
+    with safe_open(str(out / "model.safetensors"), framework="pt") as a, \
+            safe_open(str(int8_dir / "model.safetensors"), framework="pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for name in ("model.layers.3.self_attn.q_proj.weight", "model.layers.3.self_attn.q_proj.weight_scale",
+                     "lm_head.weight", "model.embed_tokens.weight"):
+            assert torch.equal(a.get_tensor(name), b.get_tensor(name)), name
+    bad = subprocess.run([sys.executable, "-m", "lmaas.cli", "model", "convert", "--hf", str(smollm2), "--output",
+                          str(tmp_path / "v2"), "--quantize", "int4"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "int4" in bad.stderr
