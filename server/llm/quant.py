@@ -12,6 +12,11 @@ element-wise, so a row's result is bit-identical whatever else is in the batch, 
 the fp32 path. Measured here (torch 2.13, avx512_vnni): ``_int_mm`` beat ``_weight_int8pack_mm`` (weight-only,
 fp activations, 5-50x slower at these shapes) and ``onednn.qlinear_pointwise`` (milliseconds per call); passing the
 [out, in] weight as a transposed view was as fast as or faster than a [in, out] copy at M=1.
+
+Measured on SmolLM2-135M (one decode step, same process, best of 3 rounds): 1 / 4 / 16 rows took 49 / 66 / 122 ms
+in fp32 and 30 / 44 / 80 ms in int8 at 2 threads (1.65x / 1.49x / 1.52x). Against the fp32 version on 4 fixed
+prompts, teacher-forced on fp32's greedy path: top-5 overlap 0.87, mean |Δlogit| 0.73 (max 5.1); keeping
+``down_proj`` in fp32 gave 0.88 / 0.60 (max 7.9) for a third more bytes, so everything is quantised by default.
 """
 
 from __future__ import annotations
