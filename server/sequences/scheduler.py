@@ -61,7 +61,7 @@ def _flag(request: pb.ModelInferRequest, key: str) -> bool:
         return False
     which = p.WhichOneof("parameter_choice")
     if which == "bool_param":
-        return p.bool_param
+        return bool(p.bool_param)
     raise InvalidArgument(f"parameter '{key}' must be a boolean")
 
 
