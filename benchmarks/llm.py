@@ -325,7 +325,7 @@ def llama_server(binary: Path, gguf: Path, slots: int, context_per_slot: int, th
             "--cont-batching", "-c", str(slots * context_per_slot), "-t", str(threads), "--metrics", "--no-webui"]
 
     def ready(line: str, found: dict[str, str]) -> bool:
-        if "server is listening" in line or "HTTP server listening" in line:
+        if "listening" in line and f":{port}" in line:  # the wording changes between llama.cpp versions
             found["http"] = f"{HOST}:{port}"
             return True
         return False
