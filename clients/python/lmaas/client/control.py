@@ -358,7 +358,8 @@ class ControlPlaneClient:
     def download(self, name: str, version: int, dest: str | Path, *,
                  timeout: float | None = None) -> resources_pb2.ModelVersion:
         """Write the artifact of single-file version ``version`` to ``dest`` (verified by sha256) and return the
-        version. Uses ``Artifacts.Download``; with auth on, the token needs the sync permission (worker or admin)."""
+        version. Uses ``Artifacts.Download``; with auth on, the token needs the download permission (deployer,
+        worker or admin)."""
         from lmaas.protos.errors import DataLoss
         from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc
 
