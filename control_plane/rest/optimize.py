@@ -122,7 +122,10 @@ async def create_derived(name: ModelName, version: VersionNumber, body: DerivedV
     client runs). The parent must exist (409 FAILED_PRECONDITION otherwise); figures over the gate they name
     (`accuracy.max_rel_error` > `max_error`) answer 409 FAILED_PRECONDITION and register nothing."""
     plane = _plane(request)
-    derivation = to_proto(body.derivation)
+    try:
+        derivation = to_proto(body.derivation)
+    except (ValueError, TypeError) as exc:  # what protobuf refuses (e.g. a string it cannot encode)
+        raise InvalidArgument(f"derivation of model '{name}' version {version}: {exc}") from None
     new = NewVersion(model=name, digest=body.digest, format=body.format, config_json=body.config_json,
                      parent_version=version, description=body.description, derivation=derivation)
     request.state.audit = registry_pb2.CreateVersionHeader(

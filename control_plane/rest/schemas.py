@@ -132,7 +132,7 @@ class CreateModel(_In):
 class SpeedMeasurement(_Out):
     """Throughput of a derived version beside its parent (one process, same engine and threads)."""
 
-    batch: int = Field(description="Batch size of each timed call.", examples=[1])
+    batch: int = Field(description="Batch size of each timed call.", examples=[1], ge=0, le=(1 << 31) - 1)
     parent_samples_per_s: float = Field(description="The parent's samples per second.", examples=[5506.0])
     derived_samples_per_s: float = Field(description="The derived version's samples per second.", examples=[10571.0])
     speedup: float = Field(description="derived / parent.", examples=[1.92])
@@ -144,7 +144,7 @@ class AccuracyMeasurement(_Out):
     reference: str = Field(description="eval (expected outputs given), eval-parent or sampled-parent (the "
                                        "parent's outputs on the eval inputs or on sampled inputs).",
                            examples=["sampled-parent"])
-    samples: int = Field(description="Samples compared.", examples=[64])
+    samples: int = Field(description="Samples compared.", examples=[64], ge=0, le=(1 << 63) - 1)
     max_abs_error: float = Field(description="Largest absolute difference.", examples=[0.0018])
     mean_abs_error: float = Field(description="Mean absolute difference.", examples=[0.00028])
     max_rel_error: float = Field(description="max_abs_error / largest absolute reference value.", examples=[0.018])
@@ -161,13 +161,15 @@ class Derivation(_Out):
     params: dict[str, str] = Field(description="Every recipe parameter, values as JSON text.",
                                    examples=[{"per_channel": "true"}])
     tool_versions: dict[str, str] = Field(description="Versions of the tools used.", examples=[{"onnx": "1.17.0"}])
-    parent_size_bytes: int = Field(description="The parent's artifact size.", examples=[3680000])
-    size_bytes: int = Field(description="This version's artifact size.", examples=[956800])
+    parent_size_bytes: int = Field(description="The parent's artifact size.", examples=[3680000], ge=0,
+                                   le=(1 << 63) - 1)
+    size_bytes: int = Field(description="This version's artifact size.", examples=[956800], ge=0, le=(1 << 63) - 1)
     speed: list[SpeedMeasurement] = Field(description="Throughput beside the parent per batch size.")
     accuracy: AccuracyMeasurement | None = Field(description="Accuracy against the reference; null if not measured.")
     max_error: float = Field(description="The gate passed (largest allowed max_rel_error); 0 = none.",
                              examples=[0.02])
-    merged_versions: list[int] = Field(description="Other versions merged into this one (merge).", examples=[[2, 3]])
+    merged_versions: list[Annotated[int, Field(ge=1, le=(1 << 63) - 1)]] = Field(
+        description="Other versions merged into this one (merge).", examples=[[2, 3]])
 
 
 class ModelVersion(_Out):

@@ -58,6 +58,9 @@ EXPORTED_METRICS: dict[str, frozenset[str]] = {
     "lmaas_llm_kv_cache_usage_ratio": frozenset({"model", "version"}),
     "lmaas_llm_requests_finished_total": frozenset({"model", "version", "reason"}),
     "lmaas_llm_streams_cut_total": frozenset({"model", "version"}),
+    "lmaas_worker_memory_capacity_bytes": frozenset(),
+    "lmaas_worker_memory_used_bytes": frozenset(),
+    "lmaas_model_memory_bytes": frozenset({"model", "version"}),
     # control plane
     "lmaas_control_rollouts_total": frozenset({"outcome"}),
     "lmaas_control_connected_workers": frozenset(),
