@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from cp_harness import lmaas, start_control_plane
+from cp_harness import lmaas
 from lmaas.client.control import ControlPlaneClient
 from processes import ServerProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "distill.py"
 SMALL = ("--teacher-steps", "120", "--samples", "1024", "--epochs", "3", "--seconds", "0.05")
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_control_plane(tmp_path_factory.mktemp("distill"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def run_example(plane: ServerProcess, token: str, report: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from cp_harness import lmaas, start_control_plane, write_scale_onnx
+from cp_harness import lmaas, write_scale_onnx
 from lmaas.client.control import ControlPlaneClient
 from lmaas.optimize import optimize
 from lmaas.protos.compression import pack, unpack
@@ -26,22 +25,6 @@ from onnx import numpy_helper
 from processes import ServerProcess, start_worker
 
 FAST = ("--seconds", "0.05")
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("optimize")
-    proc = start_control_plane(tmp)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture()
-def cp(plane: ServerProcess) -> Iterator[ControlPlaneClient]:
-    with ControlPlaneClient(plane.grpc) as client:
-        yield client
 
 
 def write_cnn_onnx(path: Path) -> Path:

@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
-from cp_harness import lmaas, start_control_plane
+from cp_harness import lmaas
 from llm_support import smollm2_dir
 from lmaas.client.control import ControlPlaneClient
 from lmaas.optimize import optimize
 from lmaas.protos.errors import FailedPrecondition
 from processes import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_control_plane(tmp_path_factory.mktemp("optimize-llm"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def cp(plane: ServerProcess) -> Iterator[ControlPlaneClient]:
-    with ControlPlaneClient(plane.grpc) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

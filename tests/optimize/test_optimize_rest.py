@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import onnx
 import pytest
-from cp_harness import lmaas, start_control_plane
+from cp_harness import lmaas
 from lmaas.client.control import ControlPlaneClient
 from lmaas.control_plane.rest import schemas
 from lmaas.optimize import derive
@@ -24,21 +23,6 @@ from lmaas.optimize.base import Job, Made
 from lmaas.optimize.evaldata import sample_inputs
 from models import write_mlp_onnx
 from processes import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_control_plane(tmp_path_factory.mktemp("optimize-rest"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def cp(plane: ServerProcess) -> Iterator[ControlPlaneClient]:
-    with ControlPlaneClient(plane.grpc) as client:
-        yield client
 
 
 def token(cp: ControlPlaneClient, role: str) -> str:
