@@ -96,6 +96,17 @@ def start_worker(repository: Path | None = None, *extra: str, env: dict[str, str
     return start_server(args, env=env)
 
 
+def wait_for_workers(control_plane: str, count: int = 1, timeout: float = 30) -> None:
+    """Until ``count`` workers are connected to the control plane at ``control_plane`` (host:port, gRPC)."""
+    from lmaas.client import ControlPlaneClient
+
+    with ControlPlaneClient(control_plane) as client:
+        deadline = time.monotonic() + timeout
+        while len(client.workers()) < count:
+            assert time.monotonic() < deadline, f"{count} worker(s) never connected"
+            time.sleep(0.05)
+
+
 @dataclass
 class UpProcess:
     """A running ``lmaas up``: the fields of its ready line (``worker=…``, ``control-plane-http=…``) and its output."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,7 @@ import pytest
 from console_support import login, screenshot, text_of, wait_for
 from cp_harness import lmaas, start_control_plane
 from llm_support import SMOLLM2_FILES, smollm2_dir
-from lmaas.client.control import ControlPlaneClient
-from processes import ServerProcess, start_worker
+from processes import ServerProcess, start_worker, wait_for_workers
 from selenium.webdriver.common.by import By
 
 
@@ -28,11 +26,7 @@ def llm_plane(tmp_path: Path) -> Iterator[ServerProcess]:
         w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "llm-worker", "--cache-dir",
                          str(tmp_path / "cache"), "--report-every", "1", env={"HF_HUB_OFFLINE": "1"})
         try:
-            with ControlPlaneClient(control.grpc) as client:
-                deadline = time.monotonic() + 30
-                while not client.workers():
-                    assert time.monotonic() < deadline, "the worker never connected"
-                    time.sleep(0.05)
+            wait_for_workers(control.grpc)
             v2 = tmp_path / "v2"  # a second version: the same files, a different description
             v2.mkdir()
             for f in SMOLLM2_FILES:

@@ -16,7 +16,7 @@ from cp_harness import lmaas, start_control_plane
 from llm_support import smollm2_dir
 from lmaas.client.control import ControlPlaneClient
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
-from processes import ServerProcess, start_worker
+from processes import ServerProcess, start_worker, wait_for_workers
 from test_push_llm_e2e import variant
 
 from benchmarks.llm_rollouts import Streams, run_cycles
@@ -31,11 +31,7 @@ def serving(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
         w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "w1", "--cache-dir",
                          str(tmp_path / "cache"), "--drain-timeout", "60", env={"HF_HUB_OFFLINE": "1"})
         try:
-            with ControlPlaneClient(control.grpc) as client:
-                deadline = time.monotonic() + 30
-                while not client.workers():
-                    assert time.monotonic() < deadline, "the worker never connected"
-                    time.sleep(0.05)
+            wait_for_workers(control.grpc)
             cp = control.grpc
             assert lmaas("model", "push", "smollm2", str(smollm2_dir()), "-q", address=cp).stdout.strip() == "1"
             v2 = variant(tmp_path, "v2", generation_max=64)

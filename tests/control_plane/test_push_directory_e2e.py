@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cp_harness import lmaas, start_control_plane, write_scale_onnx
 from lmaas.client.control import ControlPlaneClient
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 from lmaas.protos.manifests import scan_directory
-from processes import ServerProcess, start_worker
+from processes import ServerProcess, start_worker, wait_for_workers
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -37,11 +36,7 @@ def processes(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
         w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "w1",
                          "--cache-dir", str(tmp_path / "cache"), "--drain-timeout", "2")
         try:
-            with ControlPlaneClient(control.grpc) as client:
-                deadline = time.monotonic() + 30
-                while not client.workers():
-                    assert time.monotonic() < deadline, "the worker never connected"
-                    time.sleep(0.05)
+            wait_for_workers(control.grpc)
             yield control, w
         finally:
             w.stop()

@@ -19,7 +19,7 @@ from cp_harness import lmaas, start_control_plane
 from llm_support import SMOLLM2_FILES, smollm2_dir
 from lmaas.client.control import ControlPlaneClient
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
-from processes import ServerProcess, start_worker
+from processes import ServerProcess, start_worker, wait_for_workers
 
 PROMPT = "The capital of France is"
 
@@ -85,11 +85,7 @@ def processes(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
         w = start_worker(None, "--control-plane", control.grpc, "--worker-id", "w1", "--cache-dir",
                          str(tmp_path / "cache"), "--drain-timeout", "5", env={"HF_HUB_OFFLINE": "1"})
         try:
-            with ControlPlaneClient(control.grpc) as client:
-                deadline = time.monotonic() + 30
-                while not client.workers():
-                    assert time.monotonic() < deadline, "the worker never connected"
-                    time.sleep(0.05)
+            wait_for_workers(control.grpc)
             yield control, w
         finally:
             w.stop()
