@@ -76,13 +76,17 @@ class Trace:
 
 
 class _Scope:
-    """The sampling state of one set of settings (global, or one model's): request counter and traces left."""
+    """One set of settings in force (global, or one model's), parsed once after each change, and its sampling
+    state: requests seen and traces left."""
 
-    __slots__ = ("left", "seen")
+    __slots__ = ("frequency", "left", "on", "rate", "seen")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, settings: dict[str, list[str]]) -> None:
+        self.on = settings["trace_level"] == ["TIMESTAMPS"]
+        self.rate = int(settings["trace_rate"][0])
+        self.left = int(settings["trace_count"][0])
+        self.frequency = int(settings["log_frequency"][0])
         self.seen = 0
-        self.left = count
 
 
 class Tracer:
@@ -123,7 +127,7 @@ class Tracer:
                     target[key] = TRACE_DEFAULTS[key]
             if model and not target:
                 self._models.pop(model, None)
-            self._scopes.clear()  # a new count and rate start now
+            self._scopes.clear()  # parsed again at their next use: a new count and rate start now
             self._on = any(self.effective(m)["trace_level"] == ["TIMESTAMPS"] for m in ["", *self._models])
         return self.effective(model)
 
@@ -164,29 +168,29 @@ class Tracer:
         """A trace if this request is sampled, else None."""
         if not self._on:
             return None
-        scope_key = model if model in self._models else ""
-        settings = self.effective(scope_key)
-        if settings["trace_level"] != ["TIMESTAMPS"]:
-            return None
-        scope = self._scopes.get(scope_key)
-        if scope is None:
-            scope = self._scopes[scope_key] = _Scope(int(settings["trace_count"][0]))
-        if scope.left == 0:
+        scope = self._scope(model)
+        if not scope.on or scope.left == 0:
             return None
         scope.seen += 1
-        if (scope.seen - 1) % int(settings["trace_rate"][0]):
+        if (scope.seen - 1) % scope.rate:
             return None
         if scope.left > 0:
             scope.left -= 1
         return Trace(self, next(self._ids), model, request_id)
 
+    def _scope(self, model: str) -> _Scope:
+        """The settings in force for ``model`` (its own, else the global ones), parsed at their first use."""
+        key = model if model in self._models else ""
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = self._scopes[key] = _Scope(self.effective(key))
+        return scope
+
     def _collect(self, trace: Trace) -> None:
         self._collected.append(trace.record())
-        settings = self.effective(trace.model if trace.model in self._models else "")
-        frequency = int(settings["log_frequency"][0])
-        scope = self._scopes.get(trace.model if trace.model in self._models else "")
-        if (frequency and len(self._collected) >= frequency) or (scope is not None and scope.left == 0):
-            self.flush(frequency)
+        scope = self._scope(trace.model)
+        if (scope.frequency and len(self._collected) >= scope.frequency) or scope.left == 0:
+            self.flush(scope.frequency)
 
     # ---- output ----
 
