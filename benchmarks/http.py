@@ -148,17 +148,25 @@ def perf_analyzer_part(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {"model": model, "concurrency": c}
                 for proto in PROTOCOLS:
                     row[proto] = measure(urls[proto], proto, model, c, data[model], args.window_ms, server.process.pid)
-                    r = row[proto]
-                    shown = r.get("error") or (
-                        f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
-                        f"  p99 {r['p99_us'] / 1000:6.2f} ms"
-                    )
-                    print(f"  {model:6} c={c:<3} {proto:4} {shown}", file=sys.stderr, flush=True)
-                g, h = row["grpc"], row["http"]
-                if "throughput" in g and "throughput" in h and g["throughput"]:
-                    row["ratio"] = round(h["throughput"] / g["throughput"], 3)
+                    _progress(model, c, f"{proto:4}", row[proto])
+                _set_ratio(row, "http", "grpc")
                 rows.append(row)
     return rows
+
+
+def _progress(model: str, c: int, name: str, r: dict[str, Any]) -> None:
+    """One measured point on stderr as it comes."""
+    shown = r.get("error") or (
+        f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms  p99 {r['p99_us'] / 1000:6.2f} ms"
+    )
+    print(f"  {model:6} c={c:<3} {name} {shown}", file=sys.stderr, flush=True)
+
+
+def _set_ratio(row: dict[str, Any], top: str, bottom: str) -> None:
+    """``row["ratio"]`` = throughput of ``top`` / ``bottom`` when both were measured."""
+    a, b = row[top], row[bottom]
+    if "throughput" in a and "throughput" in b and b["throughput"]:
+        row["ratio"] = round(a["throughput"] / b["throughput"], 3)
 
 
 # ------------------------------------------------------------------------------ part 2: JSON REST vs MLServer
@@ -294,15 +302,9 @@ def rest_part(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> lis
                 row: dict[str, Any] = {"model": m, "concurrency": c}
                 for name in REST_SERVERS:
                     base, pid = servers[name]
-                    row[name] = r = run_wrk(wrk, base, m, bodies[m], c, args.window_ms, pid)
-                    shown = r.get("error") or (
-                        f"{r['throughput']:9,.0f} infer/s  p50 {r['p50_us'] / 1000:6.2f} ms"
-                        f"  p99 {r['p99_us'] / 1000:6.2f} ms"
-                    )
-                    print(f"  {m:6} c={c:<3} {name:8} {shown}", file=sys.stderr, flush=True)
-                a, b = row["lmaas"], row["mlserver"]
-                if "throughput" in a and "throughput" in b and b["throughput"]:
-                    row["ratio"] = round(a["throughput"] / b["throughput"], 3)
+                    row[name] = run_wrk(wrk, base, m, bodies[m], c, args.window_ms, pid)
+                    _progress(m, c, f"{name:8}", row[name])
+                _set_ratio(row, "lmaas", "mlserver")
                 rows.append(row)
     return rows
 
