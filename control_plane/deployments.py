@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FINAL_PHASES = frozenset({pb.ROLLOUT_PHASE_SUCCEEDED, pb.ROLLOUT_PHASE_FAILED, pb.ROLLOUT_PHASE_SUPERSEDED})
 _CAS_ATTEMPTS = 16
+_CATCH_UP_SECONDS = 2.0  # how long a change waits for the watch to show it before answering
 AUTOMATIC = "control-plane"
 
 
@@ -193,6 +194,12 @@ class Deployments:
         if not result.succeeded:
             raise Aborted(f"deployment of model '{name}' changed concurrently; re-read and retry")
         log.info("model %s: %s generation %d %s", name, reason, deployment.generation, _describe(spec))
+        mirror = self._mirror()
+        if mirror is not None:
+            # judged by a mirror that has seen this write and every worker registered before it (a rollout
+            # evaluated earlier could succeed with "no worker connected"); if the watch lags longer, the mirror
+            # evaluates it when it catches up
+            await mirror.caught_up(result.revision, _CATCH_UP_SECONDS)
         evaluated = await self.evaluate(name)
         return deployment, evaluated or rollout, result.revision
 
@@ -292,6 +299,11 @@ class Deployments:
             mirror = self._mirror()
             waiting = False
             if mirror is not None:
+                if mirror.revision < kv.mod_revision:
+                    # The watch has not shown this rollout yet, nor maybe a worker that registered just before
+                    # it: judging now could succeed with "no worker connected". The mirror calls on_ready
+                    # (evaluate again) when it applies the rollout's event.
+                    return rollout
                 waiting = mirror.fill(rollout)
             else:
                 _fill_workers(rollout, await self._observed())

@@ -25,6 +25,7 @@ has not come back within the lease TTL plus the grace is taken as gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -79,6 +80,7 @@ class RolloutProgress:
         self._observed: dict[str, dict[str, _Obs]] = {}  # model → worker → observed
         self._rollouts: dict[str, _Tracked] = {}
         self._departed: dict[str, tuple[str, float]] = {}  # worker → (pool, when its key went)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (store revision, woken once applied)
 
     # -- watcher listener ------------------------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class RolloutProgress:
                        keys.ROLLOUTS: rollouts.revision}
         self.revision = max(self._since.values())
         self.synced = True
+        self._wake()
         for model, tracked in self._rollouts.items():
             if tracked.progressing:
                 self.on_ready(model)  # it may have become final while nobody watched
@@ -112,7 +115,32 @@ class RolloutProgress:
                 if event.kv.mod_revision > self._since.get(prefix, 0):
                     self.revision = max(self.revision, event.kv.mod_revision)
                     handle(key[len(prefix) :], event)
+                    if self._waiters:
+                        self._wake()
                 return
+
+    async def caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait until the mirror has applied the store up to ``revision`` (one watch, so every earlier change
+        too); False after ``timeout`` seconds."""
+        if self.revision >= revision:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (revision, waiter)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _wake(self) -> None:
+        for revision, waiter in self._waiters:
+            if revision <= self.revision and not waiter.done():
+                waiter.set_result(None)
 
     def _on_worker(self, worker: str, event: Event) -> None:
         if event.type is EventType.DELETE:
