@@ -34,6 +34,11 @@ class WorkerSettings(BaseModel):
         64 << 20, ge=1024, description="largest gRPC message and HTTP request body (after decompression) accepted"
     )
     max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")
+    autotune: bool = Field(
+        True,
+        description="measure thread and instance counts of each version at load (off: use the configured or default "
+        "counts)",
+    )
     reuse_port: bool = Field(False, description="bind the gRPC and HTTP ports with SO_REUSEPORT (--processes children)")
     serve_metrics: bool = Field(True, description="serve /metrics (a --processes supervisor serves it instead)")
     token: str | None = Field(None, description="bearer token presented to the control plane")

@@ -132,6 +132,12 @@ from lmaas.logs import setup_logging
     default=1,
     help="Worker processes sharing the gRPC and HTTP ports (SO_REUSEPORT) with one aggregated /metrics.",
 )
+@_opt(
+    "--autotune/--no-autotune",
+    env="LMAAS_AUTOTUNE",
+    default=True,
+    help="Measure thread and instance counts of each version at load (off: use the configured or default counts).",
+)
 @_opt("--reuse-port/--no-reuse-port", env="LMAAS_REUSE_PORT", default=False, hidden=True)
 @_opt("--metrics/--no-metrics", "serve_metrics", env="LMAAS_SERVE_METRICS", default=True, hidden=True)
 @_opt("--log-level", env="LMAAS_LOG_LEVEL", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
