@@ -240,14 +240,39 @@ async def test_watch_replays_history_in_order_then_follows(store: Store) -> None
     assert [e.kv.mod_revision for e in got] == [r3, r4, r5, r5, r6]
 
 
+async def watching(store: Store, prefix: str, got: list[Event]) -> asyncio.Task[None]:
+    """A live watch of ``prefix`` from revision 0 collecting into ``got``, returned once it is surely established
+    (it has shown a probe key put after it started); the probe's events are left out of ``got``."""
+    probe = prefix + "~probe"
+
+    async def consume() -> None:
+        async for event in store.watch(prefix, 0):
+            if event.kv.key == probe:
+                seen.set()
+            else:
+                got.append(event)
+
+    seen = asyncio.Event()
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(WAIT):
+        while not seen.is_set():
+            await store.put(probe, b"")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(seen.wait(), 0.05)
+    return task
+
+
 async def test_watch_from_zero_starts_after_now(store: Store) -> None:
     await store.put("/z/old", b"")
-    events = store.watch("/z/", 0)
-    task = asyncio.create_task(take(events, 2))
-    await asyncio.sleep(0.2)  # let the watch start
+    got: list[Event] = []
+    task = await watching(store, "/z/", got)
     r1 = await store.put("/z/new", b"1")
     r2 = await store.delete("/z/old")
-    assert summary(await task) == [("put", "/z/new", b"1", r1), ("delete", "/z/old", b"", r2)]
+    await eventually(lambda: len(got) >= 2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert summary(got) == [("put", "/z/new", b"1", r1), ("delete", "/z/old", b"", r2)]
 
 
 async def test_watch_sees_only_its_prefix(store: Store) -> None:
@@ -277,13 +302,7 @@ async def test_watch_compacted(store: Store) -> None:
 async def test_close_ends_open_watches(open_store: StoreFactory) -> None:
     store = await open_store()
     got: list[Event] = []
-
-    async def consume() -> None:
-        async for event in store.watch("/c/", 0):
-            got.append(event)
-
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.2)
+    task = await watching(store, "/c/", got)
     await store.put("/c/1", b"")
     await eventually(lambda: len(got) == 1)
     await store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,14 @@ class Harness:
         self.executor.shutdown()
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition`` (a loaded CI machine may take a while to start a thread), failing after 10 s."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
+    assert condition(), what
+
+
 async def test_batched_results_equal_unbatched_with_mixed_sizes(mlp: OnnxBackend) -> None:
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((int(rng.integers(1, 6)), 4), dtype=np.float32) for _ in range(40)]
@@ -124,10 +132,9 @@ async def test_zero_delay_takes_everything_waiting(mlp: OnnxBackend) -> None:
     gate = threading.Event()
     async with Harness(mlp, BatchPolicy(max_batch_size=16), gate) as h:
         first = asyncio.ensure_future(h.batcher.submit({"x": np.zeros((1, 4), np.float32)}, 1, None))
-        await asyncio.sleep(0.05)  # the first request is executing, the rest queue behind it
+        await until(lambda: h.running == 1, "the first request is executing")  # the rest queue behind it
         rest = [asyncio.ensure_future(h.batcher.submit({"x": np.zeros((1, 4), np.float32)}, 1, None)) for _ in range(5)]
-        await asyncio.sleep(0.05)
-        assert h.value("lmaas_inference_pending_requests") == 5
+        await until(lambda: h.value("lmaas_inference_pending_requests") == 5, "five requests pending")
         gate.set()
         await asyncio.gather(first, *rest)
     assert h.batch_sizes == [1, 5]
@@ -138,7 +145,7 @@ async def test_queue_limit_rejects_at_once(mlp: OnnxBackend) -> None:
     async with Harness(mlp, BatchPolicy(max_batch_size=1, max_queue_size=2), gate) as h:
         x = {"x": np.zeros((1, 4), np.float32)}
         running = asyncio.ensure_future(h.batcher.submit(x, 1, None))
-        await asyncio.sleep(0.05)
+        await until(lambda: h.running == 1, "the first request is executing")
         queued = [asyncio.ensure_future(h.batcher.submit(x, 1, None)) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(ResourceExhausted, match="queue of 2 requests is full"):
@@ -154,7 +161,7 @@ async def test_expired_deadline_is_dropped_before_running(mlp: OnnxBackend) -> N
         loop = asyncio.get_running_loop()
         x = {"x": np.zeros((1, 4), np.float32)}
         blocker = asyncio.ensure_future(h.batcher.submit(x, 1, None))
-        await asyncio.sleep(0.05)
+        await until(lambda: h.running == 1, "the blocker is executing")
         doomed = asyncio.ensure_future(h.batcher.submit(x, 1, loop.time() + 0.05))
         alive = asyncio.ensure_future(h.batcher.submit(x, 1, loop.time() + 30))
         await asyncio.sleep(0.15)  # the doomed request's deadline passes while it waits
@@ -173,8 +180,7 @@ async def test_instances_run_concurrently(mlp: OnnxBackend) -> None:
         tasks = [
             asyncio.ensure_future(h.batcher.submit({"x": np.zeros((1, 4), np.float32)}, 1, None)) for _ in range(6)
         ]
-        await asyncio.sleep(0.1)
-        assert h.max_running == 3
+        await until(lambda: h.max_running == 3, "three instances ran at once")
         gate.set()
         await asyncio.gather(*tasks)
     assert h.batch_sizes == [1] * 6  # max_batch_size 0: never batched

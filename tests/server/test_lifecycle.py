@@ -7,6 +7,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +15,26 @@ import pytest
 import tritonclient.grpc as tc
 from models import write_mlp_onnx
 from processes import start_worker
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
+
+
+def pending(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "lmaas_inference_pending_requests" and sample.labels.get("model") == "slow"
+    )
 
 
 @pytest.fixture()
 def slow_repo(tmp_path: Path) -> Path:
-    """An MLP whose batcher holds each request 400 ms, so requests are surely in flight at SIGTERM."""
+    """An MLP whose batcher holds each request up to 2 s, so all eight requests are surely queued at SIGTERM."""
     write_mlp_onnx(tmp_path / "slow" / "1" / "model.onnx")
     (tmp_path / "slow" / "config.json").write_text(
-        json.dumps({"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 400_000}})
+        json.dumps({"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 2_000_000}})
     )
     return tmp_path
 
@@ -43,7 +55,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(slow_repo: Path) -> 
     threads = [threading.Thread(target=call) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.15)  # requests are queued in the batcher now
+    deadline = time.monotonic() + 20
+    while pending(proc.metrics_url) < 8:  # every request is queued in the batcher now
+        assert time.monotonic() < deadline, f"requests never queued: {pending(proc.metrics_url)} pending"
+        time.sleep(0.01)
     proc.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)
