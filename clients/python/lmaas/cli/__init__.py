@@ -14,10 +14,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from lmaas.cli import control, up, worker
+    from lmaas.cli import control, control_plane, up, worker
 
     main.add_command(worker.worker)
-    main.add_command(control.control_plane)
+    main.add_command(control_plane.control_plane)
     main.add_command(control.model)
     main.add_command(control.deploy)
     main.add_command(control.rollback)
