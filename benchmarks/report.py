@@ -9,8 +9,8 @@ from typing import Any
 
 __all__ = ["aggregate", "markdown_table", "plot", "targets_text"]
 
-SERVERS = ("lmaas", "mlserver")
-LABELS = {"lmaas": "LMaaS", "mlserver": "MLServer 1.7.1"}
+SERVERS = ("lmaas", "bare", "mlserver")
+LABELS = {"lmaas": "LMaaS", "bare": "bare grpc.aio", "mlserver": "MLServer 1.7.1"}
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -57,6 +57,7 @@ def aggregate(runs: list[dict[str, Any]], models: Sequence[str], concurrencies: 
             cell["lmaas_vs_limit"] = _ratio(lm, ip["limit"])
             cell["lmaas_vs_limit_at_c"] = _ratio(lm, ip["limit_at"][str(c)])
             cell["lmaas_vs_mlserver"] = _ratio(lm, cell.get("mlserver", {}).get("throughput"))
+            cell["lmaas_vs_bare"] = _ratio(lm, cell.get("bare", {}).get("throughput"))
             if c == 1 and "lmaas" in cell and ip["batch1_p50_us"] is not None:
                 cell["added_latency_us"] = cell["lmaas"]["p50_ms"] * 1000 - ip["batch1_p50_us"]
             rows[str(c)] = cell
@@ -71,17 +72,20 @@ def _f(value: float | None, fmt: str) -> str:
 def markdown_table(agg: dict[str, Any]) -> str:
     """model x concurrency: each server's infer/s, p50, p99 and the ratios."""
     head = (
-        "| model | c | LMaaS infer/s | p50 ms | p99 ms | MLServer infer/s | p50 ms | p99 ms "
+        "| model | c | LMaaS infer/s | p50 ms | p99 ms | bare infer/s | bare p99 ms | LMaaS / bare "
+        "| MLServer infer/s | p50 ms | p99 ms "
         "| in-process limit/s | LMaaS / limit | LMaaS / limit (b≤c) | LMaaS / MLServer | added µs @c=1 |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 16]
     for model, m in agg.items():
         ip = m["inprocess"]
         for c, cell in m["concurrency"].items():
-            lm, ml = cell.get("lmaas", {}), cell.get("mlserver", {})
+            lm, ml, bare = cell.get("lmaas", {}), cell.get("mlserver", {}), cell.get("bare", {})
             lines.append(
                 f"| {model} | {c} | {_f(lm.get('throughput'), ',.0f')} | {_f(lm.get('p50_ms'), '.2f')} "
-                f"| {_f(lm.get('p99_ms'), '.2f')} | {_f(ml.get('throughput'), ',.0f')} | {_f(ml.get('p50_ms'), '.2f')} "
+                f"| {_f(lm.get('p99_ms'), '.2f')} | {_f(bare.get('throughput'), ',.0f')} "
+                f"| {_f(bare.get('p99_ms'), '.2f')} | {_f(cell.get('lmaas_vs_bare'), '.2f')} "
+                f"| {_f(ml.get('throughput'), ',.0f')} | {_f(ml.get('p50_ms'), '.2f')} "
                 f"| {_f(ml.get('p99_ms'), '.2f')} | {_f(ip['limit'], ',.0f')} | {_f(cell['lmaas_vs_limit'], '.0%')} "
                 f"| {_f(cell['lmaas_vs_limit_at_c'], '.0%')} | {_f(cell['lmaas_vs_mlserver'], '.2f')}x "
                 f"| {_f(cell.get('added_latency_us'), '.0f')} |"
@@ -190,7 +194,7 @@ def plot(agg: dict[str, Any], path: Path, title: str) -> Path:
         m = agg[model]
         cs = [int(c) for c in m["concurrency"]]
         plotted: list[float | None] = []
-        for server, style in (("lmaas", "o-"), ("mlserver", "s--")):
+        for server, style in (("lmaas", "o-"), ("bare", "^-."), ("mlserver", "s--")):
             ys = [m["concurrency"][str(c)].get(server, {}).get("throughput") for c in cs]
             pts = [(c, y) for c, y in zip(cs, ys, strict=True) if y is not None]
             plotted += ys

@@ -1,8 +1,13 @@
-"""LMaaS benchmark: in-process ONNX Runtime limit, the LMaaS worker and MLServer 1.7.1, measured in one run.
+"""LMaaS benchmark: in-process ONNX Runtime limit, the LMaaS worker, a bare grpc.aio server and MLServer 1.7.1,
+measured in one run.
 
     python -m benchmarks.run                    # 3 runs, medians; ~10 min on 2 cores
     python -m benchmarks.run --quick            # 1 run, short windows; ~3 min
     python -m benchmarks.run --models mlp --concurrency 1,16 --no-mlserver
+    python -m benchmarks.run --quick --models cnn --concurrency 1,4 --window-ms 1000 --no-mlserver   # smoke
+
+The bare server (benchmarks/bare_server.py: ModelInfer with ONNX Runtime inline, nothing else) is the
+reference column: "LMaaS / bare" is what every LMaaS feature costs or gains over it, measured in the same run.
 
 Writes ``OUT/results.json``, ``OUT/results.md`` (the table) and ``OUT/throughput.png``; prints the table
 and the issue's targets. See benchmarks/README.md for the definitions.
@@ -36,7 +41,15 @@ from benchmarks.cpumeter import CpuMeter
 from benchmarks.inprocess import measure_inprocess, worker_session_options
 from benchmarks.models import MODELS, build_repository, example_batch, write_perf_analyzer_data
 from benchmarks.perf_analyzer import PerfAnalyzerError, perf_analyzer_path, perf_analyzer_version, run_perf_analyzer
-from benchmarks.servers import MLSERVER_VERSION, Server, lmaas_worker, mlserver_peer, verify_infer, wait_ready
+from benchmarks.servers import (
+    MLSERVER_VERSION,
+    Server,
+    bare_server,
+    lmaas_worker,
+    mlserver_peer,
+    verify_infer,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -101,6 +114,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="runs to take medians over (default 3, quick 1)")
     p.add_argument("--no-mlserver", action="store_true", help="skip the MLServer peer")
     p.add_argument("--no-lmaas", action="store_true", help="skip the LMaaS worker (in-process + peer only)")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare grpc.aio reference server")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default benchmarks/results)")
     p.add_argument(
         "--repo",
@@ -138,7 +152,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         default=None,
         metavar="MODEL",
-        help="after the runs, record a py-spy profile of the LMaaS worker under the highest concurrency",
+        help="after the runs, record a py-spy profile of the LMaaS worker under --profile-concurrency",
+    )
+    p.add_argument(
+        "--profile-concurrency", type=int, default=None, help="concurrency while profiling (default: the highest)"
     )
     p.add_argument("--profile-seconds", type=float, default=8.0)
     p.add_argument(
@@ -238,7 +255,7 @@ def _verify(server: Server, args: argparse.Namespace, expected: dict[str, tuple[
 def _profile(server: Server, args: argparse.Namespace, data: dict[str, Path], out: Path) -> dict[str, Any]:
     """py-spy record of the worker while perf_analyzer drives it at the highest concurrency."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    model, c = args.profile, max(args.concurrency)
+    model, c = args.profile, args.profile_concurrency or max(args.concurrency)
     raw = out / f"profile-{model}-c{c}.txt"
     svg = out / f"profile-{model}-c{c}.svg"
     duration = max(2, int(args.profile_seconds))
@@ -347,6 +364,8 @@ def _one_run(
                 cm: contextlib.AbstractContextManager[Server] = lmaas_worker(
                     args.repo, args.out / "logs" / f"lmaas{suffix}.log", extra_args=args.worker_arg
                 )
+            elif name == "bare":
+                cm = bare_server(args.repo.resolve(), args.models, args.out / "logs" / f"bare{suffix}.log")
             else:
                 cm = mlserver_peer(
                     args.mlserver_venv,
@@ -365,6 +384,8 @@ def _one_run(
         servers: dict[str, Server] = {}
         if not args.no_lmaas:
             servers["lmaas"] = start("lmaas")
+        if not args.no_bare:
+            servers["bare"] = start("bare")
         if not args.no_mlserver:
             try:
                 servers["mlserver"] = start("mlserver")
@@ -413,7 +434,10 @@ def _one_run(
                         row = _measure_point(servers[name], m, c, args, data, others)
                     run["servers"][name][m][str(c)] = row
         if args.profile and "lmaas" in servers and i == args.runs - 1:
-            log(f"profiling the LMaaS worker with py-spy: {args.profile} at c={max(args.concurrency)}")
+            log(
+                f"profiling the LMaaS worker with py-spy: {args.profile} "
+                f"at c={args.profile_concurrency or max(args.concurrency)}"
+            )
             run["profile"] = _profile(servers["lmaas"], args, data, args.out)
     return run
 
@@ -483,8 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     targets_md = report.targets_text(targets)
     title = (
-        f"LMaaS vs MLServer {MLSERVER_VERSION} vs in-process ONNX Runtime — {env['host_cores']} cores, "
-        f"batch-1 requests, medians of {args.runs} run(s)"
+        f"LMaaS vs bare grpc.aio vs MLServer {MLSERVER_VERSION} vs in-process ONNX Runtime — "
+        f"{env['host_cores']} cores, batch-1 requests, medians of {args.runs} run(s)"
     )
     try:
         chart: Path | None = report.plot(agg, args.out / "throughput.png", title)

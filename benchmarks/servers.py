@@ -1,4 +1,4 @@
-"""Start, check and stop the servers under test: the LMaaS worker and the MLServer 1.7.1 peer.
+"""Start, check and stop the servers under test: the LMaaS worker, the bare reference and the MLServer 1.7.1 peer.
 
 Both run as subprocesses on loopback only. Every wait is bounded in time; every process started here is
 stopped (SIGTERM, then SIGKILL of its process group) when its context exits.
@@ -29,6 +29,7 @@ from benchmarks.models import MODELS, ModelSpec
 __all__ = [
     "MLSERVER_VERSION",
     "Server",
+    "bare_server",
     "ensure_mlserver_venv",
     "lmaas_worker",
     "mlserver_peer",
@@ -39,6 +40,7 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 MLSERVER_VERSION = "1.7.1"
 HOST = "127.0.0.1"
+_BARE_LISTENING = re.compile(r"bare listening grpc=(?P<grpc>[\w.:\[\]]+)")
 _LISTENING = re.compile(r"lmaas worker listening grpc=(?P<grpc>[\w.:\[\]]+)\s+metrics=(?P<metrics>[\w.:\[\]]+)")
 
 
@@ -195,6 +197,29 @@ def lmaas_worker(
             except queue.Empty:
                 continue
         yield Server("lmaas", match["grpc"], proc, log_path, {"metrics": match["metrics"], "command": command})
+
+
+# -------------------------------------------------------------------------------------------- bare server
+@contextlib.contextmanager
+def bare_server(repo: Path, models: Sequence[str], log_path: Path, *, start_timeout_s: float = 120) -> Iterator[Server]:
+    """``python -m benchmarks.bare_server REPO MODELS``: the reference (benchmarks/bare_server.py)."""
+    command = [sys.executable, "-m", "benchmarks.bare_server", str(repo), ",".join(models), "--host", HOST]
+    with _process(command, log_path, cwd=HERE.parent) as (proc, lines):
+        deadline = time.monotonic() + start_timeout_s
+        match = None
+        while match is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare server exited with {proc.returncode}; see {log_path}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"bare server printed no 'listening' line within {start_timeout_s} s; see {log_path}"
+                )
+            try:
+                match = _BARE_LISTENING.search(lines.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                continue
+        yield Server("bare", match["grpc"], proc, log_path, {"command": command})
 
 
 # ----------------------------------------------------------------------------------------------- MLServer
