@@ -20,8 +20,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 from lmaas.control_plane.artifacts import ArtifactStore
 from lmaas.control_plane.audit import AuditLog
 from lmaas.control_plane.auth import AuthInterceptor
@@ -46,8 +45,6 @@ from lmaas.control_plane.store.election import Election
 from lmaas.control_plane.sync import SyncSettings, WorkerSync
 from lmaas.control_plane.tokens import Tokens
 from lmaas.control_plane.watcher import StoreWatcher
-from lmaas.protos._pool import POOL
-from lmaas.protos.credentials import server_credentials
 from lmaas.protos.interceptors import ErrorInterceptor
 from lmaas.protos.lmaas.control.v1 import (
     deployments_pb2,
@@ -61,7 +58,8 @@ from lmaas.protos.lmaas.control.v1 import (
     workers_pb2_grpc,
 )
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, artifacts_pb2_grpc, sync_pb2
-from prometheus_client import CollectorRegistry, start_http_server
+from lmaas.protos.serving import KEEPALIVE_OPTIONS, GrpcServer, MetricsServer, tls_files
+from prometheus_client import CollectorRegistry
 
 __all__ = ["SERVICE_NAMES", "ControlPlane"]
 
@@ -109,8 +107,8 @@ class ControlPlane:
         )
         self.auth = AuthInterceptor(self.tokens, self.audit, enabled=settings.auth, worker_cn=settings.tls_worker_cn)
         self.health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
-        self._metrics_http: Any = None
+        self._grpc: GrpcServer | None = None
+        self._metrics_http = MetricsServer(self.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._rest: Any = None
@@ -122,56 +120,33 @@ class ControlPlane:
         await self._prepare_auth()
         await self.watcher.start()
         self.sync.start()
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-            ("grpc.http2.max_ping_strikes", 0),
-        ]
-        server = grpc.aio.server(
-            interceptors=[ErrorInterceptor({StoreError: grpc.StatusCode.UNAVAILABLE}), self.auth], options=options
+        server = self._grpc = GrpcServer(
+            SERVICE_NAMES,
+            max_message_bytes=s.max_message_bytes,
+            interceptors=[ErrorInterceptor({StoreError: grpc.StatusCode.UNAVAILABLE}), self.auth],
+            options=KEEPALIVE_OPTIONS,
+            health_servicer=self.health,
         )
-        adders: list[tuple[Any, object]] = [
-            (registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.models, self.artifacts)),
-            (
-                deployments_pb2_grpc.add_DeploymentsServicer_to_server,
-                DeploymentsServicer(self.deployments, self.watcher),
-            ),
-            (workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store)),
-            (add_worker_sync_to_server, WorkerSyncServicer(self.sync)),  # one encoding per shared snapshot
-            (artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts)),
-            (tokens_pb2_grpc.add_TokensServicer_to_server, TokensServicer(self.tokens)),
-        ]
-        for add, servicer in adders:
-            add(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
-        )
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        if s.tls_cert and s.tls_key:
-            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
-            self.grpc_port = server.add_secure_port(f"{host}:{s.grpc_port}", credentials)
-        else:
-            self.grpc_port = server.add_insecure_port(f"{host}:{s.grpc_port}")
-            if s.auth and not _loopback(s.host):
-                log.warning("serving %s without TLS: tokens cross the network in clear text (--tls-cert/--tls-key)",
-                            s.host)
+        models = ModelRegistryServicer(self.models, self.artifacts)
+        server.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server, models)
+        deployments = DeploymentsServicer(self.deployments, self.watcher)
+        server.add(deployments_pb2_grpc.add_DeploymentsServicer_to_server, deployments)
+        server.add(workers_pb2_grpc.add_WorkersServicer_to_server, WorkersServicer(self.store))
+        server.add(add_worker_sync_to_server, WorkerSyncServicer(self.sync))  # one encoding per shared snapshot
+        server.add(artifacts_pb2_grpc.add_ArtifactsServicer_to_server, ArtifactsServicer(self.artifacts))
+        server.add(tokens_pb2_grpc.add_TokensServicer_to_server, TokensServicer(self.tokens))
+        tls = tls_files(s.tls_cert, s.tls_key, s.tls_client_ca)
+        self.grpc_port = server.bind(s.host, s.grpc_port, tls)
+        if tls is None and s.auth and not _loopback(s.host):
+            log.warning("serving %s without TLS: tokens cross the network in clear text (--tls-cert/--tls-key)", s.host)
         if s.metrics_port >= 0:
-            self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-            self.metrics_port = self._metrics_http.server_port
+            self.metrics_port = self._metrics_http.start(s.host, s.metrics_port)
         await server.start()
-        self._server = server
         if s.http_port >= 0:
             await self._start_rest()
         self._tasks.append(asyncio.create_task(self.deployments.monitor(self.watcher), name="lmaas-rollout-monitor"))
         self._tasks.append(asyncio.create_task(self.leader.run(), name="lmaas-leader"))
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await server.serving()
         log.info("control plane up: store=%s artifacts=%s auth=%s tls=%s", s.store, s.artifact_dir,
                  "on" if s.auth else "OFF", "mtls" if s.tls_client_ca else "on" if s.tls_cert else "off")
         return self.grpc_port, self.metrics_port
@@ -208,8 +183,8 @@ class ControlPlane:
         await self.health.enter_graceful_shutdown()
         self.sync.close()
         stopping = [self._rest.stop()] if self._rest is not None else []
-        if self._server is not None:
-            stopping.append(self._server.stop(self.settings.grace_seconds if grace is None else grace))
+        if self._grpc is not None:
+            stopping.append(self._grpc.stop(self.settings.grace_seconds if grace is None else grace))
         await asyncio.gather(*stopping)
         for task in self._tasks:
             task.cancel()
@@ -220,9 +195,7 @@ class ControlPlane:
         if self._owns_store:
             with contextlib.suppress(Exception):
                 await self._raw_store.close()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        self._metrics_http.stop()
         self._stopped.set()
 
 

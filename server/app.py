@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from lmaas.protos._pool import POOL
+from grpc_health.v1 import health, health_pb2
 from lmaas.protos.credentials import channel_credentials, server_credentials
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.protos.interceptors import guard_servicer
 from lmaas.protos.lmaas.worker.v1 import sync_pb2
+from lmaas.protos.serving import GrpcServer, MetricsServer, tls_files
 from lmaas.server import reports
 from lmaas.server.auth import ApiKeyInterceptor
 from lmaas.server.dataplane import DataPlane
@@ -26,7 +23,7 @@ from lmaas.server.memory import MemoryTracker
 from lmaas.server.metrics import WorkerMetrics
 from lmaas.server.servicers import InferenceServicer
 from lmaas.server.settings import WorkerSettings
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 __all__ = ["Worker", "server_credentials"]
 
@@ -51,9 +48,9 @@ class Worker:
         )
         self.health = health.aio.HealthServicer()
         self.manager.on_change.append(self._model_changed)
-        self._server: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
         self._http: HttpServer | None = None
-        self._metrics_http: Any = None
+        self._metrics_http = MetricsServer(self.registry)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.grpc_port = self.metrics_port = self.http_port = 0
@@ -69,30 +66,22 @@ class Worker:
     async def start(self) -> tuple[int, int]:
         """Bind and serve; returns (gRPC port, metrics port); the HTTP port is ``http_port``."""
         s = self.settings
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-        ]
-        interceptors = [ApiKeyInterceptor(s.api_keys)] if s.require_api_key else []
-        server = grpc.aio.server(interceptors=interceptors, options=options)
+        tls = tls_files(s.tls_cert, s.tls_key, s.tls_client_ca)
+        server = self._grpc = GrpcServer(
+            [SERVICE_NAME],
+            max_message_bytes=s.max_message_bytes,
+            interceptors=[ApiKeyInterceptor(s.api_keys)] if s.require_api_key else [],
+            reuse_port=s.reuse_port,
+            health_servicer=self.health,
+        )
         # Errors become statuses in the servicer's wrapped methods: no per-call interceptor on the hot path.
         servicer = guard_servicer(
             InferenceServicer(self.dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=POOL
-        )
-        address = f"{_bracket(s.host)}:{s.grpc_port}"
-        if s.tls_cert and s.tls_key:
-            self.grpc_port = server.add_secure_port(address, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
-        else:
-            self.grpc_port = server.add_insecure_port(address)
+        server.add(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer)
+        self.grpc_port = server.bind(s.host, s.grpc_port, tls)
         if s.serve_metrics:
-            self._metrics_http, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.registry)
-            self.metrics_port = self._metrics_http.server_port
+            self.metrics_port = self._metrics_http.start(s.host, s.metrics_port)
         http = HttpServer(
             build_app(
                 self.dataplane,
@@ -104,18 +93,16 @@ class Worker:
             s.http_port,
             reuse_port=s.reuse_port,
             drain_timeout=s.drain_timeout,
-            tls_cert=s.tls_cert if s.tls_cert and s.tls_key else None,
-            tls_key=s.tls_key if s.tls_cert and s.tls_key else None,
-            tls_client_ca=s.tls_client_ca if s.tls_cert and s.tls_key else None,
+            tls_cert=tls.cert if tls else None,
+            tls_key=tls.key if tls else None,
+            tls_client_ca=tls.client_ca if tls else None,
         )
         http.bind()
         await self.manager.load_repository()
         await server.start()
-        self._server = server
         self.http_port = await http.start()
         self._http = http
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await server.serving()
         if s.control_plane:
             from lmaas.server.sync import run_sync
 
@@ -129,6 +116,7 @@ class Worker:
                         pool=s.pool,
                         inference_address=f"{s.host}:{self.grpc_port}",
                         cache_dir=s.cache_dir,
+                        cache_size=s.cache_size,
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                         on_ack=self.metrics.snapshot_revision.set,
@@ -150,14 +138,14 @@ class Worker:
 
     async def stop(self) -> None:
         """Health → NOT_SERVING, refuse new calls, let in-flight ones finish (drain timeout), unload."""
-        if self._server is None or self._stopped.is_set():
+        if self._grpc is None or self._stopped.is_set():
             return
         self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("draining: up to %.1fs for in-flight requests", self.settings.drain_timeout)
         # Both transports drain at once: each stops accepting, then waits for its in-flight requests.
         await asyncio.gather(
-            self._server.stop(self.settings.drain_timeout), self._http.stop() if self._http else asyncio.sleep(0)
+            self._grpc.stop(self.settings.drain_timeout), self._http.stop() if self._http else asyncio.sleep(0)
         )
         for task in self._tasks:
             task.cancel()
@@ -165,11 +153,6 @@ class Worker:
         await self.manager.close()
         self.dataplane.shm.close()  # release client shared-memory mappings (the clients own and unlink them)
         self.dataplane.tracer.flush()  # traces still collected (log_frequency 0 writes at shutdown, as Triton)
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
+        self._metrics_http.stop()
         self._stopped.set()
         log.info("stopped")
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,7 @@ async def serve(settings: Any, ready: Callable[[int, int], None] | None = None) 
     """Run a control plane until SIGTERM/SIGINT: health NOT_SERVING, workers released, calls drained."""
     from lmaas.control_plane.app import ControlPlane
     from lmaas.control_plane.bootstrap import BootstrapError
+    from lmaas.protos.serving import run_until_signal
 
     _prepare_sqlite(settings.store)
     plane = ControlPlane(settings)
@@ -100,12 +100,9 @@ async def serve(settings: Any, ready: Callable[[int, int], None] | None = None) 
     http = f" http={settings.host}:{plane.http_port}" if plane.http_port >= 0 else ""
     print(f"lmaas control-plane listening grpc={settings.host}:{grpc_port} metrics={settings.host}:{metrics_port}"
           f"{http}", flush=True)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(plane.stop()))
     if ready is not None:
         ready(grpc_port, metrics_port)
-    await plane.wait()
+    await run_until_signal(plane)
 
 
 def _prepare_sqlite(url: str) -> None:

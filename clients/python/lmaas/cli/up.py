@@ -68,6 +68,7 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
               log_level: str, *, cp_http: int = 8080, w_http: int = 8000, llm: bool = False) -> int:
     from lmaas.control_plane.app import ControlPlane
     from lmaas.control_plane.settings import ControlPlaneSettings
+    from lmaas.protos.serving import on_signals
 
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -84,64 +85,63 @@ async def _up(state: Path, host: str, cp_port: int, cp_metrics: int, w_port: int
     worker_token = await _worker_token(plane, state / "worker.token")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lmaas.cli", "worker", "--control-plane", cp_address, "--host", host,
-        "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--http-port", str(w_http),
-        "--cache-dir", str(state / "cache"),
-        "--worker-id", "up-worker", "--log-level", log_level,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        env={**_worker_env(), "LMAAS_TOKEN": worker_token},
-    )
-    listening: asyncio.Future[tuple[str, str, str]] = loop.create_future()
-    pump = asyncio.create_task(_pump(worker, listening))
-    code = 0
-    try:
-        first_exit: asyncio.Future[Any] = asyncio.ensure_future(worker.wait())
-        await asyncio.wait([listening, first_exit], return_when=asyncio.FIRST_COMPLETED)
-        if not listening.done():
-            click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
-            return 1
-        w_grpc, w_metrics_address, w_http_address = listening.result()
-        if demo:
-            await asyncio.to_thread(_deploy_demo, cp_address, state, admin_token)
-        if llm:
-            from lmaas.cli.llm import deploy_smollm2
+    with on_signals(stop.set):  # Ctrl-C / SIGTERM: stop the worker, then the control plane
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lmaas.cli", "worker", "--control-plane", cp_address, "--host", host,
+            "--grpc-port", str(w_port), "--metrics-port", str(w_metrics), "--http-port", str(w_http),
+            "--cache-dir", str(state / "cache"),
+            "--worker-id", "up-worker", "--log-level", log_level,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            env={**_worker_env(), "LMAAS_TOKEN": worker_token},
+        )
+        listening: asyncio.Future[tuple[str, str, str]] = loop.create_future()
+        pump = asyncio.create_task(_pump(worker, listening))
+        code = 0
+        try:
+            first_exit: asyncio.Future[Any] = asyncio.ensure_future(worker.wait())
+            await asyncio.wait([listening, first_exit], return_when=asyncio.FIRST_COMPLETED)
+            if not listening.done():
+                click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
+                return 1
+            w_grpc, w_metrics_address, w_http_address = listening.result()
+            if demo:
+                await asyncio.to_thread(_deploy_demo, cp_address, state, admin_token)
+            if llm:
+                from lmaas.cli.llm import deploy_smollm2
 
-            await asyncio.to_thread(deploy_smollm2, cp_address, state, admin_token)
-        cp_http_address = f"{host}:{plane.http_port}"
-        # Scripts read this line; fields are only ever appended.
-        click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc} control-plane-http={cp_http_address}"
-                   f" worker-http={w_http_address}")
-        click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo,
-                                 admin_file, cp_http=cp_http_address, w_http=w_http_address))
-        if llm:
-            from lmaas.cli.llm import llm_instructions
+                await asyncio.to_thread(deploy_smollm2, cp_address, state, admin_token)
+            cp_http_address = f"{host}:{plane.http_port}"
+            # Scripts read this line; fields are only ever appended.
+            click.echo(f"lmaas up ready control-plane={cp_address} worker={w_grpc} control-plane-http={cp_http_address}"
+                       f" worker-http={w_http_address}")
+            click.echo(_instructions(cp_address, f"{host}:{cp_metrics_bound}", w_grpc, w_metrics_address, state, demo,
+                                     admin_file, cp_http=cp_http_address, w_http=w_http_address))
+            if llm:
+                from lmaas.cli.llm import llm_instructions
 
-            click.echo("\n".join(llm_instructions(w_grpc, w_http_address)))
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
-        if first_exit.done() and not stop.is_set():
-            click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
+                click.echo("\n".join(llm_instructions(w_grpc, w_http_address)))
+            waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([waiter, first_exit], return_when=asyncio.FIRST_COMPLETED)
+            if first_exit.done() and not stop.is_set():
+                click.echo(f"lmaas up: the worker exited with {worker.returncode}", err=True)
+                code = 1
+            waiter.cancel()
+        except Exception as exc:
+            click.echo(f"lmaas up failed: {exc}", err=True)
             code = 1
-        waiter.cancel()
-    except Exception as exc:
-        click.echo(f"lmaas up failed: {exc}", err=True)
-        code = 1
-    finally:
-        if worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), 30)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        await plane.stop()
-    return code
+        finally:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(worker.wait(), 30)
+                except TimeoutError:
+                    worker.kill()
+                    await worker.wait()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            await plane.stop()
+        return code
 
 
 async def _pump(proc: asyncio.subprocess.Process, listening: asyncio.Future[tuple[str, str, str]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -147,6 +146,7 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
 
     Serve a local model repository, or models the control plane deploys, or both.
     """
+    from lmaas.protos.serving import run_until_signal
     from lmaas.server.app import Worker
     from lmaas.server.auth import read_api_keys
     from lmaas.server.settings import WorkerSettings
@@ -195,9 +195,6 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
             f" http={settings.host}:{w.http_port}",
             flush=True,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
-        await w.wait()
+        await run_until_signal(w)
 
     asyncio.run(run())
