@@ -117,6 +117,7 @@ class Worker:
                         inference_address=f"{s.host}:{self.grpc_port}",
                         cache_dir=s.cache_dir,
                         cache_size=s.cache_size,
+                        cache_size=s.cache_size,
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                         on_ack=self.metrics.snapshot_revision.set,

@@ -19,6 +19,9 @@ class WorkerSettings(BaseModel):
     worker_id: str = Field("", description="identity reported to the control plane (default: host name + port)")
     pool: str = Field("default", description="worker pool this worker serves")
     cache_dir: Path = Field(Path(".lmaas/cache"), description="where artifacts from the control plane are cached")
+    cache_size: int | None = Field(
+        None, gt=0, description="bytes the artifact cache may hold; least recently used unused artifacts are evicted"
+    )
     max_download_rate: float = Field(
         256 << 20, ge=0, description="artifact download limit in bytes/s (0 = none), so deploys spare serving models"
     )

@@ -78,6 +78,7 @@ async def run_sync(
     token: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     max_download_bytes_per_second: float | None = None,
+    cache_size: int | None = None,
     on_ack: Callable[[int], None] | None = None,
     report: Callable[[], sync_pb2.Report] | None = None,
     report_every: float = REPORT_EVERY,
@@ -88,7 +89,7 @@ async def run_sync(
     (see :func:`lmaas.protos.credentials.channel_credentials`) switch the
     connection to TLS, mutual TLS when they carry a client certificate.
     """
-    cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second)
+    cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second, max_bytes=cache_size)
     syncer = Syncer(
         host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token,
         credentials=credentials, on_ack=on_ack, report=report, report_every=report_every,
@@ -150,7 +151,8 @@ class Syncer:
         self._delivered = False  # whether the current stream delivered a snapshot
         self._latest: tuple[sync_pb2.Snapshot, _Stream] | None = None
         self._wake = asyncio.Event()
-        self._unloads: set[asyncio.Task[None]] = set()  # drains in the background; held so they are not collected
+        self._unloads: dict[asyncio.Task[None], str] = {}  # drains in the background → the digest each frees
+        self._assigned: set[str] = set()  # digests the latest applied snapshot assigns
 
     async def run(self, addresses: list[str]) -> None:
         if not addresses:
@@ -248,6 +250,7 @@ class Syncer:
     async def apply(self, snapshot: sync_pb2.Snapshot, stream: _Stream) -> sync_pb2.Ack:
         """Converge on one snapshot and acknowledge it on the stream that delivered it."""
         errors: dict[str, str] = {}
+        self._assigned |= {a.digest for a in snapshot.assignments}  # loading ones too: the cache must keep them
         held = {(h.name, h.version): h.digest for h in self.host.held()}
         for a in snapshot.assignments:
             if a.model in errors or held.get((a.model, a.version)) == a.digest:
@@ -289,7 +292,9 @@ class Syncer:
             stream.outgoing.put_nowait(sync_pb2.WorkerMessage(ack=ack))
             if self.on_ack is not None:
                 self.on_ack(snapshot.revision)
+        self._assigned = {a.digest for a in snapshot.assignments}
         await self._unload_unassigned(snapshot)
+        await self._release_unused()
         return ack
 
     async def _unload_unassigned(self, snapshot: sync_pb2.Snapshot) -> None:
@@ -304,8 +309,8 @@ class Syncer:
             if key in self.managed and key not in keep:
                 self.managed.discard(key)
                 task = asyncio.create_task(self._unload(h.name, h.version), name=f"lmaas-unload-{h.name}-v{h.version}")
-                self._unloads.add(task)
-                task.add_done_callback(self._unloads.discard)
+                self._unloads[task] = h.digest
+                task.add_done_callback(lambda t: self._unloads.pop(t, None))
                 started = True
         if started:
             # One loop step: each task runs up to its first await, so the host stopped serving those versions
@@ -321,6 +326,18 @@ class Syncer:
             log.error("unloading model %s version %d failed: %s", name, version, _describe(exc))
             if any((h.name, h.version) == (name, version) for h in self.host.held()):
                 self.managed.add((name, version))  # still held: the next snapshot tries again
+        current = asyncio.current_task()
+        if current is not None:
+            self._unloads.pop(current, None)  # drained: its files are closed, the cache may evict them
+        await self._release_unused()
+
+    async def _release_unused(self) -> None:
+        """Give the cache back the artifacts no assigned, loaded or draining version uses (evictable now)."""
+        keep = self._assigned | {h.digest for h in self.host.held()} | set(self._unloads.values())
+        try:
+            await self.cache.retain(keep)
+        except OSError as exc:  # eviction is housekeeping: a full or read-only disk must not stop the sync
+            log.warning("artifact cache eviction failed: %s", exc)
 
 
 def _describe(exc: BaseException) -> str:

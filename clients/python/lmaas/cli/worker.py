@@ -65,6 +65,13 @@ from lmaas.logs import setup_logging
     help="Artifact cache for models pushed by the control plane.",
 )
 @_opt(
+    "--cache-size",
+    env="LMAAS_CACHE_SIZE",
+    default=None,
+    help="Most the artifact cache may hold, as 2GiB, 500MB or bytes (default: no limit); the least recently used "
+    "artifacts that no process sharing the --cache-dir uses are evicted.",
+)
+@_opt(
     "--trace-file",
     env="LMAAS_TRACE_FILE",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -175,6 +182,13 @@ def worker(log_level: str, log_format: str, **options: object) -> None:
             options["memory_limit"] = parse_size(str(limit))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
+    if (cache_size := options.pop("cache_size")) is not None:
+        from lmaas.server.memory import parse_size
+
+        try:
+            options["cache_size"] = parse_size(str(cache_size))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cache-size") from None
     keys = read_api_keys(str(options.pop("api_keys") or ""))
     if isinstance(key_file, Path):
         keys += read_api_keys(key_file.read_text())
