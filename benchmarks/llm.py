@@ -2,27 +2,36 @@
 llama.cpp's ``llama-server`` on the same GGUF, measured in one run.
 
     python -m benchmarks.llm                                   # 128 new tokens, concurrency 1, 4, 16
-    python -m benchmarks.llm --new-tokens 32 --concurrency 1,4 # a short smoke run
+    python -m benchmarks.llm --smoke                           # tiny settings, both HTTP clients: < 1 min
+    python -m benchmarks.llm --weights int8 --http-client raw,httpx   # the int8 version; both clients compared
     python -m benchmarks.llm --llama-server benchmarks/.cache/llama.cpp/.../llama-server   # + the reference
     bash benchmarks/build_llama_server.sh                      # builds that binary (~8 min on 2 cores)
 
 The load generator is our own, bounded and asynchronous: at concurrency C it keeps exactly C streams open,
 each running ``--rounds`` requests one after the other, over fixed prompts with ``ignore_eos`` and greedy
-decoding, so every request generates exactly ``--new-tokens`` tokens. Definitions (as aiperf's):
+decoding, so every request generates exactly ``--new-tokens`` tokens. OpenAI HTTP is driven by our own client
+(``--http-client raw``, :mod:`benchmarks.sse_client`: raw asyncio streams, one keep-alive connection per open
+stream, SSE split on blank lines), so that on two shared cores the numbers are the server's and not a client
+library's; ``--http-client httpx`` (or ``raw,httpx``, both in one run) keeps the httpx client the openai package
+rides on. Before measuring, the raw client's text for one greedy request is checked against the ``openai``
+package's. gRPC is driven by the SDK's ``AsyncLLMClient``. Definitions (as aiperf's, the same for every
+transport):
 
 * **tok/s**: generated tokens of all requests / wall time from the first request sent to the last token received;
 * **TTFT**: request sent → first non-empty text chunk;
+* **tokens**: the server's count (gRPC ``num_output_tokens``, OpenAI ``usage.completion_tokens``), else text chunks;
 * **ITL**: per request, (end-to-end - TTFT) / (tokens - 1); p50 / p99 over requests;
 * **RSS**: the server process's resident memory after the phase (VmRSS), and its peak (VmHWM);
 * **CPU ms/tok**: CPU time (user + system, all threads) the server process spent in the phase per generated
-  token: unlike tok/s it hardly moves when other processes load the machine, so it shows a transport's own cost.
+  token: unlike tok/s it hardly moves when other processes load the machine, so it shows a transport's own cost;
+* **client ms/tok**: the same for this load generator's own process (all clients run in it, one at a time).
 
 The in-process line drives the same engine with one stream and no server, in a process of its own started as
 the worker is: the ceiling a transport is compared with (issue targets: 1 stream ≥ 0.9x its tok/s; TTFT ≤ its
 prefill + 15 ms).
-The SmolLM2 GGUF is converted once (``lmaas model convert``) into benchmarks/.cache and reused; ``--model-dir``
-measures any other LLM version directory instead (a quantised one, say), in-process and served alike, while
-llama-server always serves the GGUF.
+The SmolLM2 GGUF is converted once (``lmaas model convert``, ``--weights int8`` adds ``--quantize int8``) into
+benchmarks/.cache and reused; ``--model-dir`` measures any other LLM version directory instead, in-process and
+served alike, while llama-server always serves the GGUF. The report names the version measured (fp32 or int8).
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 if __package__ in (None, ""):  # `python benchmarks/llm.py` as well as `python -m benchmarks.llm`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,6 +96,7 @@ class Phase:
     peak_rss_mb: float = 0.0
     errors: list[str] = field(default_factory=list)
     cpu_s: float = 0.0  # the server process's CPU time during the phase
+    client_cpu_s: float = float("nan")  # this load generator's CPU time during the phase (NaN: in-process)
 
     def row(self) -> dict[str, Any]:
         ok = [s for s in self.samples if s.tokens > 0]
@@ -107,6 +119,7 @@ class Phase:
             "rss_mb": self.rss_mb,
             "peak_rss_mb": self.peak_rss_mb,
             "cpu_ms_per_token": self.cpu_s * 1e3 / tokens if tokens else float("nan"),
+            "client_cpu_ms_per_token": self.client_cpu_s * 1e3 / tokens if tokens else float("nan"),
         }
 
 
@@ -184,14 +197,18 @@ async def grpc_request(client: Any, i: int, new_tokens: int) -> Sample:
     return Sample(first, time.perf_counter() - started, tokens or chunks)
 
 
-async def openai_request(http: Any, base: str, model: str, i: int, new_tokens: int) -> Sample:
-    """One streamed ``/v1/completions`` (works against LMaaS and llama-server alike)."""
-    body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "stream": True,
+def _completion_body(model: str, i: int, new_tokens: int) -> dict[str, Any]:
+    """One streamed ``/v1/completions`` request (LMaaS and llama-server read it alike)."""
+    return {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "stream": True,
             "stream_options": {"include_usage": True}, **_sampling(new_tokens)}
+
+
+async def openai_request(http: Any, base: str, model: str, i: int, new_tokens: int) -> Sample:
+    """One streamed completion over httpx (``--http-client httpx``: what the openai package itself rides on)."""
     started = time.perf_counter()
     first = 0.0
     chunks = tokens = 0
-    async with http.stream("POST", f"{base}/v1/completions", json=body) as response:
+    async with http.stream("POST", f"{base}/v1/completions", json=_completion_body(model, i, new_tokens)) as response:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
         async for line in response.aiter_lines():
@@ -213,6 +230,81 @@ async def openai_request(http: Any, base: str, model: str, i: int, new_tokens: i
     return Sample(first, time.perf_counter() - started, tokens or chunks)
 
 
+class RawOpenAI:
+    """``--http-client raw``: streamed completions over :mod:`benchmarks.sse_client` (one keep-alive connection per
+    open stream, the request written once, SSE split on blank lines). TTFT, tokens and the end are taken as
+    :func:`grpc_request` takes them: the first chunk with text, the usage's (else the chunks') count, [DONE]."""
+
+    def __init__(self, address: str, model: str, new_tokens: int) -> None:
+        from benchmarks.sse_client import SSEPool
+
+        host, _, port = address.rpartition(":")
+        self.pool = SSEPool(host, int(port))
+        # The request bodies are fixed: encode them once, not per request.
+        self.bodies = [json.dumps(_completion_body(model, i, new_tokens)).encode() for i in range(len(PROMPTS))]
+
+    async def request(self, i: int, text: list[str] | None = None) -> Sample:
+        """One streamed completion of ``PROMPTS[i]``; its text chunks are appended to ``text`` if given."""
+        started = time.perf_counter()
+        first = end = 0.0
+        chunks = tokens = 0
+        async for data in self.pool.events("/v1/completions", self.bodies[i % len(self.bodies)]):
+            if data == b"[DONE]":
+                end = time.perf_counter() - started  # the body's last bytes follow; reading them keeps it alive
+                continue
+            event = orjson.loads(data)  # the worker's own JSON library (a dependency of lmaas)
+            if "error" in event:
+                raise RuntimeError(str(event["error"]))
+            if usage := event.get("usage"):
+                tokens = int(usage.get("completion_tokens") or 0)
+            for choice in event.get("choices") or ():
+                if piece := choice.get("text"):
+                    chunks += 1
+                    if not first:
+                        first = time.perf_counter() - started
+                    if text is not None:
+                        text.append(piece)
+        if not end:
+            raise RuntimeError("the stream ended without data: [DONE]")
+        return Sample(first, end, tokens or chunks)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def check_raw_client(address: str, model: str, new_tokens: int) -> str:
+    """The benchmark's own client must read what the ``openai`` package reads: the text our parser assembles for
+    one greedy request equals the package's, streamed, for the same request. Returns a line for the report;
+    raises on a mismatch."""
+    import openai
+
+    raw = RawOpenAI(address, model, new_tokens)
+    try:
+        pieces: list[str] = []
+        sample = await raw.request(0, pieces)
+    finally:
+        await raw.close()
+    client = openai.AsyncOpenAI(base_url=f"http://{address}/v1", api_key="unused", max_retries=0, timeout=300)
+    try:
+        body = _completion_body(model, 0, new_tokens)
+        stream = await client.completions.create(
+            model=model, prompt=body["prompt"], max_tokens=new_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        theirs: list[str] = []
+        usage = 0
+        async for chunk in stream:
+            theirs.extend(c.text for c in chunk.choices if c.text)
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+    finally:
+        await client.close()
+    ours = "".join(pieces)
+    if ours != "".join(theirs) or sample.tokens != (usage or len(theirs)):
+        raise RuntimeError(f"the raw client read {ours!r} ({sample.tokens} tokens); the openai package read "
+                           f"{''.join(theirs)!r} ({usage} tokens)")
+    return f"raw client == openai package on one greedy request ({len(ours)} chars, {sample.tokens} tokens)"
+
+
 # ------------------------------------------------------------------------------------------------ servers
 def smollm2_gguf() -> Path:
     # find_spec does not import the package (importing it needs the unrelated `llm` package).
@@ -225,17 +317,19 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def converted(gguf: Path) -> Path:
-    """The LLM version directory made of ``gguf`` (converted once; cached by the GGUF's digest)."""
+def converted(gguf: Path, weights: str = "fp32") -> Path:
+    """The LLM version directory made of ``gguf`` (converted once; cached by the GGUF's digest and the weights:
+    ``fp32`` or ``int8``, as ``lmaas model convert --quantize int8`` writes it)."""
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()[:16]
-    out = CACHE / f"smollm2-{digest}"
+    out = CACHE / (f"smollm2-{digest}" + ("" if weights == "fp32" else f"-{weights}"))
     if (out / "config.json").is_file():
         return out
-    tmp = Path(tempfile.mkdtemp(prefix="convert-", dir=CACHE if CACHE.is_dir() else None))
     CACHE.mkdir(exist_ok=True)
-    print(f"converting {gguf.name} (once) ...", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix="convert-", dir=CACHE))
+    print(f"converting {gguf.name} to {weights} (once) ...", file=sys.stderr)
+    quantize = [] if weights == "fp32" else ["--quantize", weights]
     subprocess.run([sys.executable, "-m", "lmaas.cli", "model", "convert", "--gguf", str(gguf), "--output",
-                    str(tmp / "v")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    str(tmp / "v"), *quantize], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     (tmp / "v").rename(out)
     tmp.rmdir()
     return out
@@ -406,49 +500,82 @@ def _inprocess_child(spec: str) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- driver
+def _own_cpu_seconds() -> float:
+    """This process's user + system CPU seconds, all threads (the load generator's cost; os.times() counts in
+    10 ms ticks, too coarse for a smoke run)."""
+    return time.process_time()
+
+
 async def _measure_server(server: Proc, transports: Sequence[str], concurrency: Sequence[int], rounds: int,
-                          new_tokens: int, model: str) -> list[Phase]:
+                          new_tokens: int, model: str, checks: list[str]) -> list[Phase]:
+    """Every transport at every concurrency against one server. Transports: ``grpc``, ``openai-raw`` (our own
+    SSE client), ``openai-httpx``. With ``openai-raw`` the raw client is first checked against the openai package
+    (the line goes to ``checks``)."""
     import httpx
 
     phases: list[Phase] = []
+    address = server.addresses.get("http", "")
+    if "openai-raw" in transports:
+        try:
+            checks.append(f"{server.name}: " + await check_raw_client(address, model, new_tokens))
+        except RuntimeError as exc:  # numbers read by a client that misreads would mean nothing
+            raise SystemExit(f"{server.name}: the correctness check of the raw HTTP client failed: {exc}") from exc
     limits = httpx.Limits(max_connections=max(concurrency) + 4, max_keepalive_connections=max(concurrency) + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         grpc = grpc_client(server.addresses["grpc"]) if "grpc" in transports else None
+        raw = RawOpenAI(address, model, new_tokens) if "openai-raw" in transports else None
         try:
-            base = f"http://{server.addresses.get('http', '')}"
+            base = f"http://{address}"
 
             async def over_grpc(i: int) -> Sample:
                 return await grpc_request(grpc, i, new_tokens)
 
-            async def over_openai(i: int) -> Sample:
+            async def over_httpx(i: int) -> Sample:
                 return await openai_request(http, base, model, i, new_tokens)
 
-            for transport in transports:
-                one = over_grpc if transport == "grpc" else over_openai
+            async def over_raw(i: int) -> Sample:
+                assert raw is not None
+                return await raw.request(i)
 
+            clients = {"grpc": over_grpc, "openai-raw": over_raw, "openai-httpx": over_httpx}
+            for transport in transports:
+                one = clients[transport]
                 await one(0)  # warm-up: connections, first-request paths
                 for c in concurrency:
-                    cpu = _cpu_seconds(server.process.pid)
+                    if raw is not None and transport == "openai-raw":
+                        await raw.pool.prime(c)  # no measured request pays for a connect
+                    cpu, own = _cpu_seconds(server.process.pid), _own_cpu_seconds()
                     samples, wall, errors = await run_phase(one, c, rounds)
-                    cpu = _cpu_seconds(server.process.pid) - cpu
+                    cpu, own = _cpu_seconds(server.process.pid) - cpu, _own_cpu_seconds() - own
                     rss, peak = _rss(server.process.pid)
-                    phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors, cpu))
+                    phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors, cpu, own))
                     print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
+            if raw is not None and raw.pool.sockets_opened > raw.pool.connections:
+                checks.append(f"{server.name}: the raw client reopened {raw.pool.sockets_opened - raw.pool.connections}"
+                              f" of {raw.pool.connections} keep-alive connections (the server closed them)")
         finally:
             if grpc is not None:
                 await grpc.close()
+            if raw is not None:
+                await raw.close()
     return phases
 
 
 _COLUMNS = (  # key, header, format, width
-    ("server", "server", "{}", 12), ("transport", "transport", "{}", 9), ("concurrency", "conc", "{}", 4),
+    ("server", "server", "{}", 12), ("transport", "transport", "{}", 12), ("concurrency", "conc", "{}", 4),
     ("requests", "reqs", "{}", 4), ("errors", "err", "{}", 3), ("tok_s", "tok/s", "{:.1f}", 7),
+    ("x_inprocess", "x in-proc", "{:.2f}", 9),
     ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}", 11), ("ttft_p95_ms", "p95", "{:.0f}", 5),
     ("ttft_p99_ms", "p99", "{:.0f}", 5),
     ("itl_p50_ms", "ITL p50 ms", "{:.1f}", 10), ("itl_p99_ms", "p99", "{:.1f}", 6),
     ("rss_mb", "RSS MB", "{:.0f}", 6), ("peak_rss_mb", "peak MB", "{:.0f}", 7),
-    ("cpu_ms_per_token", "CPU ms/tok", "{:.1f}", 10),
+    ("cpu_ms_per_token", "CPU ms/tok", "{:.1f}", 10), ("client_cpu_ms_per_token", "client ms/tok", "{:.2f}", 13),
 )
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key, float("nan"))
+    return "-" if isinstance(value, float) and value != value else fmt.format(value)  # NaN: not measured
 
 
 def _format(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
@@ -457,37 +584,78 @@ def _format(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
                          enumerate(zip(cells, _COLUMNS, strict=True)))
 
     lines = [line([h for _, h, _, _ in _COLUMNS])] if header else []
-    lines += [line([f.format(row[k]) for k, _, f, _ in _COLUMNS]) for row in rows]
+    lines += [line([_cell(row, k, f) for k, _, f, _ in _COLUMNS]) for row in rows]
     return "\n".join(lines)
+
+
+def _with_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's tok/s as a multiple of the in-process engine's (one stream, no server) measured in this run."""
+    ref = next((r for r in rows if r["server"] == "in-process"), None)
+    return [{**r, "x_inprocess": r["tok_s"] / ref["tok_s"] if ref and ref["tok_s"] else float("nan")} for r in rows]
 
 
 def _targets(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
     by = {(r["server"], r["transport"], r["concurrency"]): r for r in rows}
     ref = by.get(("in-process", "-", 1))
-    for transport in ("grpc", "openai"):
+    peer_transport = next((k[1] for k in by if k[0] == "llama-server"), None)
+    for transport in dict.fromkeys(k[1] for k in by if k[0] == "lmaas"):
         one = by.get(("lmaas", transport, 1))
         if ref and one:
             yield (f"{transport}: 1 stream {one['tok_s']:.1f} tok/s = {one['tok_s'] / ref['tok_s']:.2f}x in-process "
-                   f"(target >= 0.90); TTFT p50 {one['ttft_p50_ms']:.0f} ms vs in-process {ref['ttft_p50_ms']:.0f} ms "
-                   f"(target <= +15 ms)")
+                   f"(target >= 0.90); TTFT p50 {one['ttft_p50_ms']:.0f} ms vs in-process {ref['ttft_p50_ms']:.0f} ms"
+                   f" = {one['ttft_p50_ms'] - ref['ttft_p50_ms']:+.0f} ms (target <= +15 ms)")
         top = max((k[2] for k in by if k[:2] == ("lmaas", transport)), default=0)
         many = by.get(("lmaas", transport, top))
         if one and many and top > 1:
             yield (f"{transport}: {top} streams {many['tok_s']:.1f} tok/s = {many['tok_s'] / one['tok_s']:.2f}x one "
                    f"stream (target at 16 >= 4x); ITL p99 {many['itl_p99_ms']:.0f} ms (target <= 150); "
                    f"TTFT p95 {many['ttft_p95_ms']:.0f} ms (target <= 500)")
-            peer = by.get(("llama-server", "openai", top))
-            if peer:
-                yield (f"{transport}: {top} streams vs llama-server {peer['tok_s']:.1f} tok/s = "
-                       f"{many['tok_s'] / peer['tok_s']:.2f}x (target >= 1)")
+        peer = by.get(("llama-server", peer_transport or "", top))
+        if many and peer:
+            yield (f"{transport}: {top} streams vs llama-server {peer['tok_s']:.1f} tok/s = "
+                   f"{many['tok_s'] / peer['tok_s']:.2f}x (target >= 1)")
+    grpc = {k[2]: r for k, r in by.items() if k[:2] == ("lmaas", "grpc")}
+    for transport in ("openai-raw", "openai-httpx"):
+        for c, r in sorted(((k[2], r) for k, r in by.items() if k[:2] == ("lmaas", transport)),
+                           key=lambda item: item[0]):
+            if c in grpc and grpc[c]["tok_s"]:
+                yield (f"{transport} / grpc at {c} streams: {r['tok_s'] / grpc[c]['tok_s']:.2f}x tok/s; load client "
+                       f"CPU {r['client_cpu_ms_per_token']:.2f} vs {grpc[c]['client_cpu_ms_per_token']:.2f} ms/tok")
+
+
+def version_label(model_dir: Path) -> str:
+    """Which weights a version directory holds: ``int8`` (lmaas-int8) or its float dtype."""
+    from lmaas.server.llm.quant import METHOD
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    quant = config.get("quantization_config") or {}
+    if quant.get("quant_method") == METHOD:
+        return "int8"
+    if quant:
+        return str(quant.get("quant_method", "quantised"))
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+_SMOKE = {"new_tokens": 8, "concurrency": "1,4", "rounds": 1}
+_DEFAULTS = {"new_tokens": 128, "concurrency": "1,4,16", "rounds": 2}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.llm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per request (ignore_eos)")
-    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated stream counts")
-    parser.add_argument("--rounds", type=int, default=2, help="requests per stream, back to back")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings (8 tokens, concurrency 1,4, 1 round, both HTTP clients): < 1 min")
+    parser.add_argument("--new-tokens", type=int, help="tokens generated per request (ignore_eos; default 128)")
+    parser.add_argument("--concurrency", help="comma-separated stream counts (default 1,4,16)")
+    parser.add_argument("--rounds", type=int, help="requests per stream, back to back (default 2)")
     parser.add_argument("--transports", default="grpc,openai", help="grpc, openai or both")
+    parser.add_argument("--http-client", help="the OpenAI HTTP load client(s): raw (our own SSE client, default), "
+                        "httpx, or raw,httpx to compare them in one run (default with --smoke)")
+    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32",
+                        help="which SmolLM2 version to convert and serve (ignored with --model-dir)")
     parser.add_argument("--model-dir", type=Path, help="an LLM version directory (default: SmolLM2, converted)")
     parser.add_argument("--parameters", type=json.loads, default={},
                         help='engine parameters as JSON, e.g. \'{"torch_threads": 2}\' (config.yaml of the model)')
@@ -500,13 +668,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.inprocess_child:
         return _inprocess_child(args.inprocess_child)
+    for key, value in (_SMOKE if args.smoke else _DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    http_clients = [c for c in (args.http_client or ("raw,httpx" if args.smoke else "raw")).split(",") if c]
+    if unknown := set(http_clients) - {"raw", "httpx"}:
+        parser.error(f"--http-client: unknown {sorted(unknown)} (raw, httpx)")
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    transports = [t for t in args.transports.split(",") if t]
+    transports: list[str] = []
+    for t in (t for t in args.transports.split(",") if t):
+        transports += [f"openai-{c}" for c in http_clients] if t == "openai" else [t]
     gguf = smollm2_gguf()
-    model_dir = (args.model_dir or converted(gguf)).resolve()
+    model_dir = (args.model_dir or converted(gguf, args.weights)).resolve()
     if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
         raise SystemExit(f"{model_dir} is not an LLM version directory (config.json, *.safetensors)")
+    version = version_label(model_dir)
     phases: list[Phase] = []
+    checks: list[str] = []
+    started = time.monotonic()
 
     if not args.no_inprocess:
         phases.append(inprocess_isolated(model_dir, args.new_tokens, args.rounds, args.parameters))
@@ -516,30 +695,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker = lmaas_worker(model_dir, Path(tmp), args.parameters)
         try:
             phases += asyncio.run(_measure_server(worker, transports, concurrency, args.rounds, args.new_tokens,
-                                                  MODEL))
+                                                  MODEL, checks))
         finally:
             worker.stop()
     if args.llama_server:
         peer = llama_server(args.llama_server, gguf, args.llama_slots, 512 + args.new_tokens, args.llama_threads)
         try:
-            phases += asyncio.run(_measure_server(peer, ["openai"], concurrency, args.rounds, args.new_tokens,
-                                                  MODEL))
+            peer_transports = [t for t in transports if t.startswith("openai-")] or ["openai-raw"]
+            phases += asyncio.run(_measure_server(peer, peer_transports, concurrency, args.rounds, args.new_tokens,
+                                                  MODEL, checks))
         finally:
             peer.stop()
 
-    rows = [p.row() for p in phases]
+    rows = _with_ratios([p.row() for p in phases])
     print()
     print(f"SmolLM2-135M-Instruct, {args.new_tokens} new tokens (ignore_eos, greedy), {args.rounds} requests per "
-          f"stream, {os.cpu_count()} CPUs; LMaaS serves {model_dir}" + (f", llama-server {gguf.name}"
-                                                                         if args.llama_server else ""))
+          f"stream, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s")
+    print(f"  model version measured: {version} ({model_dir})" + (
+        f"; llama-server serves {gguf.name}" if args.llama_server else ""))
+    print("  OpenAI HTTP load client: " + ", ".join(
+        {"raw": "raw (benchmarks/sse_client.py: asyncio streams, one keep-alive connection per stream)",
+         "httpx": "httpx (AsyncClient.stream + aiter_lines)"}[c] for c in http_clients))
     print(_format(rows))
-    for line in _targets(rows):
+    for line in [*checks, *_targets(rows)]:
         print("  " + line)
     failures = [e for p in phases for e in p.errors]
     for error in sorted(set(failures))[:10]:
         print(f"  error: {error}", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"version": version, "model_dir": str(model_dir),
+                                         "http_clients": http_clients, "rows": rows}, indent=2))
     return 1 if failures else 0
 
 
