@@ -39,7 +39,9 @@ class Worker:
         self.registry = registry or CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
         self.memory = MemoryTracker(self.registry, settings.memory_limit)
-        self.manager = ModelManager(self.metrics, settings.model_repository, settings.drain_timeout, self.memory)
+        self.manager = ModelManager(
+            self.metrics, settings.model_repository, settings.drain_timeout, self.memory, autotune=settings.autotune
+        )
         self.dataplane = DataPlane(
             self.manager,
             max_elements=settings.max_elements,
@@ -116,7 +118,6 @@ class Worker:
                         pool=s.pool,
                         inference_address=f"{s.host}:{self.grpc_port}",
                         cache_dir=s.cache_dir,
-                        cache_size=s.cache_size,
                         cache_size=s.cache_size,
                         token=s.token,
                         credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound
+from lmaas.server.autotune import Autotuner
 from lmaas.server.backends import BackendError, find_model_file, load_backend
 from lmaas.server.backends.llm import is_llm_dir, local_digest
 from lmaas.server.config import ModelConfig, dump_config, load_config, parse_config
@@ -56,8 +57,11 @@ class ModelManager:
         repository: Path | None = None,
         drain_timeout: float = 30.0,
         memory: MemoryTracker | None = None,
+        autotune: bool = False,
     ) -> None:
         self.metrics = metrics
+        # Load-time self-tune of ONNX versions (lmaas worker --autotune, the default there): server/autotune.py
+        self.autotuner = Autotuner(metrics.registry) if autotune else None
         self.memory = memory or MemoryTracker()  # what each loaded version took (measured around its load)
         self.repository = repository
         self.drain_timeout = drain_timeout
@@ -184,6 +188,8 @@ class ModelManager:
         malloc_trim()  # glibc keeps freed heap otherwise: RSS would ratchet up over load/unload cycles
         if mv.version not in self._models.get(mv.name, {}):  # else a reload of it holds the figure now
             self.memory.forget(mv.name, mv.version)
+            if self.autotuner is not None:
+                self.autotuner.forget(mv.name, mv.version)
 
     def _build_measured(self, name: str, version: int, path: Path, config: ModelConfig, digest: str) -> ModelVersion:
         with self.memory.measure(name, version):  # loads run one at a time: the RSS growth is this version's
@@ -198,6 +204,8 @@ class ModelManager:
                 raise BackendError(f"version directory {path.name}/ holds neither a model file nor an LLM")
             path = file
         backend = load_backend(path, config)
+        if self.autotuner is not None and backend.platform == "onnxruntime_onnx":
+            backend, config = self.autotuner.tune_onnx(name, version, backend, path, config)
         mv = ModelVersion(name, version, backend, config, self.metrics.for_model(name, version), digest)
         try:
             mv.warm()

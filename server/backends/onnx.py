@@ -14,7 +14,7 @@ import onnxruntime as ort
 from lmaas.protos.errors import InvalidArgument
 from lmaas.server.backends.base import Array, Backend, BackendError, Signature
 
-__all__ = ["OnnxBackend"]
+__all__ = ["OnnxBackend", "default_threads", "session_options"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
@@ -56,11 +56,16 @@ def _as_text(name: str, array: Array) -> Array:
     return out
 
 
+def default_threads(instance_count: int) -> int:
+    """Intra-op threads when neither the config nor the self-tune sets them: the usable cores split over the
+    instances."""
+    return max(1, len(os.sched_getaffinity(0)) // instance_count)
+
+
 def session_options(parameters: Mapping[str, Any], instance_count: int) -> ort.SessionOptions:
     """Threads default to the cores available split over the instances; spinning off (shares cores with gRPC)."""
     opts = ort.SessionOptions()
-    cores = len(os.sched_getaffinity(0))
-    opts.intra_op_num_threads = int(parameters.get("intra_op_threads", max(1, cores // instance_count)))
+    opts.intra_op_num_threads = int(parameters.get("intra_op_threads", default_threads(instance_count)))
     opts.inter_op_num_threads = int(parameters.get("inter_op_threads", 1))
     spinning = "1" if parameters.get("allow_spinning", False) else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)

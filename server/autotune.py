@@ -1,0 +1,331 @@
+"""Load-time self-tune of an ONNX version: instance count x intra-op threads, measured on the worker's own cores.
+
+At load (in the loader thread, before the version takes traffic) the tuner runs the version in-process on a
+synthetic batch-1 request for each candidate ``(instances, threads)``: ``instances`` Python threads call one
+session built with ``threads`` intra-op threads, in a closed loop, for an equal slice of the budget (≤ 2 s per
+version by default, session builds and warm-up calls included; at most ``WINDOW_S`` or ``WINDOW_CALLS`` calls
+each, whichever is longer, so a fast model tunes in a fraction of the budget). The best throughput wins; the
+default keeps its place unless a candidate beats it by ``MARGIN`` (a shared host's noise must not flip it).
+
+What the config states explicitly wins: ``parameters.intra_op_threads`` fixes the threads, an
+``instance_count`` (or Triton ``instance_group``) fixes the instances; with both given nothing is measured.
+Stateful (sequence-batched) and decoupled models keep their configured counts (the instance count is part of
+their scheduling there). The outcome is logged once per version, exported as
+``lmaas_model_autotune_choice{model,version,setting}`` / ``lmaas_model_autotune_seconds`` and shown in the
+version's ModelConfig as ``autotune*`` parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lmaas.protos.tensors import DTYPES
+from lmaas.server.backends.base import Array, Backend, Signature
+from lmaas.server.config import ModelConfig
+from lmaas.server.memory import malloc_trim
+from prometheus_client import CollectorRegistry, Gauge
+
+__all__ = ["MARGIN", "Autotuner", "Candidate", "TuneResult", "candidates", "synthetic_feed"]
+
+log = logging.getLogger("lmaas.worker")
+
+MARGIN = 1.05  # a candidate must beat the default by 5 % to replace it
+_MIN_CALLS = 5  # a slice shorter than this many calls measures nothing
+# Each candidate runs for this long or this many calls, whichever is longer (within its slice of the budget):
+# enough to rank configurations, short enough that a small model's load is not held up for the whole budget.
+WINDOW_S = 0.1
+WINDOW_CALLS = 20
+_BUILD_GUESS_S = 0.05  # until the first candidate session was built and timed
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    instances: int
+    threads: int
+    rate: float | None = None  # calls/s; None = not measured (budget)
+
+    def __str__(self) -> str:
+        return f"{self.instances}x{self.threads}=" + ("skipped" if self.rate is None else f"{self.rate:.0f}/s")
+
+
+@dataclass(frozen=True, slots=True)
+class TuneResult:
+    status: str  # "tuned" | "explicit" | "skipped: <why>"
+    instances: int
+    threads: int
+    measured: tuple[Candidate, ...] = ()
+    seconds: float = 0.0
+    budget: float = 0.0
+
+    def parameters(self) -> dict[str, str]:
+        """What ModelConfig shows (string parameters, as Triton's)."""
+        out = {"autotune": self.status}
+        if self.measured:
+            out |= {
+                "autotune_instances": str(self.instances),
+                "autotune_intra_op_threads": str(self.threads),
+                "autotune_candidates": " ".join(str(c) for c in self.measured),
+                "autotune_seconds": f"{self.seconds:.3f}",
+                "autotune_budget_seconds": f"{self.budget:.3f}",
+            }
+        return out
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _powers(limit: int) -> list[int]:
+    out, n = [], 1
+    while n <= limit:
+        out.append(n)
+        n *= 2
+    return out
+
+
+def candidates(cores: int, instances: int | None, threads: int | None, limit: int = 6) -> list[tuple[int, int]]:
+    """(instances, threads) pairs to measure; ``instances``/``threads`` fixed where the config gives them.
+
+    Free in both: every split of all cores (instances a power of two) plus one single-thread call; at most
+    ``limit`` pairs, the splits that use every core first."""
+    if instances is not None:
+        pairs = [(instances, t) for t in sorted({*_powers(max(1, cores // instances)), max(1, cores // instances)})]
+        return sorted(pairs, key=lambda p: -p[1])[:limit]
+    if threads is not None:
+        return [(i, threads) for i in sorted({1, *_powers(max(1, cores // threads))})][:limit]
+    pairs = [(i, max(1, cores // i)) for i in _powers(cores)]
+    if (1, 1) not in pairs:
+        pairs.append((1, 1))
+    return pairs[:limit]
+
+
+def synthetic_feed(inputs: tuple[Signature, ...], batched: bool) -> dict[str, Array]:
+    """One batch-1 request of zeros (empty strings for BYTES): what the synthetic warm-up runs too."""
+    feed: dict[str, Array] = {}
+    for sig in inputs:
+        shape = [1 if d == -1 else d for d in sig.shape]
+        if batched and shape:
+            shape[0] = 1
+        if sig.datatype == "BYTES":
+            feed[sig.name] = np.full(shape, b"", dtype=object)
+        else:
+            feed[sig.name] = np.zeros(shape, DTYPES[sig.datatype])
+    return feed
+
+
+def _closed_loop(run: Callable[[], Any], callers: int, until: float) -> tuple[float, float]:
+    """``callers`` threads call ``run`` until ``until`` (perf_counter); returns (calls/s, longest call s).
+
+    A thread starts a call only if its previous call would still end before ``until``: the loop stays
+    inside its slice."""
+    counts = [0] * callers
+    longest = [0.0] * callers
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(callers)
+
+    def loop(k: int) -> None:
+        clock = time.perf_counter
+        try:
+            barrier.wait()
+            last = 0.0
+            while clock() + last < until:
+                t0 = clock()
+                run()
+                last = clock() - t0
+                counts[k] += 1
+                longest[k] = max(longest[k], last)
+        except BaseException as exc:  # reported to the tuner, which keeps the default
+            errors.append(exc)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(1, callers)]
+    for w in workers:
+        w.start()
+    loop(0)
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return sum(counts) / elapsed, max(longest)
+
+
+BuildFn = Callable[[int, int], Backend]  # (instances, threads) -> a loaded backend
+
+
+class Autotuner:
+    """One per worker; :meth:`tune` runs in the loader thread."""
+
+    def __init__(self, registry: CollectorRegistry | None, budget_s: float = 2.0) -> None:
+        self.budget_s = budget_s
+        self._choice: Gauge | None = None
+        self._seconds: Gauge | None = None
+        if registry is not None:
+            self._choice = Gauge(
+                "lmaas_model_autotune_choice",
+                "Instance count and intra-op threads the load-time self-tune chose per version.",
+                ("model", "version", "setting"),
+                registry=registry,
+                multiprocess_mode="livemax",
+            )
+            self._seconds = Gauge(
+                "lmaas_model_autotune_seconds",
+                "Time the load-time self-tune of a version took.",
+                ("model", "version"),
+                registry=registry,
+                multiprocess_mode="livemax",
+            )
+
+    def tune_onnx(
+        self, name: str, version: int, backend: Backend, path: Path, config: ModelConfig
+    ) -> tuple[Backend, ModelConfig]:
+        """Tune a freshly loaded ONNX ``backend`` (built with ``config``); returns the backend to serve with
+        (``backend`` itself or a better one; the others are closed) and its config, ``autotune*`` parameters
+        added. A tune that fails leaves the version as it was loaded (logged): it never fails the load."""
+        try:
+            backend, config, _ = self.tune_onnx_result(name, version, backend, path, config)
+        except Exception as exc:
+            log.warning("autotune model=%s version=%d failed, serving untuned: %s", name, version, exc)
+        return backend, config
+
+    def tune_onnx_result(
+        self, name: str, version: int, backend: Backend, path: Path, config: ModelConfig
+    ) -> tuple[Backend, ModelConfig, TuneResult]:
+        """:meth:`tune_onnx`, with what was measured; exceptions propagate."""
+        from lmaas.server.backends.onnx import OnnxBackend, default_threads
+
+        params = config.parameters
+
+        def build(instances: int, threads: int) -> Backend:
+            return OnnxBackend(path, {**params, "intra_op_threads": threads}, instances)
+
+        explicit_threads = int(params["intra_op_threads"]) if "intra_op_threads" in params else None
+        explicit_instances = config.instance_count if "instance_count" in config.model_fields_set else None
+        default = (config.instance_count, explicit_threads or default_threads(config.instance_count))
+        chosen_backend, result = self._tune(backend, build, default, explicit_instances, explicit_threads, config)
+        self._report(name, version, result)
+        new_params = {**params, **result.parameters()}
+        if result.measured and chosen_backend is not backend:
+            new_params["intra_op_threads"] = result.threads  # the options the served session was built with
+        tuned = config.model_copy(update={"instance_count": result.instances, "parameters": new_params})
+        return chosen_backend, tuned, result
+
+    def _tune(
+        self,
+        backend: Backend,
+        build: BuildFn,
+        default: tuple[int, int],
+        instances: int | None,
+        threads: int | None,
+        config: ModelConfig,
+    ) -> tuple[Backend, TuneResult]:
+        from lmaas.server.models import effective_max_batch_size
+
+        if config.sequence_batching is not None or (
+            config.model_transaction_policy is not None and config.model_transaction_policy.decoupled
+        ):
+            return backend, TuneResult("skipped: stateful or decoupled model", *default)
+        if instances is not None and threads is not None:
+            return backend, TuneResult("explicit", *default)
+        pairs = candidates(usable_cores(), instances, threads)
+        if default in pairs:  # the loaded backend is measured first: it costs no build
+            pairs.remove(default)
+        pairs.insert(0, default)
+        feed = synthetic_feed(backend.inputs, batched=effective_max_batch_size(config, backend) > 0)
+        outputs = tuple(s.name for s in backend.outputs)
+        started = time.perf_counter()
+        deadline = started + self.budget_s
+        try:
+            t0 = time.perf_counter()
+            backend.run(feed, outputs)
+            call_s = time.perf_counter() - t0
+        except Exception as exc:  # zeros are not valid input for every model: serve untuned
+            return backend, TuneResult(f"skipped: the synthetic request failed: {exc}"[:200], *default)
+        build_s = _BUILD_GUESS_S
+        best: tuple[float, Backend, tuple[int, int]] | None = None
+        measured: list[Candidate] = []
+        for k, pair in enumerate(pairs):
+            left = len(pairs) - k
+            cost = 0.0 if k == 0 else 1.5 * build_s + 2 * call_s  # a build and its untimed first call
+            remaining = deadline - time.perf_counter()
+            slice_s = (remaining - cost * (left if k else left - 1)) / left
+            if slice_s < _MIN_CALLS * call_s or remaining < cost + slice_s:
+                measured.extend(Candidate(*p) for p in pairs[k:])
+                break
+            candidate = backend
+            if k:
+                t0 = time.perf_counter()
+                try:
+                    candidate = build(*pair)
+                    candidate.run(feed, outputs)
+                except Exception as exc:
+                    log.warning("autotune: candidate %dx%d failed: %s", *pair, exc)
+                    measured.append(Candidate(*pair))
+                    continue
+                build_s = max(build_s, time.perf_counter() - t0 - call_s)
+            rate: float | None = None
+            try:
+                window = min(slice_s, max(WINDOW_S, WINDOW_CALLS * call_s))
+                rate, longest = _closed_loop(
+                    functools.partial(candidate.run, feed, outputs), pair[0], time.perf_counter() + window
+                )
+                call_s = max(call_s, longest)
+            except Exception as exc:
+                log.warning("autotune: candidate %dx%d failed: %s", *pair, exc)
+            measured.append(Candidate(*pair, rate))
+            if rate is not None and (best is None or rate > best[0] * (MARGIN if best[2] == default else 1.0)):
+                if best is not None and best[1] is not backend:
+                    best[1].close()
+                best = (rate, candidate, pair)
+            elif candidate is not backend:
+                candidate.close()
+        seconds = time.perf_counter() - started
+        if best is None:
+            return backend, TuneResult("skipped: nothing could be measured", *default, tuple(measured), seconds)
+        if best[1] is not backend:
+            backend.close()
+            gc.collect()
+            malloc_trim()  # the losers' arenas: else they count as this version's memory
+        return best[1], TuneResult("tuned", *best[2], tuple(measured), seconds, self.budget_s)
+
+    def _report(self, name: str, version: int, result: TuneResult) -> None:
+        if result.measured:
+            log.info(
+                "autotune model=%s version=%d chose instances=%d intra_op_threads=%d seconds=%.3f budget=%.1f "
+                "candidates=%s",
+                name,
+                version,
+                result.instances,
+                result.threads,
+                result.seconds,
+                result.budget,
+                ",".join(str(c) for c in result.measured),
+            )
+        else:
+            log.info("autotune model=%s version=%d %s", name, version, result.status)
+        if self._choice is not None and self._seconds is not None:
+            self._choice.labels(name, str(version), "instances").set(result.instances)
+            self._choice.labels(name, str(version), "intra_op_threads").set(result.threads)
+            self._seconds.labels(name, str(version)).set(result.seconds)
+
+    def forget(self, name: str, version: int) -> None:
+        """Drop a version's series after its unload."""
+        for gauge, labels in (
+            (self._choice, (name, str(version), "instances")),
+            (self._choice, (name, str(version), "intra_op_threads")),
+            (self._seconds, (name, str(version))),
+        ):
+            if gauge is not None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)

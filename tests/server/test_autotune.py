@@ -1,0 +1,131 @@
+"""Load-time self-tune (server/autotune.py) through real worker processes and tritonclient.
+
+One worker tunes (the default), one runs with ``--no-autotune``. What the tune chose must be what serves (the
+ModelConfig instance count), explicit config parameters must win over it, and the duration it reports must stay
+within the budget it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from lmaas.server.autotune import candidates
+from models import mlp_reference, write_mlp_onnx
+from processes import ServerProcess, start_worker
+
+_CANDIDATE = re.compile(r"^(\d+)x(\d+)=(\d+/s|skipped)$")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("autotune-repo")
+    write_mlp_onnx(root / "free" / "1" / "model.onnx")
+    write_mlp_onnx(root / "threads" / "1" / "model.onnx")
+    (root / "threads" / "config.json").write_text(json.dumps({"parameters": {"intra_op_threads": 1}}))
+    write_mlp_onnx(root / "both" / "1" / "model.onnx")
+    (root / "both" / "config.json").write_text(json.dumps({"instance_count": 2, "parameters": {"intra_op_threads": 1}}))
+    return root
+
+
+def _worker(repo: Path, *extra: str) -> Iterator[tuple[ServerProcess, tc.InferenceServerClient]]:
+    proc = start_worker(repo, *extra)  # returns once listening: the repository loaded (and tuned) before
+    client = tc.InferenceServerClient(proc.grpc)
+    try:
+        for name in ("free", "threads", "both"):
+            assert client.is_model_ready(name), proc.output()
+        yield proc, client
+    finally:
+        client.close()
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tuned(repo: Path) -> Iterator[tuple[ServerProcess, tc.InferenceServerClient]]:
+    yield from _worker(repo)
+
+
+@pytest.fixture(scope="module")
+def untuned(repo: Path) -> Iterator[tuple[ServerProcess, tc.InferenceServerClient]]:
+    yield from _worker(repo, "--no-autotune")
+
+
+def _config(client: tc.InferenceServerClient, name: str) -> tuple[dict[str, str], int]:
+    cfg = client.get_model_config(name, as_json=True)["config"]
+    params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+    return params, int(cfg["instance_group"][0]["count"])
+
+
+def _infer_matches(client: tc.InferenceServerClient, name: str) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 4), dtype=np.float32)
+    inp = tc.InferInput("x", [2, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer(name, [inp]).as_numpy("y")
+    np.testing.assert_allclose(got, mlp_reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_tune_measures_candidates_and_serves_the_choice(
+    tuned: tuple[ServerProcess, tc.InferenceServerClient],
+) -> None:
+    proc, client = tuned
+    params, instances = _config(client, "free")
+    assert params["autotune"] == "tuned", params
+    measured = params["autotune_candidates"].split()
+    assert measured and all(_CANDIDATE.match(c) for c in measured), measured
+    pairs = [tuple(int(g) for g in _CANDIDATE.match(c).groups()[:2]) for c in measured]  # type: ignore[union-attr]
+    chosen = (int(params["autotune_instances"]), int(params["autotune_intra_op_threads"]))
+    assert chosen in pairs
+    assert instances == chosen[0]  # the instance count that serves is the one chosen
+    assert float(params["autotune_seconds"]) <= float(params["autotune_budget_seconds"])
+    _infer_matches(client, "free")
+    assert any(
+        f"autotune model=free version=1 chose instances={chosen[0]} intra_op_threads={chosen[1]}" in line
+        for line in proc.log
+    ), proc.output()
+    with urllib.request.urlopen(proc.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    assert f'lmaas_model_autotune_choice{{model="free",setting="instances",version="1"}} {chosen[0]}.0' in text
+    assert 'lmaas_model_autotune_seconds{model="free",version="1"}' in text
+
+
+def test_explicit_threads_are_kept(tuned: tuple[ServerProcess, tc.InferenceServerClient]) -> None:
+    _, client = tuned
+    params, instances = _config(client, "threads")
+    assert params["intra_op_threads"] == "1"
+    assert params["autotune_intra_op_threads"] == "1"
+    assert all(c.split("=")[0].endswith("x1") for c in params["autotune_candidates"].split()), params
+    assert instances == int(params["autotune_instances"])
+    _infer_matches(client, "threads")
+
+
+def test_explicit_threads_and_instances_are_not_tuned(tuned: tuple[ServerProcess, tc.InferenceServerClient]) -> None:
+    proc, client = tuned
+    params, instances = _config(client, "both")
+    assert params["autotune"] == "explicit"
+    assert "autotune_candidates" not in params
+    assert (params["intra_op_threads"], instances) == ("1", 2)
+    assert any("autotune model=both version=1 explicit" in line for line in proc.log), proc.output()
+
+
+def test_no_autotune_flag_skips_the_tune(untuned: tuple[ServerProcess, tc.InferenceServerClient]) -> None:
+    proc, client = untuned
+    for name in ("free", "threads", "both"):
+        params, _ = _config(client, name)
+        assert not any(k.startswith("autotune") for k in params), params
+    assert _config(client, "free")[1] == 1
+    assert not any("autotune model=" in line for line in proc.log), proc.output()
+    _infer_matches(client, "free")
+
+
+def test_candidates_use_the_cores_and_respect_fixed_counts() -> None:
+    assert candidates(2, None, None) == [(1, 2), (2, 1), (1, 1)]
+    assert candidates(8, None, None) == [(1, 8), (2, 4), (4, 2), (8, 1), (1, 1)]
+    assert candidates(4, 2, None) == [(2, 2), (2, 1)]
+    assert candidates(4, None, 1) == [(1, 1), (2, 1), (4, 1)]
+    assert candidates(1, None, None) == [(1, 1)]
