@@ -1,14 +1,23 @@
 """LLM rollouts under load: deploy v1 → v2 → rollback cycles while N OpenAI streams are always open.
 
-Every stream is a real ``openai`` streaming completion on the worker's HTTP port, restarted as it ends. Per cycle
-it reports the time from the Deploy / Rollback call to the rollout's final state (the worker's ACK), streams
-served, streams cut (ended other than by ``length``) and errors; each stream's ``system_fingerprint`` must name
-one version for its whole life, and a stream that starts after a rollout ACKed must name the deployed version.
+Every stream is a real ``openai`` streaming completion on the worker's HTTP port (``ignore_eos``, so each must end
+with ``finish_reason="length"``), restarted as it ends. A flip (Deploy v2 or Rollback) is started only when all N
+streams are open on the serving version (sent after the previous rollout ACKed, not yet finished): every flip
+therefore has N streams in flight across it, which must run to their end on the version they started on. Per
+cycle it reports the time from the Deploy / Rollback call to the rollout's final state (the worker's ACK),
+streams served, streams open across a flip, streams cut (ended other than by ``length``) and errors. The three
+verdicts the issue names:
+
+* **0 streams cut** and **0 errors**;
+* **every stream's ``system_fingerprint`` names the version it started on**: one fingerprint for the whole stream,
+  and a stream whose first chunk came while a version was known to serve (after its rollout ACKed, before the
+  next flip began, with no flip between the request and that chunk) names that version.
 
     python -m benchmarks.llm_rollouts --control-plane HOST:PORT --worker-http http://HOST:PORT [--cycles 20]
 
-(the model — default ``smollm2`` — must have versions 1 and 2 pushed; ``tests/server/llm/test_rollouts_live.py``
-sets that up with real processes and runs this driver.)
+(the model — default ``smollm2`` — must have versions 1 and 2 pushed and v1 deployed;
+``tests/control_plane/test_llm_rollouts_live.py`` sets that up with real processes and runs this driver:
+``pytest -m soak tests/control_plane/test_llm_rollouts_live.py -s`` runs the issue's 20 cycles.)
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import openai
 from lmaas.client.control import ControlPlaneClient
 from lmaas.protos.lmaas.control.v1 import resources_pb2 as pb
 
-__all__ = ["Cycle", "RolloutRun", "Streams", "run_cycles"]
+__all__ = ["Cycle", "RolloutRun", "Streams", "run_cycles", "summary"]
 
 PROMPT = "Once upon a time"
 
@@ -34,6 +43,7 @@ class Cycle:
     streams: int = 0
     cut: int = 0
     errors: int = 0
+    across_flips: int = 0  # streams open when a flip began (N per flip by construction)
 
 
 @dataclass
@@ -41,20 +51,69 @@ class RolloutRun:
     cycles: list[Cycle] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # every cut, error or wrong fingerprint, described
     streams: int = 0
+    checked: int = 0  # streams whose version was known when they started, checked against their fingerprint
+    across_flips: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Open:
+    """One thread's stream in flight: the epoch and version when it was sent; ``known`` once its first chunk came
+    in that same epoch (the version it started on is then ``version``)."""
+
+    epoch: int
+    version: int | None
+    known: bool = False
 
 
 class Streams:
-    """N threads, each keeping one stream open; ``expected`` is the version new streams must get (None: in flux)."""
+    """N threads, each keeping one stream open. ``expected`` is the version new streams must get (None while a
+    rollout is in flux); every change of it starts a new epoch, so a stream knows whether a flip came between its
+    request and its first chunk."""
 
     def __init__(self, base_url: str, model: str, concurrency: int, max_tokens: int) -> None:
         self.client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
         self.model, self.max_tokens = model, max_tokens
-        self.lock = threading.Lock()
-        self.expected: int | None = None
-        self.served = self.cut = self.errors = 0
+        self.changed = threading.Condition()  # guards everything below; notified when a stream opens or ends
+        self._expected: int | None = None
+        self.epoch = 0
+        self.served = self.cut = self.errors = self.checked = self.across_flips = 0
         self.problems: list[str] = []
+        self.open: dict[int, _Open] = {}  # thread index -> its stream in flight
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(concurrency)]
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(concurrency)]
+
+    @property
+    def expected(self) -> int | None:
+        return self._expected
+
+    @expected.setter
+    def expected(self, version: int | None) -> None:
+        with self.changed:
+            self._set(version)
+
+    def _set(self, version: int | None) -> None:
+        if version is None:  # a flip begins: every stream open now runs across it
+            self.across_flips += len(self.open)
+        self._expected = version
+        self.epoch += 1
+
+    def begin_flip_when_all_open(self, timeout: float = 300) -> int:
+        """Wait until all N streams are open on the current version (sent in this epoch, not finished), at least
+        one of them past its first chunk, then begin a flip (``expected = None``) atomically with that check;
+        returns how many streams were open across it (N). So every flip has N streams in flight across it, and
+        every stable window at least one stream checked against the version serving."""
+        with self.changed:
+            if not self.changed.wait_for(self._all_open, timeout):
+                raise RuntimeError(f"the {len(self.threads)} streams were not all open within {timeout:.0f} s "
+                                   f"({len(self.open)} open; problems: {self.problems[:3]})")
+            open_now = len(self.open)
+            self._set(None)
+            return open_now
+
+    def _all_open(self) -> bool:
+        mine = [o for o in self.open.values() if o.epoch == self.epoch]
+        return len(mine) == len(self.threads) and any(o.known for o in mine)
 
     def start(self) -> None:
         for t in self.threads:
@@ -66,13 +125,17 @@ class Streams:
             t.join(timeout=120)
 
     def _problem(self, text: str) -> None:
-        with self.lock:
+        with self.changed:
             self.problems.append(text)
 
-    def _loop(self) -> None:
+    def _loop(self, index: int) -> None:
         while not self.stop.is_set():
-            expected = self.expected
-            fingerprints: set[str] = set()
+            with self.changed:
+                started = _Open(self.epoch, self._expected)
+                self.open[index] = started
+                self.changed.notify_all()
+            fingerprints: list[str] = []
+            first = True
             finish = None
             try:
                 stream = self.client.completions.create(
@@ -80,25 +143,36 @@ class Streams:
                     extra_body={"ignore_eos": True},
                 )
                 for chunk in stream:
-                    if chunk.system_fingerprint:
-                        fingerprints.add(chunk.system_fingerprint)
+                    if first:  # no flip since the request: the server chose the version serving then
+                        first = False
+                        with self.changed:
+                            started.known = self.epoch == started.epoch and started.version is not None
+                            self.changed.notify_all()
+                    if chunk.system_fingerprint and chunk.system_fingerprint not in fingerprints:
+                        fingerprints.append(chunk.system_fingerprint)
                     if chunk.choices and chunk.choices[0].finish_reason:
                         finish = chunk.choices[0].finish_reason
             except Exception as exc:  # an error is what we count; the stream restarts
-                with self.lock:
+                with self.changed:
                     self.errors += 1
+                    del self.open[index]
+                    self.changed.notify_all()
                 self._problem(f"error: {type(exc).__name__}: {exc}")
                 continue
-            with self.lock:
+            with self.changed:
+                del self.open[index]
                 self.served += 1
                 if finish != "length":
                     self.cut += 1
+                if started.known:
+                    self.checked += 1
+                self.changed.notify_all()
             if finish != "length":
                 self._problem(f"stream ended with finish_reason={finish!r}")
             if len(fingerprints) != 1:
-                self._problem(f"a stream answered by {sorted(fingerprints)}")
-            elif expected is not None and f"-v{expected}-" not in next(iter(fingerprints)):
-                self._problem(f"a stream started after v{expected} ACKed got {fingerprints}")
+                self._problem(f"a stream answered by {fingerprints}")
+            elif started.known and f"-v{started.version}-" not in fingerprints[0]:
+                self._problem(f"a stream that started while v{started.version} served got {fingerprints[0]}")
 
 
 def _flip(client: ControlPlaneClient, model: str, call: str, version: int) -> float:
@@ -115,8 +189,10 @@ def run_cycles(
     control_plane: str, worker_http: str, *, model: str = "smollm2", cycles: int = 3, concurrency: int = 8,
     max_tokens: int = 24, token: str | None = None, report: bool = False,
 ) -> RolloutRun:
-    """``cycles`` times (deploy v2, rollback to v1) with ``concurrency`` streams always open; v1 must be deployed."""
+    """``cycles`` times (deploy v2, rollback to v1) with ``concurrency`` streams always open; v1 must be deployed.
+    Each flip begins once all the streams are open on the serving version (a condition, not a sleep)."""
     run = RolloutRun()
+    began = time.perf_counter()
     streams = Streams(worker_http, model, concurrency, max_tokens)
     with ControlPlaneClient(control_plane, token=token) as client:
         streams.expected = 1
@@ -124,24 +200,24 @@ def run_cycles(
         try:
             for number in range(1, cycles + 1):
                 before = (streams.served, streams.cut, streams.errors)
-                time.sleep(0.5)  # streams are mid-flight on v1 when the flip comes
-                streams.expected = None
+                across = streams.begin_flip_when_all_open()
                 deploy = _flip(client, model, "deploy", 2)
                 streams.expected = 2
-                time.sleep(0.5)
-                streams.expected = None
+                across += streams.begin_flip_when_all_open()
                 rollback = _flip(client, model, "rollback", 1)
                 streams.expected = 1
                 cycle = Cycle(deploy, rollback, streams.served - before[0], streams.cut - before[1],
-                              streams.errors - before[2])
+                              streams.errors - before[2], across)
                 run.cycles.append(cycle)
                 if report:
                     print(f"cycle {number:2d}: deploy→ACK {deploy * 1000:7.1f} ms  rollback→ACK "
-                          f"{rollback * 1000:7.1f} ms  streams {cycle.streams:3d}  cut {cycle.cut}  "
-                          f"errors {cycle.errors}", flush=True)
+                          f"{rollback * 1000:7.1f} ms  streams {cycle.streams:3d}  open across flips "
+                          f"{cycle.across_flips:2d}  cut {cycle.cut}  errors {cycle.errors}", flush=True)
         finally:
             streams.close()
-    run.streams, run.problems = streams.served, streams.problems
+    run.streams, run.problems, run.checked = streams.served, streams.problems, streams.checked
+    run.across_flips = sum(c.across_flips for c in run.cycles)
+    run.wall_s = time.perf_counter() - began
     return run
 
 
@@ -157,12 +233,26 @@ def main() -> None:
     a = parser.parse_args()
     run = run_cycles(a.control_plane, a.worker_http, model=a.model, cycles=a.cycles, concurrency=a.concurrency,
                      max_tokens=a.max_tokens, token=a.token, report=True)
-    acks = sorted(c.rollback_ack_s for c in run.cycles)
-    print(f"{len(run.cycles)} cycles, {run.streams} streams, cut {sum(c.cut for c in run.cycles)}, errors "
-          f"{sum(c.errors for c in run.cycles)}; rollback→ACK p50 {acks[len(acks) // 2] * 1000:.1f} ms "
-          f"max {acks[-1] * 1000:.1f} ms")
+    print(summary(run))
     for problem in run.problems[:20]:
         print("  ", problem)
+    raise SystemExit(1 if run.problems else 0)
+
+
+def summary(run: RolloutRun) -> str:
+    """One line: the counts the three verdicts rest on, the ACK times and the wall time."""
+    deploys = sorted(c.deploy_ack_s for c in run.cycles)
+    acks = sorted(c.rollback_ack_s for c in run.cycles)
+    fingerprints = sum(p.startswith(("a stream answered", "a stream that started")) for p in run.problems)
+    return (f"{len(run.cycles)} cycles in {run.wall_s:.0f} s: {run.streams} streams ({run.across_flips} open across "
+            f"a flip, {run.checked} checked against the version serving when they started), cut "
+            f"{sum(c.cut for c in run.cycles)}, errors {sum(c.errors for c in run.cycles)}, wrong fingerprints "
+            f"{fingerprints}; deploy→ACK p50 {_ms(deploys, 50)} max {_ms(deploys, 100)}, rollback→ACK p50 "
+            f"{_ms(acks, 50)} max {_ms(acks, 100)}")
+
+
+def _ms(values: list[float], p: int) -> str:
+    return f"{values[(len(values) - 1) * p // 100] * 1000:.0f} ms" if values else "-"
 
 
 if __name__ == "__main__":
