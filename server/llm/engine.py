@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from lmaas.protos.errors import InvalidArgument, Unavailable
-from lmaas.server.llm.model import KVCache, Llama, SeqInput
+from lmaas.server.llm.model import BLOCK, KVCache, Llama, SeqInput
 from lmaas.server.llm.sampling import Sampler, validate
 from lmaas.server.llm.scheduler import Entry, Scheduler
 from lmaas.server.llm.text import Detokenizer, StopMatcher, TextCodec
@@ -140,13 +140,15 @@ class LLMEngine:
         self.context_length = min(s.context_length, c.max_position_embeddings)
         self.max_new_tokens = min(s.max_new_tokens, self.context_length - 1)
         self.kv_bytes_per_token = c.kv_bytes_per_token(dtype)
-        kv_tokens = max(s.kv_cache_mb * 2**20 // self.kv_bytes_per_token, 1)
+        # The pool is sized once by the budget; the scheduler reserves whole blocks of it, so it never runs out.
+        blocks = self.model.reserve_kv(max(s.kv_cache_mb * 2**20 // self.kv_bytes_per_token, 1))
         self.scheduler = Scheduler(
-            kv_tokens,
+            blocks * BLOCK,
             max_running=s.max_running,
             max_waiting=s.max_waiting,
             prefill_chunk=s.prefill_chunk,
             step_tokens=s.step_tokens,
+            block=BLOCK,
         )
         self.metrics = metrics
         self._requests: dict[str, _Request] = {}
@@ -350,7 +352,9 @@ class LLMEngine:
         self.scheduler.finish(request.id)
         self._requests.pop(request.id, None)
         self._aborts.discard(request.id)
-        request.cache = None  # the KV memory goes with the last reference
+        if request.cache is not None:
+            request.cache.free()  # its blocks go back to the pool now, not when the last reference goes
+            request.cache = None
         self._gauges()
 
     def _emit(self, request: _Request, chunk: GenerationChunk) -> None:

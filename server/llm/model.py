@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from lmaas.server.llm.quant import SCALE_SUFFIX, QLinear, is_int8, qmm
 
-__all__ = ["KVCache", "Llama", "LlamaConfig", "SeqInput"]
+__all__ = ["BLOCK", "KVCache", "KVPool", "Llama", "LlamaConfig", "SeqInput"]
 
-_BLOCK = 16
+_BLOCK = 16  # GEMM row block (_mm)
+#: KV positions per cache block; a sequence's attention length is its own length rounded up to a multiple of it.
+BLOCK = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +78,72 @@ class LlamaConfig:
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()
 
 
+class KVPool:
+    """Every sequence's keys and values in one tensor: per layer, ``2*KV`` heads x blocks of ``BLOCK`` positions.
+
+    Laid out [layer, k|v x kv-head, block, BLOCK x head_dim] so that, per layer, one ``index_copy_`` writes the K
+    and V of every row of a step, and one ``index_select`` of a group's block tables gathers its K and V already
+    in the [KV, sequence, position, D] order the batched attention multiplies. A block is zeroed when it is handed
+    out (masked positions hold zeros, never stale NaNs). The engine sizes the pool once by its KV budget (pages
+    are touched only as blocks are used); used standalone it grows on demand.
+    """
+
+    def __init__(self, config: LlamaConfig, dtype: torch.dtype, blocks: int = 0) -> None:
+        self.config, self.dtype = config, dtype
+        self.tensor = torch.empty((config.num_layers, 2 * config.num_kv_heads, 0, BLOCK * config.head_dim), dtype=dtype)
+        self._free: list[int] = []
+        self.grow(blocks)
+
+    @property
+    def blocks(self) -> int:
+        return int(self.tensor.shape[2])
+
+    def grow(self, blocks: int) -> None:
+        """At least ``blocks`` blocks in all (never shrinks: blocks in use keep their place)."""
+        old = self.blocks
+        if blocks <= old:
+            return
+        bigger = torch.empty((*self.tensor.shape[:2], blocks, self.tensor.shape[3]), dtype=self.dtype)
+        bigger[:, :, :old] = self.tensor
+        self.tensor = bigger
+        self._free.extend(range(blocks - 1, old - 1, -1))  # a stack: low block numbers first
+
+    def allocate(self, blocks: int) -> list[int]:
+        if blocks > len(self._free):
+            self.grow(max(self.blocks * 2, self.blocks + blocks - len(self._free)))
+        taken = [self._free.pop() for _ in range(blocks)]
+        if taken:
+            self.tensor.index_fill_(2, torch.tensor(taken, dtype=torch.long), 0)
+        return taken
+
+    def release(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+    def available(self) -> int:
+        return len(self._free)
+
+
 class KVCache:
-    """One sequence's keys and values, allocated once for its whole reservation (prompt + max new tokens)."""
+    """One sequence's blocks in the pool, allocated once for its whole reservation (prompt + max new tokens)."""
 
-    __slots__ = ("k", "length", "v")
+    __slots__ = ("blocks", "length", "pool")
 
-    def __init__(self, config: LlamaConfig, capacity: int, dtype: torch.dtype) -> None:
-        shape = (config.num_layers, config.num_kv_heads, capacity, config.head_dim)
-        self.k = torch.empty(shape, dtype=dtype)
-        self.v = torch.empty(shape, dtype=dtype)
+    def __init__(self, pool: KVPool, capacity: int) -> None:
+        self.pool = pool
+        self.blocks = pool.allocate(-(-capacity // BLOCK))
         self.length = 0  # tokens whose K/V are written
+
+    @property
+    def capacity(self) -> int:
+        return len(self.blocks) * BLOCK
+
+    def free(self) -> None:
+        """Give the blocks back (idempotent; also done when the cache is collected)."""
+        blocks, self.blocks = self.blocks, []
+        self.pool.release(blocks)
+
+    def __del__(self) -> None:
+        self.free()
 
 
 @dataclass(slots=True)
@@ -206,6 +264,8 @@ class Llama:
         angles = torch.outer(torch.arange(c.max_position_embeddings, dtype=torch.float64), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
         self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        self.kv_pool = KVPool(c, dtype)
+        self._buffer = torch.empty(0, dtype=dtype)  # the step's gathered K/V (_scratch)
 
     @classmethod
     def load(cls, directory: Path, dtype: torch.dtype = torch.float32) -> Llama:
@@ -220,7 +280,17 @@ class Llama:
         return sum(t.nbytes if isinstance(t, QLinear) else t.numel() * t.element_size() for t in tensors)
 
     def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(self.config, capacity, self.dtype)
+        return KVCache(self.kv_pool, capacity)
+
+    def reserve_kv(self, tokens: int) -> int:
+        """Size the KV pool for ``tokens`` positions (rounded down to whole blocks); returns the blocks it holds."""
+        self.kv_pool.grow(max(tokens // BLOCK, 1))
+        return self.kv_pool.blocks
+
+    def _scratch(self, numel: int) -> torch.Tensor:
+        if self._buffer.numel() < numel:
+            self._buffer = torch.empty(numel, dtype=self.dtype)
+        return self._buffer[:numel]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps))
@@ -231,61 +301,117 @@ class Llama:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Grouped-query attention of one sequence: q [n, H, D] against its cache k, v [KV, S, D] → [n, H, D].
-
-        Plain bmm + softmax: torch's CPU flash kernel costs milliseconds per call at these tiny shapes.
-        """
-        n, hq, d = q.shape
-        hkv, s = k.shape[0], k.shape[1]
-        g = hq // hkv
-        qg = q.transpose(0, 1).reshape(hkv, g * n, d)
-        scores = torch.bmm(qg, k.transpose(1, 2)) * (d**-0.5)
-        if mask is not None:
-            scores = scores.view(hkv, g, n, s).masked_fill(~mask, float("-inf")).view(hkv, g * n, s)
-        out = torch.bmm(torch.softmax(scores, dim=-1), v)
-        return out.view(hq, n, d).transpose(0, 1)
+    def _plan(self, seqs: list[SeqInput], order: list[int]) -> tuple[torch.Tensor, list[_Group]]:
+        """Per step (not per layer): the pool slot of every row's K/V and the attention groups, rows in ``order``."""
+        slots: list[int] = []
+        groups: list[_Group] = []
+        row = 0
+        for i in order:
+            s = seqs[i]
+            p, n = s.cache.length, len(s.tokens)
+            blocks = s.cache.blocks
+            slots.extend(blocks[pos // BLOCK] * BLOCK + pos % BLOCK for pos in range(p, p + n))
+            nb = -(-(p + n) // BLOCK)
+            if groups and groups[-1].key == (n, nb):
+                g = groups[-1]
+            else:
+                g = _Group((n, nb), row)
+                groups.append(g)
+            g.tables.extend(blocks[:nb])
+            g.starts.append(p)
+            row += n
+        for g in groups:
+            g.finish(self.config.num_heads // self.config.num_kv_heads)
+        return torch.tensor(slots, dtype=torch.long), groups
 
     @torch.inference_mode()
     def forward(self, seqs: list[SeqInput]) -> list[torch.Tensor | None]:
-        """Run one step; writes each sequence's K/V and advances ``cache.length``; logits (fp32, [vocab]) per seq."""
+        """Run one step; writes each sequence's K/V and advances ``cache.length``; logits (fp32, [vocab]) per seq.
+
+        Rows are reordered so that sequences with the same (tokens this step, cache blocks) sit together: each
+        such group runs its attention in a handful of batched ops per layer (module doc), whatever its size.
+        """
         c = self.config
-        lengths = [len(s.tokens) for s in seqs]
-        starts = [s.cache.length for s in seqs]
-        ids = torch.tensor([t for s in seqs for t in s.tokens], dtype=torch.long)
-        positions = torch.cat([torch.arange(p, p + n) for p, n in zip(starts, lengths, strict=True)])
+        for s in seqs:
+            if s.cache.length + len(s.tokens) > s.cache.capacity:
+                raise ValueError(f"KV cache overflow: {s.cache.length} + {len(s.tokens)} > {s.cache.capacity}")
+        order = sorted(
+            range(len(seqs)),
+            key=lambda i: (len(seqs[i].tokens), -(-(seqs[i].cache.length + len(seqs[i].tokens)) // BLOCK)),
+        )
+        slots, groups = self._plan(seqs, order)
+        ids = torch.tensor([t for i in order for t in seqs[i].tokens], dtype=torch.long)
+        positions = torch.cat(
+            [torch.arange(seqs[i].cache.length, seqs[i].cache.length + len(seqs[i].tokens)) for i in order]
+        )
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-        masks = [
-            None if n == 1 else torch.ones(n, p + n, dtype=torch.bool).tril(p)
-            for p, n in zip(starts, lengths, strict=True)
-        ]
         x = self.embed[ids]
         rows = x.shape[0]
         hq, hkv, d = c.num_heads, c.num_kv_heads, c.head_dim
+        g = hq // hkv
+        scale = d**-0.5
+        pool = self.kv_pool.tensor
         for layer, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
             qkv = _linear(self._rms(x, ln1), wqkv)
-            q = self._rope(qkv[:, : hq * d].view(rows, hq, d), cos, sin)
-            k = self._rope(qkv[:, hq * d : (hq + hkv) * d].view(rows, hkv, d), cos, sin)
-            v = qkv[:, (hq + hkv) * d :].view(rows, hkv, d)
-            attn = torch.empty((rows, hq, d), dtype=x.dtype)
-            offset = 0
-            for s, p, n, mask in zip(seqs, starts, lengths, masks, strict=True):
-                ck, cv = s.cache.k[layer], s.cache.v[layer]
-                ck[:, p : p + n] = k[offset : offset + n].transpose(0, 1)
-                cv[:, p : p + n] = v[offset : offset + n].transpose(0, 1)
-                attn[offset : offset + n] = self._attend(q[offset : offset + n], ck[:, : p + n], cv[:, : p + n], mask)
-                offset += n
-            x = x + _linear(attn.view(rows, hq * d), wo)
+            # q and k rotated together, written back so that qkv[:, q:] is the [rows, 2*KV, D] K|V source.
+            qkv[:, : (hq + hkv) * d] = self._rope(qkv[:, : (hq + hkv) * d].view(rows, hq + hkv, d), cos, sin).view(
+                rows, (hq + hkv) * d
+            )
+            q = qkv[:, : hq * d] * scale
+            kv = pool[layer]  # [2*KV, blocks, BLOCK*D]
+            kv.view(2 * hkv, -1, d).index_copy_(1, slots, qkv[:, hq * d :].view(rows, 2 * hkv, d).transpose(0, 1))
+            attn = torch.empty((rows, hq * d), dtype=x.dtype)
+            for grp in groups:
+                n, nb = grp.key
+                size = len(grp.starts)
+                span = nb * BLOCK
+                # Into a reused buffer: a fresh multi-MB tensor per layer costs its page faults every time.
+                gathered = self._scratch(2 * hkv * size * span * d).view(2 * hkv, size * nb, BLOCK * d)
+                cache = torch.index_select(kv, 1, grp.table, out=gathered).view(2, hkv, size, span, d)
+                qg = q[grp.row : grp.row + size * n].view(size, n, hkv, g, d).permute(2, 0, 3, 1, 4)
+                scores = torch.matmul(qg.reshape(hkv, size, g * n, d), cache[0].transpose(-1, -2))
+                scores.masked_fill_(grp.mask, float("-inf"))
+                out = torch.matmul(torch.softmax(scores, dim=-1), cache[1])  # [KV, size, g*n, D]
+                attn[grp.row : grp.row + size * n].view(size, n, hkv, g, d).copy_(
+                    out.view(hkv, size, g, n, d).permute(1, 3, 0, 2, 4)
+                )
+            x = x + _linear(attn, wo)
             gate, up = _linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
             x = x + _linear(F.silu(gate) * up, wdown)
-        for s, n in zip(seqs, lengths, strict=True):
-            s.cache.length += n
-        wanted = [i for i, s in enumerate(seqs) if s.want_logits]
+        ends: list[int] = []
+        row = 0
+        for i in order:
+            s = seqs[i]
+            s.cache.length += len(s.tokens)
+            row += len(s.tokens)
+            if s.want_logits:
+                ends.append(row - 1)
         result: list[torch.Tensor | None] = [None] * len(seqs)
-        if wanted:
-            ends = torch.tensor(lengths).cumsum(0) - 1
-            last = self._rms(x[ends[wanted]], self.norm)
+        if ends:
+            last = self._rms(x[torch.tensor(ends, dtype=torch.long)], self.norm)
             logits = _linear(last, self.head).float()
+            wanted = [i for i in order if seqs[i].want_logits]
             for j, i in enumerate(wanted):
                 result[i] = logits[j]
         return result
+
+
+class _Group:
+    """Sequences of one step with the same rows (n) and cache blocks (nb): one batched attention per layer."""
+
+    __slots__ = ("key", "mask", "row", "starts", "table", "tables")
+
+    def __init__(self, key: tuple[int, int], row: int) -> None:
+        self.key, self.row = key, row
+        self.tables: list[int] = []
+        self.starts: list[int] = []
+        self.table = self.mask = torch.empty(0)
+
+    def finish(self, heads_per_kv: int) -> None:
+        """Block index [size * nb] and the mask [size, g*n, span]: True where query i may not see position j."""
+        n, nb = self.key
+        self.table = torch.tensor(self.tables, dtype=torch.long)
+        starts = torch.tensor(self.starts, dtype=torch.long)
+        visible = (starts[:, None] + torch.arange(n))[:, :, None]  # a query at position p sees 0..p
+        mask = torch.arange(nb * BLOCK)[None, None, :] > visible  # [size, n, span]
+        self.mask = mask[:, None].expand(-1, heads_per_kv, -1, -1).reshape(len(self.starts), heads_per_kv * n, -1)

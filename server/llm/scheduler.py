@@ -1,7 +1,8 @@
 """The scheduler that decides: who runs this step, with how many tokens. Pure Python, no tensors.
 
-Admission is by KV budget: a sequence reserves ``prompt + max_tokens`` cache tokens when it joins the batch, so a
-running sequence can never run out of cache (no preemption needed) and ``reserved / budget`` is the KV usage.
+Admission is by KV budget: a sequence reserves ``prompt + max_tokens`` cache tokens when it joins the batch
+(rounded up to whole cache blocks of ``block`` tokens, the unit the KV pool hands out), so a running sequence can
+never run out of cache (no preemption needed) and ``reserved / budget`` is the KV usage.
 Requests that do not fit wait FIFO in a bounded queue (beyond it: ResourceExhausted). Each step, every decoding
 sequence gets one token first (running streams keep flowing), then prefilling sequences get prompt chunks from
 what is left of the step's token budget. A chunk is always ``min(prefill_chunk, remaining)`` tokens, so where a
@@ -52,9 +53,11 @@ class Scheduler:
         max_waiting: int = 256,
         prefill_chunk: int = 64,
         step_tokens: int = 256,
+        block: int = 1,
     ) -> None:
-        if min(kv_tokens, max_running, prefill_chunk, step_tokens) <= 0 or max_waiting < 0:
+        if min(kv_tokens, max_running, prefill_chunk, step_tokens, block) <= 0 or max_waiting < 0:
             raise ValueError("scheduler limits must be positive")
+        self.block = block
         self.kv_tokens, self.max_running, self.max_waiting = kv_tokens, max_running, max_waiting
         self.prefill_chunk, self.step_tokens = prefill_chunk, step_tokens
         self.waiting: deque[Entry] = deque()
@@ -63,8 +66,11 @@ class Scheduler:
 
     # ---- inputs ----
 
+    def _cost(self, entry: Entry) -> int:
+        return -(-entry.reserve // self.block) * self.block
+
     def add(self, entry: Entry) -> None:
-        if entry.reserve > self.kv_tokens:
+        if self._cost(entry) > self.kv_tokens:
             raise InvalidArgument(
                 f"the request needs {entry.reserve} KV-cache tokens (prompt {entry.prompt_len} + max_tokens); "
                 f"this model's KV budget holds {self.kv_tokens}"
@@ -77,7 +83,7 @@ class Scheduler:
         """The one way out, for every reason (done, stop string, cancelled): frees the reservation."""
         entry = self.running.pop(seq_id, None)
         if entry is not None:
-            self.reserved -= entry.reserve
+            self.reserved -= self._cost(entry)
             return True
         for queued in self.waiting:
             if queued.id == seq_id:
@@ -91,11 +97,11 @@ class Scheduler:
         """Admit what fits, then plan one step (decodes first, then prompt chunks)."""
         while self.waiting and len(self.running) < self.max_running:
             head = self.waiting[0]
-            if self.reserved + head.reserve > self.kv_tokens:
+            if self.reserved + self._cost(head) > self.kv_tokens:
                 break  # FIFO: a large request is not overtaken forever by small ones
             self.waiting.popleft()
             self.running[head.id] = head
-            self.reserved += head.reserve
+            self.reserved += self._cost(head)
         plan = [Work(e.id, e.prompt_len, 1, True, True) for e in self.running.values() if e.decoding]
         budget = self.step_tokens - len(plan)
         prefilled = False
