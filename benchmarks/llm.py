@@ -551,8 +551,9 @@ async def _measure_server(server: Proc, transports: Sequence[str], concurrency: 
                     phases.append(Phase(server.name, transport, c, samples, wall, rss, peak, errors, cpu, own))
                     print(_format([phases[-1].row()], header=False), file=sys.stderr, flush=True)
             if raw is not None and raw.pool.sockets_opened > raw.pool.connections:
-                checks.append(f"{server.name}: the raw client reopened {raw.pool.sockets_opened - raw.pool.connections}"
-                              f" of {raw.pool.connections} keep-alive connections (the server closed them)")
+                checks.append(f"{server.name}: closed kept-alive connections, so the raw client opened "
+                              f"{raw.pool.sockets_opened} sockets for {raw.pool.connections} streams (llama-server "
+                              f"closes one after each streamed answer: every client pays a connect per request)")
         finally:
             if grpc is not None:
                 await grpc.close()

@@ -81,6 +81,8 @@ class SSEConnection:
 
         The connection stays open for the next request only if the body was read to its end; a consumer that
         stops early (``aclose``) or an error closes it."""
+        if self._reader is not None and self._reader.at_eof():
+            await self.close()  # the server closed it after the last answer (llama-server does, when it streamed)
         reused = self.is_open and self.requests > 0
         try:
             try:
