@@ -73,6 +73,31 @@ def test_cli_push_list_versions_deploy_rollback_status(control_plane: ServerProc
     assert "scale" in status and "Workers" in status
 
 
+def test_a_worker_flips_then_acks_so_a_succeeded_rollout_already_serves(
+    control_plane: ServerProcess, tmp_path: Path
+) -> None:
+    """The worker switches its routes before it sends the Ack (server/sync.py): once `deploy --wait` reports
+    success, every request that names no version gets the new version — no retry, no wait."""
+    from lmaas.client import InferenceClient
+    from processes import start_worker, wait_for_workers
+
+    address = control_plane.grpc
+    for factor in (1.0, 2.0, 3.0):
+        path = write_scale_onnx(tmp_path / str(factor) / "model.onnx", factor)
+        lmaas("model", "push", "scale", str(path), "-q", address=address)
+    worker = start_worker(None, "--control-plane", address, "--worker-id", "w-flip", "--cache-dir",
+                          str(tmp_path / "cache"), "--no-autotune")
+    try:
+        wait_for_workers(address)
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        with InferenceClient(worker.grpc) as client:
+            for version, factor in ((1, 1.0), (2, 2.0), (3, 3.0), (1, 1.0)):
+                assert "succeeded" in lmaas("deploy", "scale", str(version), "--wait", address=address).stderr
+                np.testing.assert_array_equal(client.infer("scale", {"x": x})["y"], factor * x)
+    finally:
+        worker.stop()
+
+
 def test_cli_errors_are_one_line_and_exit_1(control_plane: ServerProcess, tmp_path: Path) -> None:
     address = control_plane.grpc
     missing = lmaas("deploy", "nope", "1", address=address, check=False)
