@@ -92,7 +92,7 @@ class SnapshotBuilder:
             for v in sorted((v for v in versions if v is not None), key=lambda v: v.version):
                 snapshot.assignments.add(
                     model=v.model, version=v.version, digest=v.digest, format=v.format, config_json=v.config_json,
-                    size_bytes=v.size_bytes,
+                    size_bytes=v.size_bytes, lazy=spec.lazy,
                 )
             snapshot.routes.add(
                 model=deployment.model, stable_version=spec.stable_version, canary_version=spec.canary_version,

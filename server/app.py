@@ -42,6 +42,7 @@ class Worker:
         self.manager = ModelManager(
             self.metrics, settings.model_repository, settings.drain_timeout, self.memory, autotune=settings.autotune
         )
+        self.manager.lazy_wait = settings.lazy_load_wait  # deploy --lazy: how long a request waits for a load
         self.dataplane = DataPlane(
             self.manager,
             max_elements=settings.max_elements,

@@ -96,6 +96,8 @@ class DataPlane:
         """Run one request; ``deadline`` is in event-loop time."""
         if self.draining:
             raise Unavailable("worker is shutting down")
+        if self.manager.has_lazy:  # a lazy version loads on its first request (waits a bound, then UNAVAILABLE)
+            await self.manager.wake(request.model_name, request.model_version)
         mv = self.manager.get(request.model_name, request.model_version)
         started = time.perf_counter()
         if isinstance(mv, LLMVersion):

@@ -14,10 +14,11 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound
+from lmaas.protos.errors import FailedPrecondition, InvalidArgument, ModelNotFound, NotFound, Unavailable
 from lmaas.server.autotune import Autotuner
 from lmaas.server.backends import BackendError, find_model_file, load_backend
 from lmaas.server.backends.llm import is_llm_dir, local_digest
@@ -31,6 +32,17 @@ from lmaas.server.uploads import UploadArea
 __all__ = ["ModelManager", "ModelState", "UnknownModel"]
 
 log = logging.getLogger("lmaas.worker")
+
+ESTIMATE_FACTOR = 1.5  # a lazy version never loaded here: its artifact's size x this (then its measured figure)
+
+
+@dataclass(slots=True)
+class _Lazy:
+    """A lazy version: downloaded and verified, loaded on the first request that needs it."""
+
+    path: Path
+    config: ModelConfig
+    digest: str
 
 
 @dataclass(slots=True)
@@ -57,6 +69,7 @@ class ModelManager:
         repository: Path | None = None,
         drain_timeout: float = 30.0,
         memory: MemoryTracker | None = None,
+        lazy_wait: float = 10.0,
         autotune: bool = False,
     ) -> None:
         self.metrics = metrics
@@ -73,6 +86,12 @@ class ModelManager:
         self._drains: set[asyncio.Task[None]] = set()
         self.on_change: list[object] = []  # callables(name) notified when readiness changes
         self._uploads: UploadArea | None = None  # models sent as files (RepositoryModelLoad)
+        self.lazy_wait = lazy_wait  # seconds a request waits for a lazy version's load, then UNAVAILABLE
+        self._lazy: dict[tuple[str, int], _Lazy] = {}  # registered lazy versions, loaded or not
+        self._lazy_loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
+        self._used: dict[tuple[str, int], float] = {}  # last request for each lazy version (LRU)
+        self._measured: dict[tuple[str, int], int] = {}  # bytes a lazy version took when last loaded
+        self.evictions = 0  # lazy versions unloaded to make room
 
     # ---- lookups (request path) ----
 
@@ -114,11 +133,14 @@ class ModelManager:
 
     # ---- loading ----
 
-    async def load(self, name: str, version: int, path: Path, config: ModelConfig, digest: str = "") -> ModelVersion:
+    async def load(
+        self, name: str, version: int, path: Path, config: ModelConfig, digest: str = "",
+        *, room: Callable[[], Awaitable[None]] | None = None,
+    ) -> ModelVersion:
         """Load and warm one version beside the others, then let it take traffic.
 
         A version that is still draining after an unload (a rollback right after a rollout) is taken back as it
-        is: loaded and warm already, at once.
+        is: loaded and warm already, at once. ``room`` runs under the load lock first (a lazy load's eviction).
         """
         if (revived := self._revive(name, version, digest)) is not None:
             return revived
@@ -129,6 +151,8 @@ class ModelManager:
             if current is not None and (not digest or current.digest == digest):
                 return current
             self._states[(name, version)] = ModelState("LOADING")
+            if room is not None:
+                await room()
             started = time.perf_counter()
             try:
                 mv = await asyncio.to_thread(self._build_measured, name, version, path, config, digest)
@@ -236,6 +260,11 @@ class ModelManager:
         """
         versions = self._models.get(name, {})
         targets = list(versions) if version is None else [version]
+        if version is None:
+            targets += [v for n, v in self._lazy if n == name and v not in versions]
+        for v in targets:
+            self._lazy.pop((name, v), None)
+            self._used.pop((name, v), None)
         gone = [versions.pop(v) for v in targets if v in versions]
         if not versions:
             self._models.pop(name, None)
@@ -319,10 +348,135 @@ class ModelManager:
     # ---- the control plane's view (ModelHost) ----
 
     def held(self) -> list[HeldModel]:
-        return [HeldModel(mv.name, mv.version, mv.digest) for mv in self.loaded()]
+        """Loaded versions, and lazy ones (downloaded, loaded on demand)."""
+        held = [HeldModel(mv.name, mv.version, mv.digest) for mv in self.loaded()]
+        loaded = {(h.name, h.version) for h in held}
+        return held + [HeldModel(n, v, lz.digest) for (n, v), lz in sorted(self._lazy.items()) if (n, v) not in loaded]
 
     async def ensure_loaded(self, name: str, version: int, path: Path, config_json: str, digest: str) -> None:
+        self._lazy.pop((name, version), None)  # deployed eagerly now: never evicted
         await self.load(name, version, path, parse_config(config_json, source="snapshot"), digest)
+
+    # ---- lazy versions: loaded on first request, unloaded (LRU, idle) for room ----
+
+    def lazy(self) -> set[tuple[str, int]]:
+        """The registered lazy versions, loaded or not."""
+        return set(self._lazy)
+
+    @property
+    def has_lazy(self) -> bool:
+        return bool(self._lazy)
+
+    async def register_lazy(self, name: str, version: int, path: Path, config_json: str, digest: str) -> None:
+        """Hold a version to load on its first request (its config is checked now: a bad one NACKs the deploy).
+        A version already loaded stays loaded, and may now be unloaded when idle to make room."""
+        config = parse_config(config_json, source="snapshot")
+        self._lazy[(name, version)] = _Lazy(path, config, digest)
+        if version not in self._models.get(name, {}) and (name, version) not in self._lazy_loads:
+            self._states[(name, version)] = ModelState("UNAVAILABLE", "lazy: loads on its first request")
+
+    async def wake(self, name: str, version: str = "") -> None:
+        """Before a request: load the lazy version(s) it may need, waiting up to ``lazy_wait`` seconds (then
+        UNAVAILABLE with a retry hint; the load goes on), and mark them used for the LRU order."""
+        keys = self._lazy_targets(name, version)
+        if not keys:
+            return
+        now = time.monotonic()
+        waits = []
+        for key in keys:
+            self._used[key] = now
+            if key[1] not in self._models.get(name, {}):
+                waits.append(self._lazy_load(key))
+        if not waits:
+            return
+        done, pending = await asyncio.wait(waits, timeout=self.lazy_wait)
+        for task in done:
+            task.result()  # a failed load fails the request (FAILED_PRECONDITION, as at deploy time)
+        if pending:
+            versions = ", ".join(str(v) for _, v in keys)
+            raise Unavailable(
+                f"model '{name}' version {versions} is loading (lazy: loaded on first request); retry in a few seconds"
+            )
+
+    def _lazy_targets(self, name: str, version: str) -> list[tuple[str, int]]:
+        if version:
+            try:
+                number = int(version)
+            except ValueError:
+                return []  # get() says what is wrong
+            return [(name, number)] if (name, number) in self._lazy else []
+        route = self._routes.get(name)
+        if route is None:
+            return []
+        wanted = [route.stable] + ([route.canary] if route.canary and route.canary_weight > 0 else [])
+        return [(name, v) for v in wanted if (name, v) in self._lazy]
+
+    def _lazy_load(self, key: tuple[str, int]) -> asyncio.Task[ModelVersion]:
+        """The load of a lazy version: one per version however many requests wait for it."""
+        task = self._lazy_loads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load_lazy(key), name=f"lmaas-lazy-load-{key[0]}-v{key[1]}")
+            self._lazy_loads[key] = task
+            task.add_done_callback(lambda t: self._lazy_load_done(key, t))
+        return task
+
+    def _lazy_load_done(self, key: tuple[str, int], task: asyncio.Task[ModelVersion]) -> None:
+        if self._lazy_loads.get(key) is task:
+            del self._lazy_loads[key]
+        if not task.cancelled() and task.exception() is not None:  # retrieved: the waiters may have gone
+            log.warning("lazy load of model=%s version=%d failed: %s", key[0], key[1], task.exception())
+
+    async def _load_lazy(self, key: tuple[str, int]) -> ModelVersion:
+        name, version = key
+        spec = self._lazy.get(key)
+        if spec is None:
+            raise UnknownModel(name, version)
+        mv = await self.load(name, version, spec.path, spec.config, spec.digest, room=lambda: self._make_room(key))
+        if (figure := self.memory.get(name, version)) is not None:
+            self._measured[key] = figure.bytes
+        return mv
+
+    def _estimate(self, key: tuple[str, int]) -> int:
+        """Bytes a lazy version will take: measured at its last load here, else from its artifact's size."""
+        if key in self._measured:
+            return self._measured[key]
+        path = self._lazy[key].path
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        return int(sum(p.stat().st_size for p in files) * ESTIMATE_FACTOR)
+
+    async def _make_room(self, key: tuple[str, int]) -> None:
+        """Unload idle lazy versions, least recently used first, until ``key`` fits under the memory limit."""
+        need = await asyncio.to_thread(self._estimate, key)
+        while self.memory.used() + need > self.memory.capacity:
+            victim = self._idle_lru(exclude=key)
+            if victim is None:
+                log.warning("loading model=%s version=%d: %d bytes needed, no idle lazy version to unload",
+                            key[0], key[1], need)
+                return
+            await self._evict(victim)
+
+    def _idle_lru(self, exclude: tuple[str, int]) -> ModelVersion | None:
+        """The least recently used loaded lazy version with nothing in flight (no request, no open stream)."""
+        idle = [
+            mv for mv in self.loaded()
+            if (mv.name, mv.version) in self._lazy and (mv.name, mv.version) != exclude and mv.inflight == 0
+        ]
+        return min(idle, key=lambda mv: self._used.get((mv.name, mv.version), 0.0), default=None)
+
+    async def _evict(self, mv: ModelVersion) -> None:
+        """Unload a lazy version to make room; it stays registered and loads again on its next request."""
+        versions = self._models.get(mv.name, {})
+        if versions.get(mv.version) is not mv:
+            return
+        del versions[mv.version]  # one step on the event loop: no request can take it after this
+        if not versions:
+            self._models.pop(mv.name, None)  # its route stays: the next request loads it again
+        self.evictions += 1
+        log.info("unloading model=%s version=%d to make room (least recently used idle lazy version)",
+                 mv.name, mv.version)
+        self._notify(mv.name)
+        await self._start_drain(mv, revivable=False)
+        self._states[(mv.name, mv.version)] = ModelState("UNAVAILABLE", "lazy: unloaded for room, loads on demand")
 
     def set_routes(self, routes: dict[str, Route]) -> None:
         self._routes = dict(routes)

@@ -38,6 +38,9 @@ class WorkerSettings(BaseModel):
     max_elements: int = Field(1 << 26, ge=1, description="largest element count of one input tensor")
     worker_id: str = Field("", description="identity reported to the control plane (default: host name + port)")
     pool: str = Field("default", description="worker pool this worker serves")
+    lazy_load_wait: float = Field(
+        10.0, ge=0, description="seconds a request waits for a lazy version (deploy --lazy) to load; then UNAVAILABLE"
+    )
     max_download_rate: float = Field(
         256 << 20, ge=0,
         description="artifact download limit, bytes/s (0 = none): deploys must not starve models that serve",

@@ -7,7 +7,8 @@ reconnects back off exponentially with jitter), says hello with what the
 that arrive during an apply coalesce into the latest):
 
 1. fetch every assigned artifact not held yet (resumed, sha256-verified);
-2. ``ensure_loaded`` every assigned version (loads and warms beside what serves);
+2. ``ensure_loaded`` every assigned version (loads and warms beside what serves), or for a lazy one
+   (``deploy --lazy``) ``register_lazy``: the host loads it on its first request;
 3. ``set_routes``: one atomic flip; a model whose versions failed keeps its last good route;
 4. send the Ack: per routed model ok, or the error (NACK);
 5. ``unload`` versions this sync loaded earlier that are neither assigned nor routed any more, in the
@@ -25,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -252,14 +253,21 @@ class Syncer:
         errors: dict[str, str] = {}
         self._assigned |= {a.digest for a in snapshot.assignments}  # loading ones too: the cache must keep them
         held = {(h.name, h.version): h.digest for h in self.host.held()}
+        # Lazy assignments (deploy --lazy) are registered, loaded on first request; a host without them loads.
+        register: Callable[..., Awaitable[None]] | None = getattr(self.host, "register_lazy", None)
+        lazy_now: set[tuple[str, int]] = getattr(self.host, "lazy", set)()
         for a in snapshot.assignments:
-            if a.model in errors or held.get((a.model, a.version)) == a.digest:
+            key = (a.model, a.version)
+            if a.model in errors or (held.get(key) == a.digest and (key in lazy_now) == (a.lazy and bool(register))):
                 continue
             try:
                 path = await self.cache.fetch(
                     stream.artifacts, a.digest, a.format, a.size_bytes, metadata=stream.metadata
                 )
-                await self.host.ensure_loaded(a.model, a.version, path, a.config_json, a.digest)
+                if a.lazy and register is not None:
+                    await register(a.model, a.version, path, a.config_json, a.digest)
+                else:
+                    await self.host.ensure_loaded(a.model, a.version, path, a.config_json, a.digest)
                 self.managed.add((a.model, a.version))
             except asyncio.CancelledError:
                 raise

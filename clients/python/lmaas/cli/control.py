@@ -245,6 +245,8 @@ def _follow(client: Any, name: str, generation: int, wait_timeout: float) -> Non
       help="Percent of requests for the canary.")
 @_opt("--pool", "pools", env="LMAAS_DEPLOY_POOLS", multiple=True,
       help="Serve only in these worker pools (repeatable).")
+@_opt("--lazy", env="LMAAS_LAZY", is_flag=True,
+      help="Load on first request: workers download now, load when a request needs it, unload when idle for room.")
 @_opt("--wait", env="LMAAS_WAIT", is_flag=True, help="Follow the rollout; exit 1 unless every worker ACKs.")
 @_opt("--wait-timeout", env="LMAAS_WAIT_TIMEOUT", type=float, default=600.0,
       help="Give up waiting after this many seconds.")
@@ -252,14 +254,14 @@ def _follow(client: Any, name: str, generation: int, wait_timeout: float) -> Non
       help="Apply only if the deployment is at this generation.")
 @_client_options
 @_errors
-def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, ...], wait: bool,
+def deploy(name: str, version: int, canary: int, weight: int, pools: tuple[str, ...], lazy: bool, wait: bool,
            wait_timeout: float, expected_generation: int, conn: Connection) -> None:
     """Serve VERSION of model NAME (optionally with a weighted canary)."""
     from lmaas.cli._render import err, rollout_line, spec_text
 
     with conn.client() as client:
         reply = client.deploy(name, version, canary=canary, weight=weight, pools=pools,
-                              expected_generation=expected_generation)
+                              expected_generation=expected_generation, lazy=lazy)
         err.print(f"{name}: generation {reply.deployment.generation} serves {spec_text(reply.deployment.spec)}")
         if wait:
             _follow(client, name, reply.deployment.generation, wait_timeout)

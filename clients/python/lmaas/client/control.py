@@ -385,10 +385,12 @@ class ControlPlaneClient:
     # -- deployments ----------------------------------------------------------------------------------------
 
     def deploy(self, name: str, version: int, *, canary: int = 0, weight: int = 0, pools: Sequence[str] = (),
-               expected_generation: int = 0) -> deployments_pb2.DeployResponse:
-        """Serve ``version`` (and ``canary`` for ``weight`` percent of requests); returns at once."""
+               expected_generation: int = 0, lazy: bool = False) -> deployments_pb2.DeployResponse:
+        """Serve ``version`` (and ``canary`` for ``weight`` percent of requests); returns at once.
+
+        ``lazy``: workers download the versions but load one only when a request needs it."""
         spec = resources_pb2.DeploymentSpec(stable_version=version, canary_version=canary, canary_weight=weight,
-                                            pools=list(pools))
+                                            pools=list(pools), lazy=lazy)
         request = deployments_pb2.DeployRequest(model=name, spec=spec, expected_generation=expected_generation)
         reply: deployments_pb2.DeployResponse = self._call(self._deployments.Deploy, request)
         return reply

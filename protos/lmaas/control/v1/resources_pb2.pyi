@@ -160,16 +160,18 @@ class Derivation(_message.Message):
     def __init__(self, recipe: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tool_versions: _Optional[_Mapping[str, str]] = ..., parent_size_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., speed: _Optional[_Iterable[_Union[SpeedMeasurement, _Mapping]]] = ..., accuracy: _Optional[_Union[AccuracyMeasurement, _Mapping]] = ..., max_error: _Optional[float] = ..., merged_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
-    __slots__ = ("stable_version", "canary_version", "canary_weight", "pools")
+    __slots__ = ("stable_version", "canary_version", "canary_weight", "pools", "lazy")
     STABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    LAZY_FIELD_NUMBER: _ClassVar[int]
     stable_version: int
     canary_version: int
     canary_weight: int
     pools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stable_version: _Optional[int] = ..., canary_version: _Optional[int] = ..., canary_weight: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ...) -> None: ...
+    lazy: bool
+    def __init__(self, stable_version: _Optional[int] = ..., canary_version: _Optional[int] = ..., canary_weight: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., lazy: _Optional[bool] = ...) -> None: ...
 
 class DeploymentRecord(_message.Message):
     __slots__ = ("generation", "spec", "reason", "message", "created_at_ms", "created_by", "failed")

@@ -119,20 +119,22 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("model", "version", "digest", "format", "config_json", "size_bytes")
+    __slots__ = ("model", "version", "digest", "format", "config_json", "size_bytes", "lazy")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAZY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     digest: str
     format: str
     config_json: str
     size_bytes: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    lazy: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., format: _Optional[str] = ..., config_json: _Optional[str] = ..., size_bytes: _Optional[int] = ..., lazy: _Optional[bool] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("model", "stable_version", "canary_version", "canary_weight", "generation")
