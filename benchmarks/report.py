@@ -147,6 +147,20 @@ def targets(agg: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": None if added is None else added <= 150,
             }
         )
+    for model, per_c in agg.items():  # issue 11: never slower than the bare server, p99 never above its
+        for c, cell in per_c.get("concurrency", {}).items():
+            r = cell.get("lmaas_vs_bare")
+            if r is None:
+                continue
+            result.append({"target": f"{model} c={c}: LMaaS ≥ 1.00x the bare server", "value": r, "ok": r >= 1.0})
+            lm_p99, bare_p99 = cell["lmaas"].get("p99_ms"), cell["bare"].get("p99_ms")
+            result.append(
+                {
+                    "target": f"{model} c={c}: LMaaS p99 not above the bare server's",
+                    "value": [lm_p99, bare_p99],
+                    "ok": None if lm_p99 is None or bare_p99 is None else lm_p99 <= bare_p99,
+                }
+            )
     for model in ("cnn", "transformer"):
         for c, cell in agg.get(model, {}).get("concurrency", {}).items():
             if int(c) >= 4:
