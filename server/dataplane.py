@@ -168,7 +168,7 @@ class DataPlane:
         """Whether a stream request gets 0..N responses (generative or decoupled tensor model), run concurrently."""
         try:
             mv = self.manager.get(request.model_name, request.model_version)
-        except (NotFound, InvalidArgument):
+        except (NotFound, InvalidArgument, Unavailable):  # Unavailable: a lazy version loading; infer() waits
             return False
         return isinstance(mv, LLMVersion) or mv.decoupled
 

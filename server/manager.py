@@ -96,7 +96,22 @@ class ModelManager:
     # ---- lookups (request path) ----
 
     def get(self, name: str, version: str = "", *, key: str = "") -> ModelVersion:
-        """The version a request names, or the routed one when it names none (sticky by conversation ``key``)."""
+        """The version a request names, or the routed one when it names none (sticky by conversation ``key``).
+
+        A lazy version that is not loaded starts loading and the call gets UNAVAILABLE with a retry hint (paths
+        that can wait, as ModelInfer, call :meth:`wake` first)."""
+        try:
+            return self._get(name, version, key=key)
+        except NotFound:
+            if self._lazy and (keys := self._lazy_targets(name, version)):
+                now = time.monotonic()
+                for k in keys:
+                    self._used[k] = now
+                    self._lazy_load(k)
+                raise self._loading(name, keys) from None
+            raise
+
+    def _get(self, name: str, version: str = "", *, key: str = "") -> ModelVersion:
         versions = self._models.get(name)
         if not versions:
             raise UnknownModel(name)
@@ -117,7 +132,7 @@ class ModelManager:
 
     def ready(self, name: str, version: str = "") -> bool:
         try:
-            self.get(name, version)
+            self._get(name, version)  # a readiness probe never starts a lazy load
         except (NotFound, InvalidArgument):
             return False
         return True
@@ -393,10 +408,14 @@ class ModelManager:
         for task in done:
             task.result()  # a failed load fails the request (FAILED_PRECONDITION, as at deploy time)
         if pending:
-            versions = ", ".join(str(v) for _, v in keys)
-            raise Unavailable(
-                f"model '{name}' version {versions} is loading (lazy: loaded on first request); retry in a few seconds"
-            )
+            raise self._loading(name, keys)
+
+    @staticmethod
+    def _loading(name: str, keys: list[tuple[str, int]]) -> Unavailable:
+        versions = ", ".join(str(v) for _, v in keys)
+        return Unavailable(
+            f"model '{name}' version {versions} is loading (lazy: loaded on first request); retry in a few seconds"
+        )
 
     def _lazy_targets(self, name: str, version: str) -> list[tuple[str, int]]:
         if version:

@@ -128,6 +128,15 @@ def test_a_request_that_cannot_wait_gets_unavailable_with_a_retry_hint(cluster) 
     assert "loading" in info.value.message() and "retry" in info.value.message()
     wait_for(lambda: client.is_model_ready("b"))  # the load went on without the request
     assert infer(client, "b") == 3.0
+    # Calls that cannot wait (metadata, config) answer the same for a lazy version not loaded, and start it;
+    # a readiness probe never does.
+    assert not client.is_model_ready("c") and not client.is_model_ready("c")
+    assert "c" not in ready(client)
+    with pytest.raises(InferenceServerException) as meta:
+        client.get_model_metadata("c")
+    assert meta.value.status() == "StatusCode.UNAVAILABLE" and "retry" in meta.value.message()
+    wait_for(lambda: client.is_model_ready("c"))
+    assert client.get_model_metadata("c", as_json=True)["inputs"][0]["name"] == "x"
     with pytest.raises(InferenceServerException) as missing:
         infer(client, "nope")
     assert missing.value.status() == "StatusCode.NOT_FOUND"
