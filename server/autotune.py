@@ -242,6 +242,8 @@ class Autotuner:
         if default in pairs:  # the loaded backend is measured first: it costs no build
             pairs.remove(default)
         pairs.insert(0, default)
+        if len(pairs) == 1:  # e.g. one usable core: nothing to choose between
+            return backend, TuneResult("skipped: one candidate", *default)
         feed = synthetic_feed(backend.inputs, batched=effective_max_batch_size(config, backend) > 0)
         outputs = tuple(s.name for s in backend.outputs)
         started = time.perf_counter()

@@ -8,6 +8,7 @@ within the budget it reports.
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from lmaas.server.autotune import candidates
+from lmaas.server.backends.onnx import default_threads
 from models import mlp_reference, write_mlp_onnx
 from processes import ServerProcess, start_worker
 
 _CANDIDATE = re.compile(r"^(\d+)x(\d+)=(\d+/s|skipped)$")
+CORES = len(os.sched_getaffinity(0))  # the worker subprocess inherits this affinity
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,15 @@ def test_tune_measures_candidates_and_serves_the_choice(
 ) -> None:
     proc, client = tuned
     params, instances = _config(client, "free")
+    if len(candidates(CORES, None, None)) == 1:  # one usable core: nothing to choose
+        assert params["autotune"] == "skipped: one candidate", params
+        return
     assert params["autotune"] == "tuned", params
     measured = params["autotune_candidates"].split()
     assert measured and all(_CANDIDATE.match(c) for c in measured), measured
     pairs = [tuple(int(g) for g in _CANDIDATE.match(c).groups()[:2]) for c in measured]  # type: ignore[union-attr]
+    # The loaded default first, then the other candidates for these cores (each measured or skipped for budget).
+    assert pairs[0] == (1, default_threads(1)) and sorted(pairs) == sorted(candidates(CORES, None, None)), pairs
     chosen = (int(params["autotune_instances"]), int(params["autotune_intra_op_threads"]))
     assert chosen in pairs
     assert instances == chosen[0]  # the instance count that serves is the one chosen
@@ -98,6 +106,9 @@ def test_explicit_threads_are_kept(tuned: tuple[ServerProcess, tc.InferenceServe
     _, client = tuned
     params, instances = _config(client, "threads")
     assert params["intra_op_threads"] == "1"
+    if len(candidates(CORES, None, 1)) == 1:
+        assert params["autotune"] == "skipped: one candidate", params
+        return
     assert params["autotune_intra_op_threads"] == "1"
     assert all(c.split("=")[0].endswith("x1") for c in params["autotune_candidates"].split()), params
     assert instances == int(params["autotune_instances"])
