@@ -7,7 +7,7 @@ import logging
 import socket
 
 from grpc_health.v1 import health, health_pb2
-from lmaas.protos.credentials import channel_credentials, server_credentials
+from lmaas.protos.credentials import server_credentials
 from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from lmaas.protos.interceptors import guard_servicer
@@ -113,19 +113,12 @@ class Worker:
             self._tasks.append(
                 asyncio.create_task(
                     run_sync(
-                        s.control_plane,
+                        s,
                         self.manager,
                         worker_id=worker_id,
-                        pool=s.pool,
                         inference_address=f"{s.host}:{self.grpc_port}",
-                        cache_dir=s.cache_dir,
-                        cache_size=s.cache_size,
-                        token=s.token,
-                        credentials=channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None,
                         on_ack=self.metrics.snapshot_revision.set,
                         report=self._report,
-                        report_every=s.report_every,
-                        max_download_bytes_per_second=s.max_download_rate or None,
                     )
                 )
             )

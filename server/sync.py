@@ -32,9 +32,11 @@ from typing import Protocol
 
 import grpc
 import grpc.aio
+from lmaas.protos.credentials import channel_credentials
 from lmaas.protos.lmaas.worker.v1 import artifacts_pb2_grpc, sync_pb2, sync_pb2_grpc
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.routing import HeldModel, Route
+from lmaas.server.settings import WorkerSettings
 
 __all__ = ["REPORT_EVERY", "HeldModel", "ModelHost", "Route", "Syncer", "run_sync"]
 
@@ -69,33 +71,29 @@ class ModelHost(Protocol):
 
 
 async def run_sync(
-    control_plane: str,
+    settings: WorkerSettings,
     host: ModelHost,
     *,
     worker_id: str,
-    pool: str,
     inference_address: str,
-    cache_dir: Path,
-    token: str | None = None,
-    credentials: grpc.ChannelCredentials | None = None,
-    max_download_bytes_per_second: float | None = None,
-    cache_size: int | None = None,
     on_ack: Callable[[int], None] | None = None,
     report: Callable[[], sync_pb2.Report] | None = None,
-    report_every: float = REPORT_EVERY,
 ) -> None:
-    """Follow the control plane at ``control_plane`` (HOST:PORT[,HOST:PORT...]) forever.
+    """Follow the control plane at ``settings.control_plane`` (HOST:PORT[,HOST:PORT...]) forever.
 
-    ``token`` is sent as ``authorization: Bearer`` on every call; ``credentials``
-    (see :func:`lmaas.protos.credentials.channel_credentials`) switch the
-    connection to TLS, mutual TLS when they carry a client certificate.
+    From the settings: ``token`` is sent as ``authorization: Bearer`` on every call; ``tls_ca`` switches the
+    connection to TLS, mutual TLS with ``tls_cert``/``tls_key``; the cache is ``cache_dir`` (``cache_size``,
+    ``max_download_rate``); ``pool`` and ``report_every`` go to the control plane. ``worker_id`` is the one the
+    worker settled on (its settings' or a default from the bound port).
     """
-    cache = ArtifactCache(cache_dir, max_bytes_per_second=max_download_bytes_per_second, max_bytes=cache_size)
+    s = settings
+    credentials = channel_credentials(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None
+    cache = ArtifactCache(s.cache_dir, max_bytes_per_second=s.max_download_rate or None, max_bytes=s.cache_size)
     syncer = Syncer(
-        host, worker_id=worker_id, pool=pool, inference_address=inference_address, cache=cache, token=token,
-        credentials=credentials, on_ack=on_ack, report=report, report_every=report_every,
+        host, worker_id=worker_id, pool=s.pool, inference_address=inference_address, cache=cache, token=s.token,
+        credentials=credentials, on_ack=on_ack, report=report, report_every=s.report_every,
     )
-    await syncer.run([a.strip() for a in control_plane.split(",") if a.strip()])
+    await syncer.run([a.strip() for a in (s.control_plane or "").split(",") if a.strip()])
 
 
 class _Stream:

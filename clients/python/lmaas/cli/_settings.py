@@ -26,7 +26,7 @@ from lmaas.cli._options import option as _opt
 __all__ = ["DURATION", "SIZE", "build_settings", "settings_options"]
 
 
-class _Size(click.ParamType):
+class _Size(click.ParamType[int]):
     """Bytes from ``300MiB``, ``2GiB``, ``500MB`` or a bare number (lmaas.server.memory.parse_size)."""
 
     name = "size"
@@ -42,7 +42,7 @@ class _Size(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class _Duration(click.ParamType):
+class _Duration(click.ParamType[float]):
     """Seconds from ``60s``, ``1.5m``, ``500ms``, ``2h`` or a bare number (lmaas.control_plane.settings)."""
 
     name = "duration"
