@@ -36,9 +36,12 @@ class Connection:
 
     def client(self) -> Any:
         from lmaas.client.control import ControlPlaneClient
+        from lmaas.protos.serving import tls_files
 
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise click.UsageError("--tls-cert and --tls-key go together")
+        try:
+            tls_files(self.tls_cert, self.tls_key)  # the servers' one pair check
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
         return ControlPlaneClient(
             self.address, token=self.token, timeout=self.timeout, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
             tls_key=self.tls_key, server_name=self.tls_server_name,
