@@ -364,6 +364,11 @@ def evict(root: Path, max_bytes: int) -> int:
             return 0  # another process is evicting now
         for parent in (*root.glob("sha256/??"), *root.glob("dirs/??")):
             _remove_stale_staging(parent)  # left by processes that died mid-build or mid-eviction
+        for partial in root.glob("blobs/??/*.partial-*"):  # a blob's dead download nobody resumed (a file's
+            m = _PARTIAL.fullmatch(partial.name)  # goes with its folder)
+            if m is not None and m.group(2) and not _alive(int(m.group(2))):
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
         entries, total = _scan(root)
         start, busy = total, set()
         while total > max_bytes:
@@ -495,6 +500,16 @@ def _remove_stale_staging(parent: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         except PermissionError:
             pass  # alive, someone else's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 def _remove_tree(path: Path) -> None:
