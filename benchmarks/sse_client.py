@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 __all__ = ["HTTPError", "SSEConnection", "SSEPool"]
 
@@ -76,7 +76,7 @@ class SSEConnection:
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
 
-    async def post_events(self, path: str, body: bytes) -> AsyncIterator[bytes]:
+    async def post_events(self, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         """POST ``body`` (JSON) to ``path`` and yield each event's data as it arrives, through the end of the body.
 
         The connection stays open for the next request only if the body was read to its end; a consumer that
@@ -195,7 +195,7 @@ class SSEPool:
             self._all.append(conn)
             self._idle.append(conn)
 
-    async def events(self, path: str, body: bytes) -> AsyncIterator[bytes]:
+    async def events(self, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         """Like :meth:`SSEConnection.post_events`, on a pooled connection."""
         if self._idle:
             conn = self._idle.pop()
