@@ -41,6 +41,7 @@ __all__ = [
     "metric",
     "model_state",
     "overlaps",
+    "partial_size",
     "rss_mib",
     "save_results",
     "scale_of",
@@ -242,6 +243,11 @@ def size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def partial_size(final: Path) -> int:
+    """Bytes of the download in progress of ``final`` (its downloader's ``<name>.partial-<pid>``); 0 if none."""
+    return max((size_of(p) for p in final.parent.glob(final.name + ".partial*")), default=0)
 
 
 def rss_mib(pid: int) -> float:

@@ -38,6 +38,7 @@ from reliability_kit import (
     ThrottledProxy,
     infer,
     model_state,
+    partial_size,
     save_results,
     scale_of,
     size_of,
@@ -62,13 +63,12 @@ def test_worker_killed_mid_download_and_mid_load(fleet: Fleet, tmp_path: Path) -
         wait_until(lambda: len(client.workers()) == 1, what="worker connected")
         version = client.push("big", big)
         final = fleet.cached("w1", version.digest)
-        partial = final.with_name(final.name + ".partial")
         generation = client.deploy("big", version.version).deployment.generation
 
         # 1. SIGKILL mid-download.
-        wait_until(lambda: size_of(partial) >= size // 3, timeout=60, interval=0.005, what="a third downloaded")
+        wait_until(lambda: partial_size(final) >= size // 3, timeout=60, interval=0.005, what="a third downloaded")
         fleet.kill(worker)
-        kept = size_of(partial)
+        kept = partial_size(final)
         assert 0 < kept < size and not final.exists()
 
         # 2. Restart: the download resumes at `kept`; SIGKILL again while the verified file is loading.
@@ -85,7 +85,7 @@ def test_worker_killed_mid_download_and_mid_load(fleet: Fleet, tmp_path: Path) -
         assert offsets == [kept], f"expected a resume at byte {kept}, log says {offsets}:\n{log}"
         assert transferred < size - kept + (2 << 20), f"{transferred} bytes crossed the proxy after the restart"
         assert "loaded model=big" not in log, "the kill came after the load finished"
-        assert not partial.exists() and size_of(final) == size
+        assert partial_size(final) == 0 and size_of(final) == size
 
         # 3. Restart from the complete cache: no download, load, ACK, right answers.
         down_before = proxy.bytes_down

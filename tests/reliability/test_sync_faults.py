@@ -32,7 +32,7 @@ from lmaas.protos.lmaas.worker.v1 import artifacts_pb2, sync_pb2
 from lmaas.server.artifact_cache import ArtifactCache
 from lmaas.server.sync import Syncer, _Stream
 from reliability_fleet import Fleet
-from reliability_kit import ThrottledProxy, model_state, size_of, wait_until, write_matmul_onnx
+from reliability_kit import ThrottledProxy, model_state, partial_size, wait_until, write_matmul_onnx
 
 BIG_N, BIG_LAYERS = 2048, 4  # 64 MiB of weights
 RATE = 24 << 20  # bytes/s through the proxy: the download takes ~3 s
@@ -48,9 +48,9 @@ def test_replica_stopped_during_a_download(fleet: Fleet, etcd1: EtcdCluster, tmp
         worker = fleet.worker("w1", f"{proxy.address},{replica_b.grpc}")
         wait_until(lambda: [w.control_plane for w in client.workers()] == ["cpA"], what="worker on replica A")
         version = client.push("big", big)
-        partial = fleet.cached("w1", version.digest, "model.onnx.partial")
+        final = fleet.cached("w1", version.digest)
         generation = client.deploy("big", version.version).deployment.generation
-        wait_until(lambda: size_of(partial) >= size // 3, timeout=60, interval=0.005, what="a third downloaded")
+        wait_until(lambda: partial_size(final) >= size // 3, timeout=60, interval=0.005, what="a third downloaded")
         stopped = time.monotonic()
         replica_a.stop(signal.SIGTERM)
         rollout = client.wait_rollout("big", generation, timeout=60)
