@@ -280,6 +280,8 @@ class ModelManager:
         for v in targets:
             self._lazy.pop((name, v), None)
             self._used.pop((name, v), None)
+            if (pending := self._lazy_loads.get((name, v))) is not None:
+                pending.cancel()  # unassigned while it loads: it must not come in after this unload
         gone = [versions.pop(v) for v in targets if v in versions]
         if not versions:
             self._models.pop(name, None)
@@ -406,6 +408,8 @@ class ModelManager:
             return
         done, pending = await asyncio.wait(waits, timeout=self.lazy_wait)
         for task in done:
+            if task.cancelled():  # unassigned while it loaded
+                raise UnknownModel(name, version)
             task.result()  # a failed load fails the request (FAILED_PRECONDITION, as at deploy time)
         if pending:
             raise self._loading(name, keys)
