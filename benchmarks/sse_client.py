@@ -104,10 +104,26 @@ class SSEConnection:
                 complete = True
                 raise HTTPError(status, bytes(raw))
             buffer = bytearray()
-            async for part in self._body(headers):
-                buffer += part
-                for data in _events(buffer):
-                    yield data
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                # The hot path, inline: one read per arriving segment, the chunk framing parsed from our own
+                # buffer (no await per chunk, no generator in between).
+                assert self._reader is not None
+                raw = bytearray()
+                done = False
+                while not done:
+                    done = _dechunk(raw, buffer)
+                    for data in _events(buffer):
+                        yield data
+                    if not done:
+                        part = await self._reader.read(1 << 16)
+                        if not part:
+                            raise ConnectionError("the connection ended inside a chunked body")
+                        raw += part
+            else:
+                async for part in self._body(headers):
+                    buffer += part
+                    for data in _events(buffer):
+                        yield data
             complete = True
             if buffer.strip():
                 yield _tail(buffer)
@@ -170,6 +186,31 @@ class SSEConnection:
             headers["connection"] = "close"  # the body ends with the connection
             while part := await reader.read(1 << 16):
                 yield part
+
+
+def _dechunk(raw: bytearray, out: bytearray) -> bool:
+    """Move the payload of every complete chunk at the front of ``raw`` (chunked transfer-encoding) to ``out``;
+    True once the last chunk (size 0) and the trailer section have arrived."""
+    pos = 0
+    try:
+        while (eol := raw.find(b"\r\n", pos)) >= 0:
+            size = int(bytes(raw[pos:eol]).split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                end = raw.find(b"\r\n\r\n", eol)  # trailers, if any, up to the blank line
+                if end < 0:
+                    return False
+                pos = end + 4
+                return True
+            start, stop = eol + 2, eol + 2 + size
+            if len(raw) < stop + 2:
+                return False
+            if raw[stop:stop + 2] != b"\r\n":
+                raise ConnectionError("malformed chunked encoding")
+            out += raw[start:stop]
+            pos = stop + 2
+        return False
+    finally:
+        del raw[:pos]
 
 
 def _tail(buffer: bytearray) -> bytes:
