@@ -16,7 +16,7 @@ from lmaas.protos.errors import InvalidArgument
 from lmaas.server.http.asgi import App, Request, Response, Route, StreamingResponse
 from lmaas.server.http.serve import HttpServer
 
-from benchmarks.sse_client import HTTPError, SSEConnection, SSEPool
+from benchmarks.sse_client import HTTPError, SSEConnection, SSEPool, _dechunk
 
 HOST = "127.0.0.1"
 
@@ -181,3 +181,18 @@ async def test_a_body_without_length_or_chunking_ends_with_the_connection() -> N
             assert not conn.is_open  # read to EOF: nothing left to reuse
         finally:
             await conn.close()
+
+
+def test_chunk_framing_split_anywhere_between_reads() -> None:
+    """Fed one byte per read, the chunk decoder still yields exactly the payload (a chunk extension ignored), and
+    is done only after the last chunk's trailer section."""
+    payload = b"data: one\n\ndata: two\n\n"
+    framed = (b"5\r\n" + payload[:5] + b"\r\n" + b"%x;ext=1\r\n" % (len(payload) - 5) + payload[5:] + b"\r\n"
+              + b"0\r\nX-Trailer: 1\r\n\r\n")
+    raw, out = bytearray(), bytearray()
+    done = []
+    for byte in framed:
+        raw.append(byte)
+        done.append(_dechunk(raw, out))
+    assert bytes(out) == payload
+    assert done[-1] and not any(done[:-1]) and raw == b""
