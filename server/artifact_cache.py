@@ -130,6 +130,8 @@ class ArtifactCache:
         if f is None:
             return
         self._verified = {p for p in self._verified if digest not in p.parts}  # may be evicted: check it again
+        with contextlib.suppress(OSError):
+            _touch(f)  # its last use ends now: the LRU order counts from here
         f.close()
 
     async def enforce_limit(self) -> int:
