@@ -4,8 +4,10 @@ At load (in the loader thread, before the version takes traffic) the tuner runs 
 synthetic batch-1 request for each candidate ``(instances, threads)``: ``instances`` Python threads call one
 session built with ``threads`` intra-op threads, in a closed loop, for an equal slice of the budget (≤ 2 s per
 version by default, session builds and warm-up calls included; at most ``WINDOW_S`` or ``WINDOW_CALLS`` calls
-each, whichever is longer, so a fast model tunes in a fraction of the budget). The best throughput wins; the
-default keeps its place unless a candidate beats it by ``MARGIN`` (a shared host's noise must not flip it).
+each, whichever is longer, so a fast model tunes in a fraction of the budget). Candidates of a small model
+(``KEEP_ALIVE_BYTES``) stay loaded together and are measured in ``ROUNDS`` interleaved rounds, best of rounds;
+a larger model's are built, measured and closed one at a time (at most two sessions open). The best throughput
+wins; the default keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it).
 
 What the config states explicitly wins: ``parameters.intra_op_threads`` fixes the threads, an
 ``instance_count`` (or Triton ``instance_group``) fixes the instances; with both given nothing is measured.
@@ -36,7 +38,16 @@ from lmaas.server.config import ModelConfig
 from lmaas.server.memory import malloc_trim
 from prometheus_client import CollectorRegistry, Gauge
 
-__all__ = ["MARGIN", "Autotuner", "Candidate", "TuneResult", "candidates", "synthetic_feed"]
+__all__ = [
+    "KEEP_ALIVE_BYTES",
+    "MARGIN",
+    "ROUNDS",
+    "Autotuner",
+    "Candidate",
+    "TuneResult",
+    "candidates",
+    "synthetic_feed",
+]
 
 log = logging.getLogger("lmaas.worker")
 
@@ -47,6 +58,10 @@ _MIN_CALLS = 5  # a slice shorter than this many calls measures nothing
 WINDOW_S = 0.1
 WINDOW_CALLS = 20
 _BUILD_GUESS_S = 0.05  # until the first candidate session was built and timed
+# Candidates of a model file up to this size stay loaded together and are measured in ROUNDS interleaved rounds
+# (best of them: a burst of other load then lowers one sample, not the candidate); larger ones one at a time.
+KEEP_ALIVE_BYTES = 64 << 20
+ROUNDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +137,14 @@ def synthetic_feed(inputs: tuple[Signature, ...], batched: bool) -> dict[str, Ar
         else:
             feed[sig.name] = np.zeros(shape, DTYPES[sig.datatype])
     return feed
+
+
+def _choose(rates: dict[tuple[int, int], float], default: tuple[int, int]) -> tuple[int, int]:
+    """The fastest candidate, unless the default is within ``MARGIN`` of it."""
+    if not rates:
+        return default
+    top = max(rates, key=rates.__getitem__)
+    return default if default in rates and rates[top] < rates[default] * MARGIN else top
 
 
 def _closed_loop(run: Callable[[], Any], callers: int, until: float) -> tuple[float, float]:
@@ -213,7 +236,11 @@ class Autotuner:
         explicit_threads = int(params["intra_op_threads"]) if "intra_op_threads" in params else None
         explicit_instances = config.instance_count if "instance_count" in config.model_fields_set else None
         default = (config.instance_count, explicit_threads or default_threads(config.instance_count))
-        chosen_backend, result = self._tune(backend, build, default, explicit_instances, explicit_threads, config)
+        # ONNX weights may sit beside the graph (external data): the version directory's files are the model
+        size = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file())
+        chosen_backend, result = self._tune(
+            backend, build, default, explicit_instances, explicit_threads, config, keep_alive=size <= KEEP_ALIVE_BYTES
+        )
         self._report(name, version, result)
         new_params = {**params, **result.parameters()}
         if result.measured and chosen_backend is not backend:
@@ -229,6 +256,8 @@ class Autotuner:
         instances: int | None,
         threads: int | None,
         config: ModelConfig,
+        *,
+        keep_alive: bool,
     ) -> tuple[Backend, TuneResult]:
         from lmaas.server.models import effective_max_batch_size
 
@@ -255,51 +284,59 @@ class Autotuner:
         except Exception as exc:  # zeros are not valid input for every model: serve untuned
             return backend, TuneResult(f"skipped: the synthetic request failed: {exc}"[:200], *default)
         build_s = _BUILD_GUESS_S
-        best: tuple[float, Backend, tuple[int, int]] | None = None
-        measured: list[Candidate] = []
-        for k, pair in enumerate(pairs):
-            left = len(pairs) - k
-            cost = 0.0 if k == 0 else 1.5 * build_s + 2 * call_s  # a build and its untimed first call
-            remaining = deadline - time.perf_counter()
-            slice_s = (remaining - cost * (left if k else left - 1)) / left
-            if slice_s < _MIN_CALLS * call_s or remaining < cost + slice_s:
-                measured.extend(Candidate(*p) for p in pairs[k:])
+        rounds = ROUNDS if keep_alive else 1
+        alive: dict[tuple[int, int], Backend] = {default: backend}
+        failed: set[tuple[int, int]] = set()
+        rates: dict[tuple[int, int], float] = {}
+        todo = [pair for _ in range(rounds) for pair in pairs]
+        for k, pair in enumerate(todo):
+            if pair in failed:
+                continue
+            builds_left = len({p for p in todo[k:] if p not in alive and p not in failed})
+            cost = 1.5 * build_s + 2 * call_s  # a build and its untimed first call
+            slice_s = (deadline - time.perf_counter() - cost * builds_left) / (len(todo) - k)
+            if slice_s < _MIN_CALLS * call_s:
                 break
-            candidate = backend
-            if k:
+            candidate = alive.get(pair)
+            if candidate is None:
                 t0 = time.perf_counter()
                 try:
                     candidate = build(*pair)
                     candidate.run(feed, outputs)
                 except Exception as exc:
                     log.warning("autotune: candidate %dx%d failed: %s", *pair, exc)
-                    measured.append(Candidate(*pair))
+                    failed.add(pair)
                     continue
                 build_s = max(build_s, time.perf_counter() - t0 - call_s)
-            rate: float | None = None
+                alive[pair] = candidate
             try:
-                window = min(slice_s, max(WINDOW_S, WINDOW_CALLS * call_s))
+                window = min(slice_s, max(WINDOW_S, WINDOW_CALLS * call_s) / rounds)
                 rate, longest = _closed_loop(
                     functools.partial(candidate.run, feed, outputs), pair[0], time.perf_counter() + window
                 )
                 call_s = max(call_s, longest)
+                rates[pair] = max(rate, rates.get(pair, 0.0))  # load from others only lowers a rate: best of rounds
             except Exception as exc:
                 log.warning("autotune: candidate %dx%d failed: %s", *pair, exc)
-            measured.append(Candidate(*pair, rate))
-            if rate is not None and (best is None or rate > best[0] * (MARGIN if best[2] == default else 1.0)):
-                if best is not None and best[1] is not backend:
-                    best[1].close()
-                best = (rate, candidate, pair)
-            elif candidate is not backend:
-                candidate.close()
+                failed.add(pair)
+            if not keep_alive:  # one round: only the best so far (and the loaded default) stay open
+                self._close_except(alive, {_choose(rates, default), default})
         seconds = time.perf_counter() - started
-        if best is None:
-            return backend, TuneResult("skipped: nothing could be measured", *default, tuple(measured), seconds)
-        if best[1] is not backend:
-            backend.close()
+        measured = tuple(Candidate(*p, rates.get(p)) for p in pairs)
+        if not rates:
+            self._close_except(alive, {default})
+            return backend, TuneResult("skipped: nothing could be measured", *default, measured, seconds)
+        chosen = _choose(rates, default)
+        self._close_except(alive, {chosen})
+        if chosen != default:
             gc.collect()
             malloc_trim()  # the losers' arenas: else they count as this version's memory
-        return best[1], TuneResult("tuned", *best[2], tuple(measured), seconds, self.budget_s)
+        return alive[chosen], TuneResult("tuned", *chosen, measured, seconds, self.budget_s)
+
+    @staticmethod
+    def _close_except(alive: dict[tuple[int, int], Backend], keep: set[tuple[int, int]]) -> None:
+        for pair in [p for p in alive if p not in keep]:
+            alive.pop(pair).close()
 
     def _report(self, name: str, version: int, result: TuneResult) -> None:
         if result.measured:
