@@ -118,8 +118,6 @@ def test_every_flag_has_an_env_var() -> None:
     from lmaas.cli import main
 
     for name, command in main.commands.items():
-        if name == "worker":
-            continue
         commands = getattr(command, "commands", {name: command})
         for sub in commands.values():
             for param in sub.params:
