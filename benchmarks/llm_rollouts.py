@@ -2,8 +2,9 @@
 
 Every stream is a real ``openai`` streaming completion on the worker's HTTP port (``ignore_eos``, so each must end
 with ``finish_reason="length"``), restarted as it ends. A flip (Deploy v2 or Rollback) is started only when all N
-streams are open on the serving version (sent after the previous rollout ACKed, not yet finished): every flip
-therefore has N streams in flight across it, which must run to their end on the version they started on. Per
+streams are open on the serving version (sent after the previous rollout ACKed, not yet finished) and have had
+their first chunk: every flip therefore has N streams in flight across it whose starting version is known, and
+they must run to their end on it. Per
 cycle it reports the time from the Deploy / Rollback call to the rollout's final state (the worker's ACK),
 streams served, streams open across a flip, streams cut (ended other than by ``length``) and errors. The three
 verdicts the issue names:
@@ -53,6 +54,7 @@ class RolloutRun:
     streams: int = 0
     checked: int = 0  # streams whose version was known when they started, checked against their fingerprint
     across_flips: int = 0
+    flips_not_all_known: int = 0
     wall_s: float = 0.0
 
 
@@ -78,6 +80,8 @@ class Streams:
         self._expected: int | None = None
         self.epoch = 0
         self.served = self.cut = self.errors = self.checked = self.across_flips = 0
+        self.ended_in_epoch = 0  # streams sent in the current epoch that have ended
+        self.flips_not_all_known = 0  # flips begun on the patience rule (some open stream still in its prefill)
         self.problems: list[str] = []
         self.open: dict[int, _Open] = {}  # thread index -> its stream in flight
         self.stop = threading.Event()
@@ -97,23 +101,28 @@ class Streams:
             self.across_flips += len(self.open)
         self._expected = version
         self.epoch += 1
+        self.ended_in_epoch = 0
 
     def begin_flip_when_all_open(self, timeout: float = 300) -> int:
-        """Wait until all N streams are open on the current version (sent in this epoch, not finished), at least
-        one of them past its first chunk, then begin a flip (``expected = None``) atomically with that check;
-        returns how many streams were open across it (N). So every flip has N streams in flight across it, and
-        every stable window at least one stream checked against the version serving."""
+        """Wait until all N streams are open on the current version (sent in this epoch, not finished) and past
+        their first chunk, then begin a flip (``expected = None``) atomically with that check; returns how many
+        streams were open across it (N). So every flip has N streams in flight across it whose starting version
+        is known. Should the streams' staggering keep one of them in its prefill at every moment, N streams of
+        this epoch ending first is enough patience: then one known stream suffices (a count, never a clock)."""
         with self.changed:
             if not self.changed.wait_for(self._all_open, timeout):
                 raise RuntimeError(f"the {len(self.threads)} streams were not all open within {timeout:.0f} s "
                                    f"({len(self.open)} open; problems: {self.problems[:3]})")
             open_now = len(self.open)
+            self.flips_not_all_known += not all(o.known for o in self.open.values())
             self._set(None)
             return open_now
 
     def _all_open(self) -> bool:
         mine = [o for o in self.open.values() if o.epoch == self.epoch]
-        return len(mine) == len(self.threads) and any(o.known for o in mine)
+        if len(mine) != len(self.threads):
+            return False
+        return all(o.known for o in mine) or (self.ended_in_epoch >= len(self.threads) and any(o.known for o in mine))
 
     def start(self) -> None:
         for t in self.threads:
@@ -156,11 +165,13 @@ class Streams:
                 with self.changed:
                     self.errors += 1
                     del self.open[index]
+                    self.ended_in_epoch += started.epoch == self.epoch
                     self.changed.notify_all()
                 self._problem(f"error: {type(exc).__name__}: {exc}")
                 continue
             with self.changed:
                 del self.open[index]
+                self.ended_in_epoch += started.epoch == self.epoch
                 self.served += 1
                 if finish != "length":
                     self.cut += 1
@@ -217,6 +228,7 @@ def run_cycles(
             streams.close()
     run.streams, run.problems, run.checked = streams.served, streams.problems, streams.checked
     run.across_flips = sum(c.across_flips for c in run.cycles)
+    run.flips_not_all_known = streams.flips_not_all_known
     run.wall_s = time.perf_counter() - began
     return run
 
@@ -245,7 +257,8 @@ def summary(run: RolloutRun) -> str:
     acks = sorted(c.rollback_ack_s for c in run.cycles)
     fingerprints = sum(p.startswith(("a stream answered", "a stream that started")) for p in run.problems)
     return (f"{len(run.cycles)} cycles in {run.wall_s:.0f} s: {run.streams} streams ({run.across_flips} open across "
-            f"a flip, {run.checked} checked against the version serving when they started), cut "
+            f"a flip, {run.checked} checked against the version serving when they started; "
+            f"{run.flips_not_all_known} flips began before all open streams had their first chunk), cut "
             f"{sum(c.cut for c in run.cycles)}, errors {sum(c.errors for c in run.cycles)}, wrong fingerprints "
             f"{fingerprints}; deploy→ACK p50 {_ms(deploys, 50)} max {_ms(deploys, 100)}, rollback→ACK p50 "
             f"{_ms(acks, 50)} max {_ms(acks, 100)}")
