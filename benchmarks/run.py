@@ -255,6 +255,9 @@ def _verify(server: Server, args: argparse.Namespace, expected: dict[str, tuple[
 def _profile(server: Server, args: argparse.Namespace, data: dict[str, Path], out: Path) -> dict[str, Any]:
     """py-spy record of the worker while perf_analyzer drives it at the highest concurrency."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        log("py-spy is not installed (pip install py-spy): no profile")
+        return {}
     model, c = args.profile, args.profile_concurrency or max(args.concurrency)
     raw = out / f"profile-{model}-c{c}.txt"
     svg = out / f"profile-{model}-c{c}.svg"
@@ -352,7 +355,7 @@ def _one_run(
 ) -> dict[str, Any]:
     """Both servers up side by side; per model: the in-process limit, then each concurrency on each server
     back to back (alternating which goes first from run to run), so all three see the same background load."""
-    run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}, "errors": {}, "restarts": []}
+    run: dict[str, Any] = {"run": i + 1, "inprocess": {}, "servers": {}, "errors": {}, "restarts": [], "autotune": []}
     with contextlib.ExitStack() as stack:
         starts: dict[str, int] = {}
 
@@ -384,6 +387,14 @@ def _one_run(
         servers: dict[str, Server] = {}
         if not args.no_lmaas:
             servers["lmaas"] = start("lmaas")
+            # what the worker's load-time self-tune chose per model (its log line; none with --no-autotune)
+            run["autotune"] = [
+                line.split(" autotune ", 1)[1].strip()
+                for line in servers["lmaas"].log.read_text(errors="replace").splitlines()
+                if " autotune model=" in line
+            ]
+            for line in run["autotune"]:
+                log(f"  lmaas autotune: {line}")
         if not args.no_bare:
             servers["bare"] = start("bare")
         if not args.no_mlserver:
@@ -438,7 +449,7 @@ def _one_run(
                 f"profiling the LMaaS worker with py-spy: {args.profile} "
                 f"at c={args.profile_concurrency or max(args.concurrency)}"
             )
-            run["profile"] = _profile(servers["lmaas"], args, data, args.out)
+            run["profile"] = _profile(servers["lmaas"], args, data, args.out) or None
     return run
 
 
