@@ -71,7 +71,8 @@ class EngineSettings:
     max_running: int = 32
     max_waiting: int = 256
     prefill_chunk: int = 64
-    step_tokens: int = 256
+    step_tokens: int = 256  # tokens per step while streams decode (bounds their inter-token latency)
+    burst_tokens: int = 1024  # tokens per step when none decodes: arrivals that came together prefill together
     torch_threads: int = 0  # 0: default_torch_threads() (the usable CPUs but one, for the event loop)
     dtype: str = "float32"
 
@@ -149,6 +150,7 @@ class LLMEngine:
             prefill_chunk=s.prefill_chunk,
             step_tokens=s.step_tokens,
             block=BLOCK,
+            burst_tokens=s.burst_tokens,
         )
         self.metrics = metrics
         self._requests: dict[str, _Request] = {}

@@ -5,8 +5,10 @@ Admission is by KV budget: a sequence reserves ``prompt + max_tokens`` cache tok
 never run out of cache (no preemption needed) and ``reserved / budget`` is the KV usage.
 Requests that do not fit wait FIFO in a bounded queue (beyond it: ResourceExhausted). Each step, every decoding
 sequence gets one token first (running streams keep flowing), then prefilling sequences get prompt chunks from
-what is left of the step's token budget. A chunk is always ``min(prefill_chunk, remaining)`` tokens, so where a
-prompt is cut depends only on the prompt, never on what else runs: batching cannot change a result.
+what is left of the step's token budget: ``step_tokens``, which bounds the inter-token latency of running streams,
+or ``burst_tokens`` for a step where none decodes (a burst of arrivals: nobody waits on that step, and prompts that
+arrived together are prefilled in one forward). A chunk is always ``min(prefill_chunk, remaining)`` tokens, so
+where a prompt is cut depends only on the prompt, never on what else runs: batching cannot change a result.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ class Scheduler:
         prefill_chunk: int = 64,
         step_tokens: int = 256,
         block: int = 1,
+        burst_tokens: int = 0,  # 0: step_tokens
     ) -> None:
         if min(kv_tokens, max_running, prefill_chunk, step_tokens, block) <= 0 or max_waiting < 0:
             raise ValueError("scheduler limits must be positive")
         self.block = block
+        self.burst_tokens = max(burst_tokens, step_tokens)
         self.kv_tokens, self.max_running, self.max_waiting = kv_tokens, max_running, max_waiting
         self.prefill_chunk, self.step_tokens = prefill_chunk, step_tokens
         self.waiting: deque[Entry] = deque()
@@ -103,7 +107,7 @@ class Scheduler:
             self.running[head.id] = head
             self.reserved += self._cost(head)
         plan = [Work(e.id, e.prompt_len, 1, True, True) for e in self.running.values() if e.decoding]
-        budget = self.step_tokens - len(plan)
+        budget = (self.step_tokens if plan else self.burst_tokens) - len(plan)
         prefilled = False
         for e in self.running.values():
             if e.decoding:
