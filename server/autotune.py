@@ -7,7 +7,8 @@ version by default, session builds and warm-up calls included; at most ``WINDOW_
 each, whichever is longer, so a fast model tunes in a fraction of the budget). Candidates of a small model
 (``KEEP_ALIVE_BYTES``) stay loaded together and are measured in ``ROUNDS`` interleaved rounds, best of rounds;
 a larger model's are built, measured and closed one at a time (at most two sessions open). The best throughput
-wins; the default keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it).
+wins; the default keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it), or when
+other programs used more than ``BUSY_SHARE`` of the cores meanwhile (a busy host favours fewer threads).
 
 What the config states explicitly wins: ``parameters.intra_op_threads`` fixes the threads, an
 ``instance_count`` (or Triton ``instance_group``) fixes the instances; with both given nothing is measured.
@@ -39,6 +40,7 @@ from lmaas.server.memory import malloc_trim
 from prometheus_client import CollectorRegistry, Gauge
 
 __all__ = [
+    "BUSY_SHARE",
     "KEEP_ALIVE_BYTES",
     "MARGIN",
     "ROUNDS",
@@ -62,6 +64,10 @@ _BUILD_GUESS_S = 0.05  # until the first candidate session was built and timed
 # (best of them: a burst of other load then lowers one sample, not the candidate); larger ones one at a time.
 KEEP_ALIVE_BYTES = 64 << 20
 ROUNDS = 2
+# Other programs using more than this share of the usable cores during the tune make its figures those of a busy
+# host (fewer threads always look better then): the default is kept, and the measured figures still shown.
+BUSY_SHARE = 0.2
+PLAN_SHARE = 0.9  # of the budget; the rest absorbs calls and thread joins that end late
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,44 @@ def synthetic_feed(inputs: tuple[Signature, ...], batched: bool) -> dict[str, Ar
         else:
             feed[sig.name] = np.zeros(shape, DTYPES[sig.datatype])
     return feed
+
+
+def _busy_jiffies(cores: set[int]) -> int | None:
+    """Busy clock ticks of ``cores`` since boot (/proc/stat), None where unreadable."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    total = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            fields = [int(x) for x in rest.split()]
+            total += sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (steal included)
+    return total
+
+
+class _HostMeter:
+    """Cores other programs used while the tune ran (host busy time minus this process's CPU time)."""
+
+    def __init__(self) -> None:
+        self._cores = os.sched_getaffinity(0)
+        self._busy = _busy_jiffies(self._cores)
+        self._own = _own_cpu()
+        self._wall = time.perf_counter()
+
+    def foreign_cores(self) -> float | None:
+        busy = _busy_jiffies(self._cores)
+        if busy is None or self._busy is None:
+            return None
+        wall = max(time.perf_counter() - self._wall, 1e-6)
+        host = (busy - self._busy) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, (host - (_own_cpu() - self._own)) / wall)
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _choose(rates: dict[tuple[int, int], float], default: tuple[int, int]) -> tuple[int, int]:
@@ -276,7 +320,9 @@ class Autotuner:
         feed = synthetic_feed(backend.inputs, batched=effective_max_batch_size(config, backend) > 0)
         outputs = tuple(s.name for s in backend.outputs)
         started = time.perf_counter()
-        deadline = started + self.budget_s
+        # planned against 90 % of the budget: a native call cannot be cut short, and one may run long on a busy host
+        deadline = started + PLAN_SHARE * self.budget_s
+        meter = _HostMeter()
         try:
             t0 = time.perf_counter()
             backend.run(feed, outputs)
@@ -294,7 +340,7 @@ class Autotuner:
                 continue
             builds_left = len({p for p in todo[k:] if p not in alive and p not in failed})
             cost = 1.5 * build_s + 2 * call_s  # a build and its untimed first call
-            slice_s = (deadline - time.perf_counter() - cost * builds_left) / (len(todo) - k)
+            slice_s = (deadline - time.perf_counter() - cost * builds_left - call_s) / (len(todo) - k)
             if slice_s < _MIN_CALLS * call_s:
                 break
             candidate = alive.get(pair)
@@ -327,11 +373,15 @@ class Autotuner:
             self._close_except(alive, {default})
             return backend, TuneResult("skipped: nothing could be measured", *default, measured, seconds)
         chosen = _choose(rates, default)
+        foreign = meter.foreign_cores()
+        status = "tuned"
+        if foreign is not None and foreign > BUSY_SHARE * usable_cores():
+            chosen, status = default, f"skipped: host busy ({foreign:.1f} cores used by other programs)"
         self._close_except(alive, {chosen})
         if chosen != default:
             gc.collect()
             malloc_trim()  # the losers' arenas: else they count as this version's memory
-        return alive[chosen], TuneResult("tuned", *chosen, measured, seconds, self.budget_s)
+        return alive[chosen], TuneResult(status, *chosen, measured, seconds, self.budget_s)
 
     @staticmethod
     def _close_except(alive: dict[tuple[int, int], Backend], keep: set[tuple[int, int]]) -> None:
@@ -341,12 +391,13 @@ class Autotuner:
     def _report(self, name: str, version: int, result: TuneResult) -> None:
         if result.measured:
             log.info(
-                "autotune model=%s version=%d chose instances=%d intra_op_threads=%d seconds=%.3f budget=%.1f "
+                "autotune model=%s version=%d chose instances=%d intra_op_threads=%d (%s) seconds=%.3f budget=%.1f "
                 "candidates=%s",
                 name,
                 version,
                 result.instances,
                 result.threads,
+                result.status,
                 result.seconds,
                 result.budget,
                 ",".join(str(c) for c in result.measured),

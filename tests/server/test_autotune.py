@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from lmaas.server.autotune import candidates
+from lmaas.server.autotune import MARGIN, _choose, candidates
 from lmaas.server.backends.onnx import default_threads
 from models import mlp_reference, write_mlp_onnx
 from processes import ServerProcess, start_worker
@@ -81,7 +81,9 @@ def test_tune_measures_candidates_and_serves_the_choice(
     if len(candidates(CORES, None, None)) == 1:  # one usable core: nothing to choose
         assert params["autotune"] == "skipped: one candidate", params
         return
-    assert params["autotune"] == "tuned", params
+    # A busy host (other programs on these cores meanwhile) keeps the default, figures still shown.
+    busy = params["autotune"].startswith("skipped: host busy")
+    assert params["autotune"] == "tuned" or busy, params
     measured = params["autotune_candidates"].split()
     assert measured and all(_CANDIDATE.match(c) for c in measured), measured
     pairs = [tuple(int(g) for g in _CANDIDATE.match(c).groups()[:2]) for c in measured]  # type: ignore[union-attr]
@@ -89,6 +91,8 @@ def test_tune_measures_candidates_and_serves_the_choice(
     assert pairs[0] == (1, default_threads(1)) and sorted(pairs) == sorted(candidates(CORES, None, None)), pairs
     chosen = (int(params["autotune_instances"]), int(params["autotune_intra_op_threads"]))
     assert chosen in pairs
+    if busy:
+        assert chosen == (1, default_threads(1))
     assert instances == chosen[0]  # the instance count that serves is the one chosen
     assert float(params["autotune_seconds"]) <= float(params["autotune_budget_seconds"])
     _infer_matches(client, "free")
@@ -140,3 +144,11 @@ def test_candidates_use_the_cores_and_respect_fixed_counts() -> None:
     assert candidates(4, 2, None) == [(2, 2), (2, 1)]
     assert candidates(4, None, 1) == [(1, 1), (2, 1), (4, 1)]
     assert candidates(1, None, None) == [(1, 1)]
+
+
+def test_the_default_stays_unless_clearly_beaten() -> None:
+    default = (1, 2)
+    assert _choose({default: 100.0, (2, 1): 100.0 * MARGIN * 0.99}, default) == default
+    assert _choose({default: 100.0, (2, 1): 100.0 * MARGIN * 1.01, (1, 1): 90.0}, default) == (2, 1)
+    assert _choose({(2, 1): 5.0}, default) == (2, 1)  # the default could not be measured
+    assert _choose({}, default) == default
