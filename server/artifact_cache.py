@@ -357,13 +357,11 @@ class _Entry:
 
 def evict(root: Path, max_bytes: int) -> int:
     """Remove least recently used artifacts that no process uses until the cache under ``root`` holds at most
-    ``max_bytes``; returns the bytes freed. One process evicts at a time (the others skip)."""
+    ``max_bytes``; returns the bytes freed. One process evicts at a time: the others wait for it, then look
+    again (skipping instead could leave an artifact released meanwhile in the cache until the next release)."""
     (root / "locks").mkdir(parents=True, exist_ok=True)
     with (root / "locks" / "evicting").open("ab") as guard:
-        try:
-            fcntl.flock(guard.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # another process is evicting now
+        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)  # a pass is short: scans and unlinks, never a download
         for parent in (*root.glob("sha256/??"), *root.glob("dirs/??")):
             _remove_stale_staging(parent)  # left by processes that died mid-build or mid-eviction
         for partial in root.glob("blobs/??/*.partial-*"):  # a blob's dead download nobody resumed (a file's
