@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lmaas.server.llm.engine import EngineSettings, LLMEngine
+from lmaas.server.llm.engine import EngineSettings, LLMEngine, default_torch_threads
 from lmaas.server.llm.model import BLOCK, Llama, SeqInput
 from lmaas.server.llm.quant import quantize_directory
 from lmaas.server.llm.scheduler import Entry, Scheduler, Work
@@ -25,6 +25,7 @@ DECODES = 4  # decode steps after the prompt: lengths 31/63 cross a block bounda
 
 @pytest.fixture(scope="module", params=["fp32", "int8"])
 def model(request: pytest.FixtureRequest, smollm2: Path) -> Llama:
+    torch.set_num_threads(default_torch_threads())  # what an engine runs with (LLMEngine sets it the same way)
     if request.param == "fp32":
         return Llama.load(smollm2)
     target = smollm2.with_name(smollm2.name + "-int8")  # the same cache as test_llm_int8's fixture
@@ -62,7 +63,7 @@ def _run(model: Llama, which: list[int]) -> list[list[torch.Tensor]]:
 def test_each_sequence_gives_the_same_bits_alone_and_in_any_batch(model: Llama) -> None:
     alone = [_run(model, [i])[0] for i in range(len(PROMPTS))]
     rng = random.Random(7)
-    mixes = [list(range(len(PROMPTS))), [8, 0, 4], [2, 3, 6, 7], rng.sample(range(len(PROMPTS)), 6)]
+    mixes = [list(range(len(PROMPTS))), [8, 0, 4], rng.sample(range(len(PROMPTS)), 5)]
     for mix in mixes:
         together = _run(model, mix)
         for j, i in enumerate(mix):
