@@ -243,7 +243,8 @@ class ModelManager:
                 raise BackendError(f"version directory {path.name}/ holds neither a model file nor an LLM")
             path = file
         backend = load_backend(path, config)
-        if self.autotuner is not None and backend.platform == "onnxruntime_onnx":
+        # not for a lazy version: its load is a cold request's wait, and an eviction would repeat the tune
+        if self.autotuner is not None and backend.platform == "onnxruntime_onnx" and (name, version) not in self._lazy:
             backend, config = self.autotuner.tune_onnx(name, version, backend, path, config)
         mv = ModelVersion(name, version, backend, config, self.metrics.for_model(name, version), digest)
         try:
