@@ -142,7 +142,7 @@ class Deployments:
         deployment = pb.Deployment.FromString(current.value)
         if to_version:
             await self._registry.get_version(name, to_version)
-            spec = pb.DeploymentSpec(stable_version=to_version, pools=deployment.spec.pools)
+            spec = pb.DeploymentSpec(stable_version=to_version, pools=deployment.spec.pools, lazy=deployment.spec.lazy)
             message = f"to version {to_version}"
         else:
             previous = previous_record(deployment)
@@ -482,4 +482,4 @@ def _describe(spec: pb.DeploymentSpec) -> str:
     text = f"stable=v{spec.stable_version}"
     if spec.canary_version:
         text += f" canary=v{spec.canary_version}@{spec.canary_weight}%"
-    return text
+    return text + " lazy" * spec.lazy

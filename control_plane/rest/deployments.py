@@ -44,7 +44,7 @@ async def list_deployments(request: Request) -> s.DeploymentList:
 async def deploy(name: ModelName, body: s.Deploy, request: Request) -> s.DeploymentState:
     """Set what serves: a stable version and, optionally, a canary taking `weight` percent of the requests
     that name no version. Answers at once with the rollout; follow it with the events route."""
-    spec = pb.DeploymentSpec(stable_version=body.version, pools=body.pools)
+    spec = pb.DeploymentSpec(stable_version=body.version, pools=body.pools, lazy=body.lazy)
     if body.canary is not None:
         spec.canary_version, spec.canary_weight = body.canary.version, body.canary.weight
     request.state.audit = deployments_pb2.DeployRequest(model=name, spec=spec,

@@ -285,6 +285,8 @@ class Deploy(_In):
     canary: Canary | None = Field(None, description="An optional canary beside the stable version.")
     pools: list[str] = Field(default_factory=list, max_length=64,
                              description="Worker pools that serve the model; empty = every pool.", examples=[[]])
+    lazy: bool = Field(False, description="Load on first request (workers download at deploy time); an idle lazy "
+                                          "version may be unloaded, least recently used first, to make room.")
     expected_generation: int = Field(
         0, ge=-1, description="Compare-and-swap guard: the generation you read (0 = none; -1 = only if never "
                               "deployed). A mismatch answers 409 ABORTED.", examples=[0],
@@ -310,6 +312,7 @@ class DeploymentSpec(_Out):
     canary_weight: int = Field(description="Percent of requests naming no version sent to the canary.",
                                examples=[20])
     pools: list[str] = Field(description="Worker pools that serve it; empty = every pool.", examples=[[]])
+    lazy: bool = Field(description="Loaded on first request, not at deploy time.", examples=[False])
 
 
 class DeploymentRecord(_Out):
@@ -379,7 +382,7 @@ class DeploymentList(_Out):
 
 def _spec(s: pb.DeploymentSpec) -> DeploymentSpec:
     return DeploymentSpec(stable_version=s.stable_version, canary_version=s.canary_version,
-                          canary_weight=s.canary_weight, pools=list(s.pools))
+                          canary_weight=s.canary_weight, pools=list(s.pools), lazy=s.lazy)
 
 
 def deployment(d: pb.Deployment) -> Deployment:

@@ -90,7 +90,7 @@ def test_push_deploy_canary_rollback_history(cluster: tuple[ServerProcess, Serve
         canary = rolled_out(api, api.put("/api/v1/deployments/scale",
                                          json={"version": 1, "canary": {"version": 2, "weight": 50}}))
         assert canary["deployment"]["spec"] == {"stable_version": 1, "canary_version": 2, "canary_weight": 50,
-                                                "pools": []}
+                                                "pools": [], "lazy": False}
         assert outputs(worker, 200) == {2.0, 3.0}  # both serve: all one side has odds of 2**-199
 
         rolled_out(api, api.post("/api/v1/deployments/scale/rollback", json={}))  # the previous: v1 alone
@@ -112,3 +112,12 @@ def test_push_deploy_canary_rollback_history(cluster: tuple[ServerProcess, Serve
                    for v in versions)
         held = api.get("/api/v1/workers").json()["workers"][0]["held"]
         assert {h["version"] for h in held} >= {2}
+
+        # lazy: loaded by the first request; a rollback to a version keeps the deployment lazy
+        lazy = rolled_out(api, api.put("/api/v1/deployments/scale", json={"version": 1, "lazy": True}))
+        assert lazy["deployment"]["spec"]["lazy"] is True
+        assert outputs(worker) == {2.0}
+        back = rolled_out(api, api.post("/api/v1/deployments/scale/rollback", json={"to": 2}))
+        assert back["deployment"]["spec"] == {"stable_version": 2, "canary_version": 0, "canary_weight": 0,
+                                              "pools": [], "lazy": True}
+        assert outputs(worker) == {3.0}

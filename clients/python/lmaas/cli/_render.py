@@ -55,7 +55,7 @@ def spec_text(spec: pb.DeploymentSpec) -> str:
     text = f"v{spec.stable_version}"
     if spec.canary_version:
         text += f" + canary v{spec.canary_version} @ {spec.canary_weight}%"
-    return text
+    return text + " (lazy)" * spec.lazy
 
 
 def phase(rollout: pb.Rollout) -> str:
