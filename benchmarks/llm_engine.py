@@ -5,10 +5,11 @@
     python -m benchmarks.llm_engine --weights fp32,int8 --max-tokens 32   # int8 beside fp32, ratios at the end
 
 Prompt: 32 tokens, greedy, ``ignore_eos``, ``--max-tokens`` (default 128) new tokens per stream. TTFT is arrival to
-the first chunk; ITL = (e2e - TTFT) / (tokens - 1), as aiperf defines it; aggregate tok/s = all generated tokens
-over the wall time of the whole level. One warm-up generation first. ``--weights int8`` serves the int8 version of
-the same directory (``lmaas.server.llm.quant``, quantised once and cached beside it); with several weight formats
-each runs in turn in the same process and the last table gives each one's ratio to the first.
+the first chunk (p50, p95, max); ITL = (e2e - TTFT) / (tokens - 1) per request, as aiperf defines it (p50, p99);
+aggregate tok/s = all generated tokens over the wall time of the whole level. One warm-up generation first.
+``--weights int8`` serves the int8 version of the same directory (``lmaas.server.llm.quant``, quantised once and
+cached beside it); with several weight formats each runs in turn in the same process and the last table gives
+each one's ratio to the first.
 """
 
 from __future__ import annotations
@@ -53,9 +54,20 @@ async def _level(engine: object, prompt: str, streams: int, max_tokens: int) -> 
         "agg_tok_s": sum(r[2] for r in results) / wall,
         "per_stream_tok_s": statistics.mean(r[2] / r[1] for r in results),
         "ttft_ms_p50": statistics.median(ttfts) * 1000,
+        "ttft_ms_p95": _quantile(ttfts, 0.95) * 1000,
         "ttft_ms_max": max(ttfts) * 1000,
         "itl_ms_p50": statistics.median(itls) * 1000,
+        "itl_ms_p99": _quantile(itls, 0.99) * 1000,
     }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default), also for one value."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def _int8_of(directory: Path) -> Path:
@@ -110,7 +122,8 @@ async def _run_one(args: argparse.Namespace, directory: Path) -> list[dict[str, 
             print(
                 f"streams={streams:>3}  aggregate {row['agg_tok_s']:7.1f} tok/s  per stream "
                 f"{row['per_stream_tok_s']:6.1f} tok/s  TTFT p50 {row['ttft_ms_p50']:7.1f} ms "
-                f"(max {row['ttft_ms_max']:7.1f})  ITL p50 {row['itl_ms_p50']:6.1f} ms",
+                f"p95 {row['ttft_ms_p95']:7.1f} (max {row['ttft_ms_max']:7.1f})  ITL p50 {row['itl_ms_p50']:6.1f} "
+                f"p99 {row['itl_ms_p99']:6.1f} ms",
                 flush=True,
             )
         return rows
