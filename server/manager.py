@@ -247,6 +247,8 @@ class ModelManager:
         if self.autotuner is not None and backend.platform == "onnxruntime_onnx" and (name, version) not in self._lazy:
             backend, config = self.autotuner.tune_onnx(name, version, backend, path, config)
         mv = ModelVersion(name, version, backend, config, self.metrics.for_model(name, version), digest)
+        if self.autotuner is not None:
+            self.autotuner.apply(mv)
         try:
             mv.warm()
         except Exception as exc:

@@ -7,6 +7,7 @@ within the budget it reports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -152,3 +153,27 @@ def test_the_default_stays_unless_clearly_beaten() -> None:
     assert _choose({default: 100.0, (2, 1): 100.0 * MARGIN * 1.01, (1, 1): 90.0}, default) == (2, 1)
     assert _choose({(2, 1): 5.0}, default) == (2, 1)  # the default could not be measured
     assert _choose({}, default) == default
+
+
+async def test_a_version_measured_slower_batched_runs_requests_one_at_a_time(tmp_path: Path) -> None:
+    from lmaas.server.autotune import COMBINE, Autotuner
+    from lmaas.server.backends.onnx import OnnxBackend
+    from lmaas.server.config import ModelConfig
+    from lmaas.server.metrics import WorkerMetrics
+    from lmaas.server.models import ModelVersion
+    from prometheus_client import CollectorRegistry
+
+    write_mlp_onnx(tmp_path / "m.onnx")
+    registry = CollectorRegistry()
+    config = ModelConfig(parameters={COMBINE: "no"})
+    mv = ModelVersion("m", 1, OnnxBackend(tmp_path / "m.onnx", {}), config, WorkerMetrics(registry).for_model("m", 1))
+    Autotuner(None).apply(mv)
+    assert mv.max_batch_size > 1  # what clients may send is unchanged; only combining stops
+    mv.start()
+    labels = {"model": "m", "version": "1"}
+    try:
+        x = np.zeros((1, 4), np.float32)
+        await asyncio.gather(*(mv.batcher.submit({"x": x}, 1, None) for _ in range(8)))
+        assert registry.get_sample_value("lmaas_inference_executions_total", labels) == 8
+    finally:
+        await mv.drain_and_close(5)
