@@ -14,6 +14,10 @@ of calls. Reported per model:
 * ``limit``: the best rows/s over the whole grid — the in-process limit the server is compared against;
 * ``limit_at``: for each benchmark concurrency c, the best rows/s with batches of at most c rows (what a
   server that only ever sees c outstanding batch-1 requests could reach at best).
+
+``python -m benchmarks.inprocess --hop cnn`` measures what the worker's batcher spends per c=1 request when a
+lone request runs on the event loop versus through the executor (the hop it avoids), in CPU and wall time,
+interleaved rounds in one run (CPU time: what other programs' load disturbs least).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import onnxruntime as ort
 
 from benchmarks.models import ModelSpec, example_batch
 
-__all__ = ["measure_inprocess", "worker_session_options"]
+__all__ = ["measure_hop", "measure_inprocess", "worker_session_options"]
 
 MAX_CALLS = 2_000_000  # every loop is bounded in count as well as time
 
@@ -158,3 +162,90 @@ def measure_inprocess(
         "limit_config": {"batch": best["batch"], "threads": best["threads"]},
         "limit_at": limit_at,
     }
+
+
+def measure_hop(model_path: Path, spec: ModelSpec, *, calls: int = 60, rounds: int = 6) -> dict[str, Any]:
+    """c=1 requests through two lmaas Batchers on one session: one that runs a lone request on the event loop
+    (the worker's behaviour for a measured model under IDLE_INLINE_SECONDS) and one that always hops to the
+    executor (before). Medians over ``rounds`` interleaved rounds of ``calls`` requests: CPU and wall µs."""
+    import asyncio
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lmaas.server.backends.onnx import OnnxBackend
+    from lmaas.server.batching import Batcher, BatchPolicy
+    from lmaas.server.metrics import WorkerMetrics
+    from prometheus_client import CollectorRegistry
+
+    backend = OnnxBackend(model_path, {}, 1)
+    outputs = tuple(s.name for s in backend.outputs)
+    feed = {spec.input_name: example_batch(spec, 1, seed=1)}
+
+    def run(inputs: Any) -> dict[str, Any]:
+        return backend.run(inputs, outputs)
+
+    async def main() -> dict[str, Any]:
+        metrics = WorkerMetrics(CollectorRegistry())
+        samples: dict[str, list[tuple[float, float]]] = {"loop": [], "executor": []}
+        batchers, executors = {}, []
+        for mode in samples:
+            executor = ThreadPoolExecutor(1)
+            executors.append(executor)
+            batcher = Batcher(run, BatchPolicy(max_batch_size=64), executor, metrics.for_model(mode, 1))
+            batcher.start()
+            started = time.perf_counter()
+            run(feed)
+            if mode == "loop":
+                batcher.estimate(time.perf_counter() - started)  # measured, as the worker's warm-up does
+            batchers[mode] = batcher
+        try:
+            for _ in range(rounds):
+                for mode, batcher in batchers.items():
+                    for _ in range(5):
+                        await batcher.submit(feed, 1, None)
+                    cpu0, wall0 = time.process_time(), time.perf_counter()
+                    for _ in range(calls):
+                        await batcher.submit(feed, 1, None)
+                    samples[mode].append(
+                        ((time.process_time() - cpu0) / calls * 1e6, (time.perf_counter() - wall0) / calls * 1e6)
+                    )
+        finally:
+            for batcher in batchers.values():
+                await batcher.stop()
+            for executor in executors:
+                executor.shutdown()
+        return {
+            mode: {
+                "cpu_us": statistics.median(c for c, _ in v),
+                "wall_us": statistics.median(w for _, w in v),
+                "inline": batchers[mode].inline,
+            }
+            for mode, v in samples.items()
+        }
+
+    return asyncio.run(main())
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import sys
+
+    from benchmarks.models import MODELS, build_repository
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess", description=__doc__)
+    parser.add_argument("--hop", required=True, metavar="MODEL", choices=list(MODELS))
+    parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent / ".cache" / "model-repository")
+    parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=6)
+    a = parser.parse_args()
+    facts = build_repository(a.repo, [a.hop])
+    result = measure_hop(Path(facts[a.hop]["path"]), MODELS[a.hop], calls=a.calls, rounds=a.rounds)
+    loop, hop = result["loop"], result["executor"]
+    print(json.dumps(result, indent=1))
+    print(
+        f"{a.hop} c=1 through the batcher: on the loop {loop['cpu_us']:.0f} µs CPU / {loop['wall_us']:.0f} µs wall, "
+        f"via the executor {hop['cpu_us']:.0f} / {hop['wall_us']:.0f}; the hop costs "
+        f"{hop['cpu_us'] - loop['cpu_us']:.0f} µs CPU per request",
+        file=sys.stderr,
+    )
