@@ -1,15 +1,28 @@
-"""The runner's arithmetic: a Llama forward in plain torch over a version's safetensors, with a KV cache per sequence.
+"""The runner's arithmetic: a Llama forward in plain torch over a version's safetensors, with a paged KV cache.
 
 No transformers at serve time. One forward takes every sequence of a step packed together: the linear layers run
-on all their rows at once (that is the batching gain: weights are read once per step), attention runs per
-sequence against that sequence's own cache, so there is no padding that could leak between sequences.
+on all their rows at once (that is the batching gain: weights are read once per step).
+
+**KV cache and attention.** All sequences' keys and values live in one :class:`KVPool` (per layer, blocks of
+:data:`BLOCK` = 32 positions; a sequence holds a block table sized for its whole reservation). Per layer, one
+``index_copy_`` writes the K|V of every row of the step. Attention is batched by *group*: the sequences of a step
+with the same (rows this step, cache blocks) — all decodes of similar length, or equal prefill chunks — gather
+their blocks with one ``index_select`` and run two batched matmuls, a mask and a softmax together, so a step of 16
+decodes costs a handful of ops per layer instead of ~10 per sequence per layer (aten ops of a 16-decode step,
+nested ones included, torch.profiler: 30.2k with per-sequence attention, 8.4k batched). A sequence's attention
+length is its own length rounded up to whole blocks, never the longest in the batch: the masked tail scores -inf
+and its V are zeros (blocks are zeroed when handed out), so no padding leaks between sequences.
 
 **Batch invariance.** fp32 GEMM kernels pick their reduction order by the row count M: on this CPU, a row's result
 for M=1 differs from M≥2 in the last bits, and M=17..28 differs from M≤16 for some shapes, which is enough to flip a
 greedy token after a few dozen steps. So :func:`_mm` always multiplies in blocks of 2..16 rows (a lone row is
-padded to two): measured, a row's result is then bit-identical whatever else is in the batch. Prefill chunk
-boundaries depend only on the sequence itself (see the scheduler), so attention sees the same shapes alone or
-batched. Weights are stored transposed and contiguous (``x @ Wt``), the layout for which that holds.
+padded to two): measured, a row's result is then bit-identical whatever else is in the batch. Weights are stored
+transposed and contiguous (``x @ Wt``), the layout for which that holds. Attention: a batched matmul over G
+sequences computes each [g*n, D] x [D, S] product as it computes a batch of one (the batch dimension only loops),
+and softmax reduces each row on its own, so a sequence's bits depend only on its own (n, S), which depend only on
+itself: its length, and prefill chunk boundaries that the scheduler cuts from the prompt alone. Measured with
+``torch.equal`` over lengths 1..100 across block boundaries, batch mixes of 1..9 sequences, fp32 and int8, 1 and
+2 threads (tests/server/llm/test_batched_attention.py).
 
 **int8 versions** (``quantization_config`` in config.json, see :mod:`lmaas.server.llm.quant`): the linear layers
 are :class:`~lmaas.server.llm.quant.QLinear` and multiply with integer GEMMs, batch invariant by construction;
