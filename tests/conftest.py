@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Workers started by tests skip the load-time self-tune (0.3-0.7 s per ONNX version, and its choice depends on how
+# busy the machine is); tests/server/test_autotune.py turns it on with --autotune.
+os.environ.setdefault("LMAAS_AUTOTUNE", "0")
 
 from models import build_repository
 from processes import ServerProcess, start_worker

@@ -52,7 +52,7 @@ def _worker(repo: Path, *extra: str) -> Iterator[tuple[ServerProcess, tc.Inferen
 
 @pytest.fixture(scope="module")
 def tuned(repo: Path) -> Iterator[tuple[ServerProcess, tc.InferenceServerClient]]:
-    yield from _worker(repo)
+    yield from _worker(repo, "--autotune")  # the default (tests/conftest.py turns it off for the other tests)
 
 
 @pytest.fixture(scope="module")
