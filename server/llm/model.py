@@ -357,12 +357,15 @@ class Llama:
         positions = torch.cat(
             [torch.arange(seqs[i].cache.length, seqs[i].cache.length + len(seqs[i].tokens)) for i in order]
         )
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         x = self.embed[ids]
         rows = x.shape[0]
         hq, hkv, d = c.num_heads, c.num_kv_heads, c.head_dim
         g = hq // hkv
-        scale = d**-0.5
+        # Per step, not per layer: the q heads' rotation carries the 1/sqrt(d) of the scores (exact for d = 64, a
+        # power of two), so q needs no scaling op per layer.
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        scale = torch.tensor([d**-0.5] * hq + [1.0] * hkv, dtype=x.dtype)[None, :, None]
+        cos, sin = cos * scale, sin * scale
         pool = self.kv_pool.tensor
         for layer, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
             qkv = _linear(self._rms(x, ln1), wqkv)
@@ -370,7 +373,7 @@ class Llama:
             qkv[:, : (hq + hkv) * d] = self._rope(qkv[:, : (hq + hkv) * d].view(rows, hq + hkv, d), cos, sin).view(
                 rows, (hq + hkv) * d
             )
-            q = qkv[:, : hq * d] * scale
+            q = qkv[:, : hq * d]
             kv = pool[layer]  # [2*KV, blocks, BLOCK*D]
             kv.view(2 * hkv, -1, d).index_copy_(1, slots, qkv[:, hq * d :].view(rows, 2 * hkv, d).transpose(0, 1))
             attn = torch.empty((rows, hq * d), dtype=x.dtype)
