@@ -91,7 +91,6 @@ class ModelManager:
         self._lazy_loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
         self._used: dict[tuple[str, int], float] = {}  # last request for each lazy version (LRU)
         self._measured: dict[tuple[str, int], int] = {}  # bytes a lazy version took when last loaded
-        self.evictions = 0  # lazy versions unloaded to make room
 
     # ---- lookups (request path) ----
 
@@ -458,6 +457,7 @@ class ModelManager:
         if spec is None:
             raise UnknownModel(name, version)
         mv = await self.load(name, version, spec.path, spec.config, spec.digest, room=lambda: self._make_room(key))
+        self.metrics.lazy_loads.labels(name, str(version)).inc()
         if (figure := self.memory.get(name, version)) is not None:
             self._measured[key] = figure.bytes
         return mv
@@ -497,7 +497,7 @@ class ModelManager:
         del versions[mv.version]  # one step on the event loop: no request can take it after this
         if not versions:
             self._models.pop(mv.name, None)  # its route stays: the next request loads it again
-        self.evictions += 1
+        self.metrics.evictions.labels(mv.name, str(mv.version)).inc()
         log.info("unloading model=%s version=%d to make room (least recently used idle lazy version)",
                  mv.name, mv.version)
         self._notify(mv.name)

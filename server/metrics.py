@@ -134,6 +134,14 @@ class WorkerMetrics:
         self.rejected = Counter(
             "lmaas_inference_rejected", "Requests rejected before execution.", (*_MV, "reason"), registry=registry
         )
+        self.lazy_loads = Counter(
+            "lmaas_model_lazy_loads", "Lazy versions (deploy --lazy) loaded on a request's demand.", _MV,
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "lmaas_model_evictions", "Idle lazy versions unloaded to make room for another under the memory limit.",
+            _MV, registry=registry,
+        )
         self.loaded = Gauge(
             "lmaas_model_loaded",
             "1 while a model version is loaded and ready.",

@@ -78,13 +78,17 @@ def infer(client: grpcclient.InferenceServerClient, name: str) -> float:
     return float(result.as_numpy("y")[0, 0])
 
 
-def pending(worker: ServerProcess, name: str) -> float:
+def sample(worker: ServerProcess, metric: str, name: str) -> float:
     text = httpx.get(worker.metrics_url, timeout=10).text
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "lmaas_inference_pending_requests" and sample.labels.get("model") == name:
-                return sample.value
+        for found in family.samples:
+            if found.name == metric and found.labels.get("model") == name:
+                return found.value
     return 0.0
+
+
+def pending(worker: ServerProcess, name: str) -> float:
+    return sample(worker, "lmaas_inference_pending_requests", name)
 
 
 def test_lazy_versions_load_on_first_request_and_the_lru_idle_one_makes_room(cluster) -> None:  # type: ignore[no-untyped-def]
@@ -114,6 +118,9 @@ def test_lazy_versions_load_on_first_request_and_the_lru_idle_one_makes_room(clu
     assert float(second.as_numpy("y")[0, 0]) == 2.0 and float(first.as_numpy("y")[0, 0]) == 2.0  # type: ignore[attr-defined]
     assert infer(client, "b") == 3.0  # now a and c are both idle: both give way (the limit is tiny)
     assert ready(client) == {"b"}
+    loads = {n: sample(worker, "lmaas_model_lazy_loads_total", n) for n in "abc"}
+    evictions = {n: sample(worker, "lmaas_model_evictions_total", n) for n in "abc"}
+    assert (loads, evictions) == ({"a": 1, "b": 3, "c": 2}, {"a": 1, "b": 2, "c": 2})
 
     status = lmaas("status", address=control.grpc, env={"LMAAS_TOKEN": ADMIN_TOKEN}).stdout
     assert "w-patient" in status, status

@@ -99,7 +99,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     worker: ServerProcess | None = None
     try:
         worker = start_worker(None, "--control-plane", control.grpc, "--worker-id", WORKER_ID,
-                              "--cache-dir", str(tmp / "cache"))
+                              "--cache-dir", str(tmp / "cache"), "--autotune")  # its metrics exist when it tunes
         with ControlPlaneClient(control.grpc) as client:
             deadline = time.monotonic() + 30
             while not client.workers():

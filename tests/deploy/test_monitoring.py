@@ -61,6 +61,10 @@ EXPORTED_METRICS: dict[str, frozenset[str]] = {
     "lmaas_worker_memory_capacity_bytes": frozenset(),
     "lmaas_worker_memory_used_bytes": frozenset(),
     "lmaas_model_memory_bytes": frozenset({"model", "version"}),
+    "lmaas_model_lazy_loads_total": frozenset({"model", "version"}),
+    "lmaas_model_evictions_total": frozenset({"model", "version"}),
+    "lmaas_model_autotune_choice": frozenset({"model", "version", "setting"}),
+    "lmaas_model_autotune_seconds": frozenset({"model", "version"}),
     # control plane
     "lmaas_control_rollouts_total": frozenset({"outcome"}),
     "lmaas_control_connected_workers": frozenset(),
