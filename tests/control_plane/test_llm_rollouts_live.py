@@ -70,6 +70,7 @@ def check_cycles(serving: tuple[ServerProcess, ServerProcess], cycles: int) -> N
     assert run.checked >= 2 * cycles
 
 
+@pytest.mark.timeout(600)  # three processes' start, two pushes, 3 cycles and a NACK: ~2 min here, CI is slower
 def test_deploy_and_rollback_cycles_with_8_open_streams_cut_none(
     serving: tuple[ServerProcess, ServerProcess], tmp_path: Path
 ) -> None:
@@ -99,6 +100,7 @@ def test_deploy_and_rollback_cycles_with_8_open_streams_cut_none(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)  # 20 cycles: ~3 min warm, ~6 min when every flip loads a version (pytest's 300 s is short)
 @pytest.mark.parametrize("serving", [True, False], ids=["previous-warm", "previous-unloaded"], indirect=True)
 def test_twenty_cycles_with_8_open_streams_cut_none(serving: tuple[ServerProcess, ServerProcess]) -> None:
     """The issue's soak: 20 deploy/rollback cycles, 8 streams always open. ``previous-warm`` is the default
