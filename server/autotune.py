@@ -6,9 +6,9 @@ session built with ``threads`` intra-op threads, in a closed loop, for an equal 
 version by default, session builds and warm-up calls included; at most ``WINDOW_S`` or ``WINDOW_CALLS`` calls
 each, whichever is longer, so a fast model tunes in a fraction of the budget). Candidates of a small model
 (``KEEP_ALIVE_BYTES``) stay loaded together and are measured in ``ROUNDS`` interleaved rounds, best of rounds;
-a larger model's are built, measured and closed one at a time (at most two sessions open). The best throughput
-wins; the default keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it), or when
-other programs used more than ``BUSY_SHARE`` of the cores meanwhile (a busy host favours fewer threads).
+a larger model's are built, measured and closed one at a time (at most two sessions open). The best balance of
+throughput under load and one lone request's speed (their geometric mean, :func:`_score`) wins; the default
+keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it), or when other programs used more than ``BUSY_SHARE`` of the cores meanwhile (a busy host favours fewer threads).
 A batching model without a configured ``dynamic_batching`` is also measured on batches of ``BATCH_PROBE``
 rows with the chosen config: where that is slower per row than batch-1 calls (by ``MARGIN``), the batcher stops
 combining requests (``autotune_combine_requests: no``); clients may still send batches up to max_batch_size.
@@ -197,12 +197,22 @@ def _own_cpu() -> float:
     return t.user + t.system
 
 
+def _score(rates: dict[tuple[int, int], float], candidate: tuple[int, int]) -> float:
+    """Geometric mean of the candidate's throughput under load and the speed of one lone request on it (the
+    ``1 x threads`` rate, else throughput / instances): more instances of fewer threads raise the first and lower
+    the second, and a tune must not halve c=1 speed for a few percent at c=16 (measured served: the benchmark CNN
+    at 2 x 1 ran c=1 at 0.50x the 1 x 2 default and gained nothing at c=16)."""
+    instances, threads = candidate
+    lone = rates.get((1, threads), rates[candidate] / instances)
+    return (rates[candidate] * lone) ** 0.5
+
+
 def _choose(rates: dict[tuple[int, int], float], default: tuple[int, int]) -> tuple[int, int]:
-    """The fastest candidate, unless the default is within ``MARGIN`` of it."""
+    """The best-scoring candidate (:func:`_score`), unless the default is within ``MARGIN`` of it."""
     if not rates:
         return default
-    top = max(rates, key=rates.__getitem__)
-    return default if default in rates and rates[top] < rates[default] * MARGIN else top
+    top = max(rates, key=lambda c: _score(rates, c))
+    return default if default in rates and _score(rates, top) < _score(rates, default) * MARGIN else top
 
 
 def _closed_loop(run: Callable[[], Any], callers: int, until: float) -> tuple[float, float]:
