@@ -8,7 +8,8 @@ each, whichever is longer, so a fast model tunes in a fraction of the budget). C
 (``KEEP_ALIVE_BYTES``) stay loaded together and are measured in ``ROUNDS`` interleaved rounds, best of rounds;
 a larger model's are built, measured and closed one at a time (at most two sessions open). The best balance of
 throughput under load and one lone request's speed (their geometric mean, :func:`_score`) wins; the default
-keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it), or when other programs used more than ``BUSY_SHARE`` of the cores meanwhile (a busy host favours fewer threads).
+keeps its place unless a candidate beats it by ``MARGIN`` (noise must not flip it), or when other programs
+used more than ``BUSY_SHARE`` of the cores meanwhile (a busy host favours fewer threads).
 A batching model without a configured ``dynamic_batching`` is also measured on batches of ``BATCH_PROBE``
 rows with the chosen config: where that is slower per row than batch-1 calls (by ``MARGIN``), the batcher stops
 combining requests (``autotune_combine_requests: no``); clients may still send batches up to max_batch_size.
