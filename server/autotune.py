@@ -205,7 +205,7 @@ def _score(rates: dict[tuple[int, int], float], candidate: tuple[int, int]) -> f
     at 2 x 1 ran c=1 at 0.50x the 1 x 2 default and gained nothing at c=16)."""
     instances, threads = candidate
     lone = rates.get((1, threads), rates[candidate] / instances)
-    return (rates[candidate] * lone) ** 0.5
+    return float((rates[candidate] * lone) ** 0.5)
 
 
 def _choose(rates: dict[tuple[int, int], float], default: tuple[int, int]) -> tuple[int, int]:
