@@ -3,7 +3,8 @@
 Any test folder can import this (``tests/`` is on ``sys.path``): ``smollm2_dir()`` returns the converted
 directory (``config.json``, ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``,
 ``model.safetensors``), converting on the first call (~20-40 s) into ``.lmaas/test-cache/smollm2-<sha12>/``
-(or ``$LMAAS_TEST_CACHE``). ``smollm2_repository(root)`` makes ``root/smollm2/1`` a copy (hard links when possible).
+(or ``$LMAAS_TEST_CACHE``); ``smollm2_int8_dir(fp32)`` its int8 version, quantised once beside it (``-int8``).
+``smollm2_repository(root)`` makes ``root/smollm2/1`` a copy (hard links when possible).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from lmaas.protos.digests import sha256_file
 
-__all__ = ["SMOLLM2_FILES", "gguf_path", "smollm2_dir", "smollm2_repository"]
+__all__ = ["SMOLLM2_FILES", "gguf_path", "smollm2_dir", "smollm2_int8_dir", "smollm2_repository"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_FILES = (
@@ -77,3 +78,19 @@ def smollm2_repository(root: Path, name: str = "smollm2", version: int = 1) -> P
         except OSError:
             shutil.copy2(source / f, dest / f)
     return root
+
+
+def smollm2_int8_dir(fp32: Path) -> Path:
+    """The int8 version of ``fp32`` (a SmolLM2 directory), quantised once and cached beside it as ``<name>-int8``."""
+    target = fp32.with_name(fp32.name + "-int8")
+    if not (target / "model.safetensors").is_file():
+        from lmaas.server.llm.quant import quantize_directory
+
+        partial = fp32.with_name(f".{fp32.name}-int8-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        quantize_directory(fp32, partial)
+        try:
+            partial.rename(target)
+        except OSError:  # another test process won the race: its copy is the same
+            shutil.rmtree(partial, ignore_errors=True)
+    return target

@@ -5,16 +5,14 @@ boundaries), blocks go back to the pool, and the scheduler reserves whole blocks
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from llm_support import smollm2_int8_dir
 from lmaas.server.llm.engine import EngineSettings, LLMEngine, default_torch_threads
 from lmaas.server.llm.model import BLOCK, Llama, SeqInput
-from lmaas.server.llm.quant import quantize_directory
 from lmaas.server.llm.scheduler import Entry, Scheduler, Work
 from lmaas.server.llm.types import SamplingParams
 
@@ -28,16 +26,7 @@ def model(request: pytest.FixtureRequest, smollm2: Path) -> Llama:
     torch.set_num_threads(default_torch_threads())  # what an engine runs with (LLMEngine sets it the same way)
     if request.param == "fp32":
         return Llama.load(smollm2)
-    target = smollm2.with_name(smollm2.name + "-int8")  # the same cache as test_llm_int8's fixture
-    if not (target / "model.safetensors").is_file():
-        partial = smollm2.with_name(f".{smollm2.name}-int8-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        quantize_directory(smollm2, partial)
-        try:
-            partial.rename(target)
-        except OSError:  # another test process won the race: its copy is the same
-            shutil.rmtree(partial, ignore_errors=True)
-    return Llama.load(target)
+    return Llama.load(smollm2_int8_dir(smollm2))
 
 
 PROMPTS = [[random.Random(15 + n).randrange(100, 40_000) for _ in range(n)] for n in LENGTHS]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as tc
+from llm_support import smollm2_int8_dir
 from lmaas.server.llm.engine import EngineSettings, LLMEngine
 from lmaas.server.llm.model import Llama, SeqInput
-from lmaas.server.llm.quant import METHOD, QLinear, qmm, quantize_directory, quantize_weight
+from lmaas.server.llm.quant import METHOD, QLinear, qmm, quantize_weight
 from lmaas.server.llm.types import SamplingParams
 from processes import ServerProcess, start_worker
 from safetensors import safe_open
@@ -37,16 +37,7 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def int8_dir(smollm2: Path) -> Path:
     """SmolLM2 quantised once, cached beside the fp32 directory (``-int8``)."""
-    target = smollm2.with_name(smollm2.name + "-int8")
-    if not (target / "model.safetensors").is_file():
-        partial = smollm2.with_name(f".{smollm2.name}-int8-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        quantize_directory(smollm2, partial)
-        try:
-            partial.rename(target)
-        except OSError:  # another test process won the race: its copy is the same
-            shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return smollm2_int8_dir(smollm2)
 
 
 @pytest.fixture(scope="module")
