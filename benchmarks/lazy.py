@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.models import write_matmul_onnx
+
 __all__ = ["main"]
 
 _LISTENING = re.compile(r"listening grpc=(\S+) metrics=(\S+)")
@@ -79,21 +81,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-def write_model(path: Path, n: int, seed: int) -> Path:
-    """y = x @ W, W n-by-n FP32 (4 n^2 bytes)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.random.default_rng(seed).standard_normal((n, n), dtype=np.float32), "W")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "m", [x], [y], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def pct(values: list[float], q: float) -> float:
@@ -142,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     assert time.monotonic() < deadline, "the worker never connected"
                     time.sleep(0.05)
                 for i, name in enumerate(["ref", *names]):
-                    client.push(name, write_model(work / f"{name}.onnx", n, i))
+                    client.push(name, write_matmul_onnx(work / f"{name}.onnx", n=n, seed=i))
                 for name in ["ref", *names]:
                     reply = client.deploy(name, 1, lazy=name != "ref")
                     rollout = client.wait_rollout(name, reply.deployment.generation, timeout=300)

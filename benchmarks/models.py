@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MODELS", "ModelSpec", "build_repository", "example_batch"]
+__all__ = ["MODELS", "ModelSpec", "build_repository", "example_batch", "write_matmul_onnx"]
 
 SEED = 20240601
 _BUILD_VERSION = 2  # bump when an architecture changes: rebuilds cached repositories
@@ -183,6 +184,34 @@ def build_repository(repo: Path, names: list[str], *, force: bool = False) -> di
             },
         }
     return facts
+
+
+def write_matmul_onnx(path: Path, *, n: int, layers: int = 1, seed: int = 0) -> Path:
+    """ONNX ``y = x @ W1 @ ... @ Wk``, x FP32 [-1, n]: ``layers * n * n * 4`` bytes of weights.
+
+    Sizes for loads and downloads that take a measurable time (n=2048, 4 layers: 64 MiB, ~0.4 s to load here),
+    or for executions that do (n=1024, a few layers: some ms per request on one thread).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    scale = np.float32(1.0 / math.sqrt(n))
+    weights, nodes, previous = [], [], "x"
+    for i in range(layers):
+        weights.append(numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32) * scale, f"W{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, f"W{i}"], [out]))
+        previous = out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])
+    model = helper.make_model(
+        helper.make_graph(nodes, "matmul", [x], [y], weights), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
 
 
 def write_perf_analyzer_data(spec: ModelSpec, path: Path, samples: int = 8) -> Path:

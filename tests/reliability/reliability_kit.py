@@ -28,6 +28,8 @@ from lmaas.protos.inference import grpc_service_pb2 as pb
 from lmaas.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.models import write_matmul_onnx
+
 __all__ = [
     "RESULTS_DIR",
     "InferenceLoad",
@@ -69,34 +71,6 @@ def write_scale_onnx(path: Path, scale: float) -> Path:
     k = numpy_helper.from_array(np.array([scale], dtype=np.float32), "k")
     graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def write_matmul_onnx(path: Path, *, n: int, layers: int = 1, seed: int = 0) -> Path:
-    """ONNX ``y = x @ W1 @ ... @ Wk``, x FP32 [-1, n]: ``layers * n * n * 4`` bytes of weights.
-
-    Sizes for loads and downloads that take a measurable time (n=2048, 4 layers: 64 MiB, ~0.4 s to load here),
-    or for executions that do (n=1024, a few layers: some ms per request on one thread).
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    scale = np.float32(1.0 / math.sqrt(n))
-    weights, nodes, previous = [], [], "x"
-    for i in range(layers):
-        weights.append(numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32) * scale, f"W{i}"))
-        out = "y" if i == layers - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [previous, f"W{i}"], [out]))
-        previous = out
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])
-    model = helper.make_model(
-        helper.make_graph(nodes, "matmul", [x], [y], weights), opset_imports=[helper.make_opsetid("", 17)]
-    )
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
