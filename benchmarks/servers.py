@@ -157,6 +157,26 @@ def verify_infer(server: Server, spec: ModelSpec, expected: np.ndarray, x: np.nd
 
 
 # --------------------------------------------------------------------------------------------- LMaaS worker
+def _wait_listening(
+    proc: subprocess.Popen[bytes], lines: queue.Queue[str], pattern: re.Pattern[str], what: str, log_path: Path,
+    timeout_s: float,
+) -> re.Match[str]:
+    """The first output line matching ``pattern`` (the server's 'listening' line); an error if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{what} printed no 'listening' line within {timeout_s} s; see {log_path}")
+        try:
+            match = pattern.search(lines.get(timeout=min(left, 0.5)))
+        except queue.Empty:
+            continue
+        if match is not None:
+            return match
+
+
 @contextlib.contextmanager
 def lmaas_worker(
     repo: Path,
@@ -182,20 +202,7 @@ def lmaas_worker(
         *extra_args,
     ]
     with _process(command, log_path, env={**os.environ, **(env or {})}) as (proc, lines):
-        deadline = time.monotonic() + start_timeout_s
-        match = None
-        while match is None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"lmaas worker exited with {proc.returncode}; see {log_path}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(
-                    f"lmaas worker printed no 'listening' line within {start_timeout_s} s; see {log_path}"
-                )
-            try:
-                match = _LISTENING.search(lines.get(timeout=min(left, 0.5)))
-            except queue.Empty:
-                continue
+        match = _wait_listening(proc, lines, _LISTENING, "lmaas worker", log_path, start_timeout_s)
         yield Server("lmaas", match["grpc"], proc, log_path, {"metrics": match["metrics"], "command": command})
 
 
@@ -205,20 +212,7 @@ def bare_server(repo: Path, models: Sequence[str], log_path: Path, *, start_time
     """``python -m benchmarks.bare_server REPO MODELS``: the reference (benchmarks/bare_server.py)."""
     command = [sys.executable, "-m", "benchmarks.bare_server", str(repo), ",".join(models), "--host", HOST]
     with _process(command, log_path, cwd=HERE.parent) as (proc, lines):
-        deadline = time.monotonic() + start_timeout_s
-        match = None
-        while match is None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bare server exited with {proc.returncode}; see {log_path}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(
-                    f"bare server printed no 'listening' line within {start_timeout_s} s; see {log_path}"
-                )
-            try:
-                match = _BARE_LISTENING.search(lines.get(timeout=min(left, 0.5)))
-            except queue.Empty:
-                continue
+        match = _wait_listening(proc, lines, _BARE_LISTENING, "bare server", log_path, start_timeout_s)
         yield Server("bare", match["grpc"], proc, log_path, {"command": command})
 
 
