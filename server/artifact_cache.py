@@ -492,14 +492,8 @@ def _remove_stale_staging(parent: Path) -> None:
     """Staging folders left by processes that died mid-build."""
     for child in parent.iterdir():
         m = _STAGING.fullmatch(child.name)
-        if m is None or int(m.group(2)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-        except ProcessLookupError:
+        if m is not None and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
             shutil.rmtree(child, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 def _alive(pid: int) -> bool:
